@@ -1,0 +1,177 @@
+/**
+ * Sidecar configuration: one table of settings, each with type, default, environment variable and flag.
+ * Precedence: command-line flag > environment variable > config file (JSON) > default.
+ * docs/configuration.md is generated from SETTINGS by `kvstash config --markdown` and checked by a test.
+ */
+import { readFileSync, statfsSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { ErrorCode, KvstashError } from '../protocol/errors.js';
+
+type Kind = 'string' | 'bytes' | 'int' | 'bool' | 'list' | 'json';
+
+export interface Setting {
+  key: string;
+  kind: Kind;
+  env: string;
+  flag: string;
+  describe: string;
+  /** Default, computed on this machine (so docs print the rule, not a number). */
+  def: () => unknown;
+  defDoc: string;
+}
+
+function runtimeDir(): string {
+  return process.env.XDG_RUNTIME_DIR || os.tmpdir();
+}
+function cacheDir(): string {
+  return process.env.XDG_CACHE_HOME || path.join(os.homedir(), '.cache');
+}
+function diskShare(dir: string): number {
+  let p = dir;
+  for (;;) {
+    try {
+      const s = statfsSync(p);
+      return Math.min(Math.floor((s.bavail * s.bsize) / 2), 100 * 2 ** 30);
+    } catch {
+      const up = path.dirname(p);
+      if (up === p) return 10 * 2 ** 30;
+      p = up;
+    }
+  }
+}
+
+const s = (key: string, kind: Kind, def: () => unknown, defDoc: string, describe: string): Setting => ({
+  key, kind, def, defDoc, describe,
+  env: 'KVSTASH_' + key.replace(/([A-Z])/g, '_$1').toUpperCase(),
+  flag: '--' + key.replace(/([A-Z])/g, '-$1').toLowerCase(),
+});
+
+export const SETTINGS: Setting[] = [
+  s('endpoints', 'list', () => [`ipc://${path.join(runtimeDir(), 'kvstash.sock')}`, 'tcp://127.0.0.1:5599'],
+    '`ipc://$XDG_RUNTIME_DIR/kvstash.sock` (or the temp dir), `tcp://127.0.0.1:5599`', 'ZeroMQ endpoints the data socket binds (comma-separated). tcp port 0 picks a free port.'),
+  s('dramBytes', 'bytes', () => Math.floor(os.totalmem() / 4), '25% of RAM', 'DRAM tier byte budget.'),
+  s('fileRoot', 'string', () => path.join(cacheDir(), 'kvstash'), '`$XDG_CACHE_HOME/kvstash` (or `~/.cache/kvstash`)', 'Folder of the local-file tier; empty string disables the tier.'),
+  s('fileBytes', 'bytes', () => diskShare(path.join(cacheDir(), 'kvstash')), 'half the free disk space, at most 100 GiB', 'File tier byte budget.'),
+  s('fileFsync', 'bool', () => false, 'false', 'fsync each block before publishing it (survives power loss, slower). Without it a block survives a sidecar crash, not a host crash.'),
+  s('fileWriteMode', 'string', () => 'through', 'through', '`through`: every stored block is also queued for the file tier; `back`: only blocks evicted from DRAM are.'),
+  s('policy', 'string', () => 'heat', 'heat', 'Eviction policy: `heat` (coldest of the 8 least recently used) or `lru`.'),
+  s('heatHalfLifeMs', 'int', () => 300_000, '300000', 'Half-life of the decayed access count (heat), ms.'),
+  s('maxMessageBytes', 'bytes', () => 1024 * 2 ** 20, '1 GiB', 'Largest request message (all frames) accepted.'),
+  s('maxBlockBytes', 'bytes', () => 512 * 2 ** 20, '512 MiB', 'Largest single block accepted.'),
+  s('maxInflightBytes', 'bytes', () => 2 * 2 ** 30, '2 GiB', 'Bytes of requests one client may have in flight; beyond it requests get KVS_BUSY.'),
+  s('maxKeysPerRequest', 'int', () => 65536, '65536', 'Most keys in one request.'),
+  s('writeQueueItems', 'int', () => 4096, '4096', 'Write-behind queue length per lower tier; saves beyond it are dropped and counted.'),
+  s('writeQueueBytes', 'bytes', () => 2 * 2 ** 30, '2 GiB', 'Write-behind queue bytes per lower tier.'),
+  s('writeConcurrency', 'int', () => 4, '4', 'Concurrent writes per lower tier.'),
+  s('tiers', 'json', () => null, 'none', 'Advanced: a JSON array describing the lower tiers (replaces the file tier); see docs/configuration.md#tiers.'),
+  s('logLevel', 'string', () => 'info', 'info', 'Log level: trace, debug, info, warn, error, silent.'),
+];
+
+export interface Config {
+  endpoints: string[];
+  dramBytes: number;
+  fileRoot: string;
+  fileBytes: number;
+  fileFsync: boolean;
+  fileWriteMode: 'through' | 'back';
+  policy: 'heat' | 'lru';
+  heatHalfLifeMs: number;
+  maxMessageBytes: number;
+  maxBlockBytes: number;
+  maxInflightBytes: number;
+  maxKeysPerRequest: number;
+  writeQueueItems: number;
+  writeQueueBytes: number;
+  writeConcurrency: number;
+  tiers: Record<string, unknown>[] | null;
+  logLevel: string;
+  [extra: string]: unknown;
+}
+
+const UNITS: Record<string, number> = { '': 1, b: 1, k: 2 ** 10, kb: 2 ** 10, kib: 2 ** 10, m: 2 ** 20, mb: 2 ** 20, mib: 2 ** 20, g: 2 ** 30, gb: 2 ** 30, gib: 2 ** 30, t: 2 ** 40, tb: 2 ** 40, tib: 2 ** 40 };
+
+/** "512MiB", "2g", "1048576" → bytes. */
+export function parseBytes(v: unknown, what = 'value'): number {
+  if (typeof v === 'number' && Number.isFinite(v) && v >= 0) return Math.floor(v);
+  const m = typeof v === 'string' ? /^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$/.exec(v) : null;
+  const unit = m ? UNITS[m[2]!.toLowerCase()] : undefined;
+  if (!m || unit === undefined) throw new KvstashError(ErrorCode.CONFIG, `${what}: expected a byte size like 512MiB or 2GiB, got ${JSON.stringify(v)}`);
+  return Math.floor(Number(m[1]) * unit);
+}
+
+function coerce(st: Setting, v: unknown, source: string): unknown {
+  const what = `${st.key} (from ${source})`;
+  switch (st.kind) {
+    case 'bytes': return parseBytes(v, what);
+    case 'int': {
+      const n = typeof v === 'string' ? Number(v) : v;
+      if (typeof n !== 'number' || !Number.isSafeInteger(n) || n < 0) throw new KvstashError(ErrorCode.CONFIG, `${what}: expected a non-negative integer, got ${JSON.stringify(v)}`);
+      return n;
+    }
+    case 'bool': {
+      if (typeof v === 'boolean') return v;
+      if (v === 'true' || v === '1' || v === 'yes') return true;
+      if (v === 'false' || v === '0' || v === 'no') return false;
+      throw new KvstashError(ErrorCode.CONFIG, `${what}: expected true or false, got ${JSON.stringify(v)}`);
+    }
+    case 'list':
+      if (Array.isArray(v) && v.every((x) => typeof x === 'string')) return v;
+      if (typeof v === 'string') return v.split(',').map((x) => x.trim()).filter(Boolean);
+      throw new KvstashError(ErrorCode.CONFIG, `${what}: expected a list of strings, got ${JSON.stringify(v)}`);
+    case 'json':
+      if (typeof v === 'string') {
+        try { return JSON.parse(v); } catch (err) { throw new KvstashError(ErrorCode.CONFIG, `${what}: invalid JSON`, { cause: err }); }
+      }
+      return v;
+    case 'string':
+      if (typeof v !== 'string') throw new KvstashError(ErrorCode.CONFIG, `${what}: expected a string, got ${JSON.stringify(v)}`);
+      return v;
+  }
+}
+
+const ENUMS: Record<string, string[]> = {
+  fileWriteMode: ['through', 'back'],
+  policy: ['heat', 'lru'],
+  logLevel: ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'],
+};
+
+/**
+ * Resolve the configuration. `flags` holds values given on the command line (keys as in SETTINGS);
+ * `file` is a JSON config path (or KVSTASH_CONFIG). Unknown keys in a config file are errors.
+ * Settings registered by adapters (extraSettings) resolve the same way.
+ */
+export function loadConfig(flags: Record<string, unknown> = {}, env: NodeJS.ProcessEnv = process.env, file?: string, extraSettings: Setting[] = []): Config {
+  const all = [...SETTINGS, ...extraSettings];
+  const known = new Set(all.map((x) => x.key));
+  let fromFile: Record<string, unknown> = {};
+  const cfgPath = file ?? env.KVSTASH_CONFIG;
+  if (cfgPath) {
+    try {
+      fromFile = JSON.parse(readFileSync(cfgPath, 'utf8')) as Record<string, unknown>;
+    } catch (err) {
+      throw new KvstashError(ErrorCode.CONFIG, `cannot read config file ${cfgPath}: ${(err as Error).message}`, { cause: err });
+    }
+    for (const k of Object.keys(fromFile)) {
+      if (!known.has(k)) throw new KvstashError(ErrorCode.CONFIG, `config file ${cfgPath}: unknown setting "${k}"`);
+    }
+  }
+  const out: Record<string, unknown> = {};
+  for (const st of all) {
+    if (flags[st.key] !== undefined) out[st.key] = coerce(st, flags[st.key], st.flag);
+    else if (env[st.env] !== undefined && env[st.env] !== '') out[st.key] = coerce(st, env[st.env], st.env);
+    else if (fromFile[st.key] !== undefined) out[st.key] = coerce(st, fromFile[st.key], cfgPath!);
+    else out[st.key] = st.def();
+    const allowed = ENUMS[st.key];
+    if (allowed && !allowed.includes(out[st.key] as string)) {
+      throw new KvstashError(ErrorCode.CONFIG, `${st.key}: expected one of ${allowed.join(', ')}, got ${JSON.stringify(out[st.key])}`);
+    }
+  }
+  return out as Config;
+}
+
+/** The settings table as markdown (docs/configuration.md). */
+export function settingsMarkdown(extra: Setting[] = []): string {
+  const rows = [...SETTINGS, ...extra].map((x) => `| \`${x.key}\` | ${x.kind} | ${x.defDoc} | \`${x.env}\` | \`${x.flag}\` | ${x.describe} |`);
+  return ['| setting | type | default | environment | flag | meaning |', '|---|---|---|---|---|---|', ...rows].join('\n');
+}

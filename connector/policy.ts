@@ -1,0 +1,50 @@
+/**
+ * EvictionPolicy — which block a full tier gives up. Registered by name on the sidecar's TierStack.
+ *
+ * Rules:
+ * - A policy sees candidates in recency order (least recently used first) and picks one; it never picks a
+ *   pinned block (the tier stack filters those out before asking).
+ * - `score` must be cheap: eviction runs on the request path for DRAM.
+ * - Chain order: the tier stack touches the blocks of a chain deepest-first, so a chain's root is the most
+ *   recent; with prefix semantics evicting a root makes its whole chain useless, so roots should go last.
+ */
+export interface HeatState {
+  heat: number;
+  heatAt: number;
+}
+
+export interface EvictionPolicy {
+  readonly name: string;
+  /** Pick the victim index among `candidates` (recency order, oldest first; at most `window` of them). */
+  pick(candidates: readonly HeatState[], now: number): number;
+  readonly window: number;
+}
+
+/** Decayed access count: halves every `halfLifeMs`. */
+export function decayedHeat(s: HeatState, now: number, halfLifeMs: number): number {
+  return s.heat * Math.pow(2, -(now - s.heatAt) / halfLifeMs);
+}
+
+export function bumpHeat(s: HeatState, now: number, halfLifeMs: number): void {
+  s.heat = decayedHeat(s, now, halfLifeMs) + 1;
+  s.heatAt = now;
+}
+
+export const lruPolicy: EvictionPolicy = { name: 'lru', window: 1, pick: () => 0 };
+
+/** Among the `window` least recently used blocks, evict the coldest (lowest decayed heat); ties → older. */
+export function heatPolicy(halfLifeMs: number, window = 8): EvictionPolicy {
+  return {
+    name: 'heat',
+    window,
+    pick(c, now) {
+      let best = 0;
+      let bestHeat = Infinity;
+      for (let i = 0; i < c.length; i++) {
+        const h = decayedHeat(c[i]!, now, halfLifeMs);
+        if (h < bestHeat) { bestHeat = h; best = i; }
+      }
+      return best;
+    },
+  };
+}

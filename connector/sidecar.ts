@@ -1,0 +1,336 @@
+/**
+ * The sidecar: a ZeroMQ ROUTER speaking wire protocol v1 (protocol/README.md) over the TierStack.
+ *
+ * - One receive loop; DRAM hits are answered synchronously, lower-tier reads asynchronously (replies may
+ *   overtake each other; clients match them by id).
+ * - One send queue (zeromq.js allows one send in flight per socket). Replies to peers that went away are
+ *   dropped by the ROUTER.
+ * - Bad input gets an error reply with a stable code; a message whose id cannot be read is answered with id 0;
+ *   a message with no identity frame is dropped. Nothing a client sends can stop the loop.
+ * - Per-client in-flight bytes (requests being served plus replies waiting to be sent) are bounded;
+ *   beyond the bound requests are refused with KVS_BUSY.
+ * - Plugins (lm:// server, KV-events index, gRPC control plane, metrics) attach with `use()` and are
+ *   started after and stopped before the data socket.
+ */
+import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { Router } from 'zeromq';
+import { decodeRequest, encodeError, encodeReply, ProtocolError } from '../protocol/codec.js';
+import { ErrorCode, KvstashError, toKvstashError } from '../protocol/errors.js';
+import { PROTOCOL_VERSION, PutResult, type Limits, type NamespaceDescriptor, type Request } from '../protocol/wire.js';
+import { checksum } from './checksum.js';
+import type { Config } from './config.js';
+import { namespaceId } from './keys.js';
+import { logger } from './log.js';
+import { buildTierStack } from './stack.js';
+import { defaultRegistry, type DriverRegistry } from './storage/registry.js';
+import type { TierStack } from './tiers.js';
+
+export const SERVER_VERSION = 'kvstash/0.1.0';
+
+export interface SidecarPlugin {
+  readonly name: string;
+  start(sidecar: Sidecar): Promise<void>;
+  stop(): Promise<void>;
+}
+
+/** Who sent a request; plugins (auth) may attach more. */
+export interface PeerContext {
+  routingId: Buffer;
+  /** ZeroMQ CURVE public key (z85) or other authenticated identity, when auth is on. */
+  principal?: string;
+}
+
+/** Called before every data op; throw a KvstashError (PERMISSION_DENIED…) to refuse. */
+export type RequestGuard = (peer: PeerContext, op: string, ns: NamespaceDescriptor | undefined) => void;
+
+export function storageKeys(ns: string, keys: Buffer): string[] {
+  const hex = keys.toString('hex');
+  const n = keys.length / 32;
+  const out = new Array<string>(n);
+  for (let i = 0; i < n; i++) out[i] = ns + '/' + hex.substr(i * 64, 64);
+  return out;
+}
+
+export class Sidecar {
+  readonly tiers: TierStack;
+  readonly namespaces = new Map<string, NamespaceDescriptor>();
+  readonly limits: Limits;
+  readonly counters = { requests: 0, errors: 0, byOp: {} as Record<string, number>, byCode: {} as Record<string, number> };
+  readonly log = logger('zmq');
+  guard: RequestGuard | undefined;
+  /** Set by an auth plugin: maps a request to its authenticated principal. */
+  principalOf: ((routingId: Buffer, frames: Buffer[]) => string | undefined) | undefined;
+  private router: Router | undefined;
+  private readonly plugins: SidecarPlugin[] = [];
+  private readonly outbox: Buffer[][] = [];
+  private sending = false;
+  private readonly inflight = new Map<string, number>();
+  private boundEndpoints: string[] = [];
+  private readonly startedAt = Date.now();
+  private stopped = false;
+
+  constructor(readonly config: Config, readonly registry: DriverRegistry = defaultRegistry()) {
+    this.tiers = buildTierStack(config, registry);
+    this.limits = {
+      maxMessageBytes: config.maxMessageBytes, maxBlockBytes: config.maxBlockBytes,
+      maxInflightBytes: config.maxInflightBytes, maxKeysPerRequest: config.maxKeysPerRequest,
+    };
+  }
+
+  use(plugin: SidecarPlugin): this {
+    this.plugins.push(plugin);
+    return this;
+  }
+
+  get endpoints(): string[] {
+    return [...this.boundEndpoints];
+  }
+
+  /** Hook for plugins that need socket options before bind (CURVE). */
+  configureSocket: ((router: Router) => void) | undefined;
+
+  async start(): Promise<{ endpoints: string[]; rebuilt: number }> {
+    const { rebuilt } = await this.tiers.open();
+    this.loadNamespaces();
+    const router = new Router({ sendHighWaterMark: 100_000, receiveHighWaterMark: 100_000, linger: 0 });
+    this.configureSocket?.(router);
+    for (const ep of this.config.endpoints) {
+      if (ep.startsWith('ipc://')) mkdirSync(path.dirname(ep.slice(6)), { recursive: true });
+      await router.bind(ep);
+      this.boundEndpoints.push(router.lastEndpoint ?? ep);
+    }
+    this.router = router;
+    void this.receiveLoop(router);
+    for (const p of this.plugins) await p.start(this);
+    return { endpoints: this.endpoints, rebuilt };
+  }
+
+  async stop(): Promise<void> {
+    if (this.stopped) return;
+    this.stopped = true;
+    for (const p of [...this.plugins].reverse()) await p.stop().catch((err) => this.log.warn({ err }, `plugin ${p.name} stop failed`));
+    this.router?.close();
+    await this.tiers.close();
+  }
+
+  // ---- namespaces -------------------------------------------------------------------------------------
+
+  registerNamespace(d: NamespaceDescriptor): string {
+    const desc: NamespaceDescriptor = {
+      model: d.model, engine: d.engine, layout: d.layout, tp_rank: d.tp_rank, tp_size: d.tp_size,
+      pp_rank: d.pp_rank, pp_size: d.pp_size, tenant: d.tenant,
+    };
+    const id = namespaceId(desc);
+    if (!this.namespaces.has(id)) {
+      this.namespaces.set(id, desc);
+      this.saveNamespaces();
+    }
+    return id;
+  }
+
+  private nsFile(): string | undefined {
+    return this.config.fileRoot ? path.join(this.config.fileRoot, 'namespaces.json') : undefined;
+  }
+  private loadNamespaces(): void {
+    const f = this.nsFile();
+    if (!f) return;
+    try {
+      const all = JSON.parse(readFileSync(f, 'utf8')) as Record<string, NamespaceDescriptor>;
+      for (const [id, d] of Object.entries(all)) if (namespaceId(d) === id) this.namespaces.set(id, d);
+    } catch {
+      /* first start */
+    }
+  }
+  private saveNamespaces(): void {
+    const f = this.nsFile();
+    if (!f) return;
+    try {
+      mkdirSync(path.dirname(f), { recursive: true });
+      writeFileSync(`${f}.tmp`, JSON.stringify(Object.fromEntries(this.namespaces), null, 1));
+      // rename is atomic: a crash never leaves a torn namespaces.json
+      renameSync(`${f}.tmp`, f);
+    } catch (err) {
+      this.log.warn({ err }, 'could not persist namespaces');
+    }
+  }
+
+  // ---- data path --------------------------------------------------------------------------------------
+
+  private async receiveLoop(router: Router): Promise<void> {
+    try {
+      for await (const msg of router) {
+        if (msg.length < 2) continue; // no identity + header: unidentifiable, drop
+        const [id, ...frames] = msg as Buffer[];
+        try {
+          this.handle(id!, frames);
+        } catch (err) {
+          this.log.error({ err }, 'request handler failed');
+        }
+      }
+    } catch (err) {
+      if (!this.stopped) this.log.error({ err }, 'receive loop ended');
+    }
+  }
+
+  private handle(routingId: Buffer, frames: Buffer[]): void {
+    this.counters.requests++;
+    const peerKey = routingId.toString('hex');
+    let size = 0;
+    for (const f of frames) size += f.length;
+    let req: Request;
+    let blocks: Buffer[];
+    try {
+      ({ header: req, blocks } = decodeRequest(frames, this.limits));
+    } catch (err) {
+      const e = err as ProtocolError;
+      this.replyError(routingId, e.requestId, e.code, e.message);
+      return;
+    }
+    const held = this.inflight.get(peerKey) ?? 0;
+    if (held > 0 && held + size > this.limits.maxInflightBytes) {
+      this.replyError(routingId, req.id, ErrorCode.BUSY, `client has ${held} bytes in flight; limit is ${this.limits.maxInflightBytes}`);
+      return;
+    }
+    this.counters.byOp[req.op] = (this.counters.byOp[req.op] ?? 0) + 1;
+    this.inflight.set(peerKey, held + size);
+    const done = (reply: Buffer[] | undefined) => {
+      this.inflight.set(peerKey, (this.inflight.get(peerKey) ?? size) - size);
+      if (reply) this.enqueue(routingId, reply, peerKey);
+    };
+    try {
+      const peer: PeerContext = { routingId, principal: this.principalOf?.(routingId, frames) };
+      const r = this.dispatch(peer, req, blocks);
+      if (r instanceof Promise) {
+        r.then(done, (err) => {
+          const e = toKvstashError(err);
+          done(undefined);
+          this.replyError(routingId, req.id, e.code, e.message);
+        });
+      } else {
+        done(r);
+      }
+    } catch (err) {
+      const e = toKvstashError(err);
+      done(undefined);
+      this.replyError(routingId, req.id, e.code, e.message);
+    }
+  }
+
+  private nsOf(peer: PeerContext, op: string, ns: string): NamespaceDescriptor {
+    const d = this.namespaces.get(ns);
+    if (!d) throw new KvstashError(ErrorCode.NS_UNKNOWN, `namespace ${ns} is not registered; send HELLO first`);
+    this.guard?.(peer, op, d);
+    return d;
+  }
+
+  private dispatch(peer: PeerContext, req: Request, blocks: Buffer[]): Buffer[] | Promise<Buffer[]> {
+    switch (req.op) {
+      case 'PING':
+        return encodeReply({ id: req.id, server: SERVER_VERSION });
+      case 'HELLO': {
+        this.guard?.(peer, 'HELLO', req.namespace);
+        const ns = this.registerNamespace(req.namespace);
+        return encodeReply({
+          id: req.id, ns, server: SERVER_VERSION, protocol: PROTOCOL_VERSION, tiers: this.tiers.tiers.map((t) => t.name),
+          limits: { max_message_bytes: this.limits.maxMessageBytes, max_block_bytes: this.limits.maxBlockBytes, max_inflight_bytes: this.limits.maxInflightBytes },
+        });
+      }
+      case 'STATS':
+        this.guard?.(peer, 'STATS', undefined);
+        return encodeReply({ id: req.id, stats: this.stats() });
+      case 'LOOKUP': {
+        this.nsOf(peer, req.op, req.ns);
+        const r = this.tiers.lookup(storageKeys(req.ns, req.keys), req.prefetch === true);
+        return encodeReply({ id: req.id, hit: r.hit, tiers: r.tiers, load_ms: r.loadMs });
+      }
+      case 'EXISTS': {
+        this.nsOf(peer, req.op, req.ns);
+        const ex = this.tiers.exists(storageKeys(req.ns, req.keys));
+        let prefix = 0;
+        while (prefix < ex.length && ex[prefix]) prefix++;
+        return encodeReply({ id: req.id, exists: ex, prefix });
+      }
+      case 'DELETE': {
+        this.nsOf(peer, req.op, req.ns);
+        return encodeReply({ id: req.id, deleted: this.tiers.delete(storageKeys(req.ns, req.keys)) });
+      }
+      case 'PUT': {
+        this.nsOf(peer, req.op, req.ns);
+        const keys = storageKeys(req.ns, req.keys);
+        const results: number[] = new Array(keys.length);
+        for (let i = 0; i < keys.length; i++) {
+          const sum = req.sums?.[i];
+          const b = blocks[i]!;
+          if (sum !== undefined && checksum(b) !== sum) {
+            results[i] = PutResult.BAD_CHECKSUM;
+            continue;
+          }
+          results[i] = this.tiers.put(keys[i]!, b, sum);
+        }
+        return encodeReply({ id: req.id, results });
+      }
+      case 'GET': {
+        this.nsOf(peer, req.op, req.ns);
+        const keys = storageKeys(req.ns, req.keys);
+        const finish = (vals: (Buffer | undefined)[]): Buffer[] => {
+          const sizes = vals.map((v) => (v ? v.length : -1));
+          return encodeReply({ id: req.id, sizes }, vals.filter((v): v is Buffer => v !== undefined));
+        };
+        // Fast path: every key in DRAM or missing everywhere → answer without awaiting.
+        const resident = this.tiers.getResident(keys);
+        return resident ? finish(resident) : this.tiers.get(keys).then(finish);
+      }
+    }
+  }
+
+  stats(): Record<string, unknown> {
+    return {
+      server: SERVER_VERSION, uptime_s: Math.round((Date.now() - this.startedAt) / 1000), blocks: this.tiers.index.size,
+      namespaces: this.namespaces.size, requests: this.counters.requests, errors: this.counters.errors,
+      by_op: this.counters.byOp, by_code: this.counters.byCode, tiers: this.tiers.stats(),
+    };
+  }
+
+  private replyError(routingId: Buffer, id: number | undefined, code: string, message: string): void {
+    this.counters.errors++;
+    this.counters.byCode[code] = (this.counters.byCode[code] ?? 0) + 1;
+    this.log.tr({ code, id }, message);
+    this.enqueue(routingId, encodeError(id, code, message));
+  }
+
+  private enqueue(routingId: Buffer, frames: Buffer[], peerKey?: string): void {
+    if (this.stopped) return;
+    let bytes = 0;
+    if (peerKey) {
+      for (const f of frames) bytes += f.length;
+      this.inflight.set(peerKey, (this.inflight.get(peerKey) ?? 0) + bytes);
+    }
+    this.outbox.push([routingId, ...frames]);
+    if (peerKey && bytes) (this.outbox[this.outbox.length - 1] as Buffer[] & { peer?: string; bytes?: number }).peer = peerKey;
+    if (peerKey && bytes) (this.outbox[this.outbox.length - 1] as Buffer[] & { peer?: string; bytes?: number }).bytes = bytes;
+    if (!this.sending) void this.pump();
+  }
+
+  private async pump(): Promise<void> {
+    const router = this.router;
+    if (!router) return;
+    this.sending = true;
+    try {
+      while (this.outbox.length > 0 && !this.stopped) {
+        const msg = this.outbox.shift()! as Buffer[] & { peer?: string; bytes?: number };
+        try {
+          await router.send(msg);
+        } catch (err) {
+          if (!this.stopped) this.log.warn({ err }, 'send failed');
+        } finally {
+          if (msg.peer) this.inflight.set(msg.peer, (this.inflight.get(msg.peer) ?? 0) - (msg.bytes ?? 0));
+        }
+      }
+    } finally {
+      this.sending = false;
+    }
+  }
+}
+
+export { KvstashError };

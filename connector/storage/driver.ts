@@ -1,0 +1,123 @@
+/**
+ * StorageDriver — the southbound contract. Built-in drivers (memory, file, nfs, s3) and vendors' drivers
+ * implement it; the conformance kit (connector/storage/conformance.ts) checks every rule below.
+ * EXPERIMENTAL until a second, external implementation has proven it (semver does not cover it yet).
+ *
+ * Keys
+ * - A key is a string `<ns>/<hash>`: `ns` is a 32-hex-char namespace id, `hash` a 64-hex-char block hash
+ *   (both lowercase). Drivers may map it to paths or object names but must round-trip it exactly in `list`.
+ *   Anything else is rejected with KvstashError code KVS_KEY_LENGTH before any I/O (`assertKey`).
+ * - Keys are content addresses: the bytes stored under a key never legitimately change. `put` of a key that
+ *   already exists may overwrite (same bytes) or keep the old value; both are correct. `put` is idempotent.
+ *
+ * Values
+ * - A value is a byte string of 0 .. `limits.maxValueBytes` bytes with a `BlockMeta` (its xxh64 checksum).
+ *   Over the limit → KVS_TOO_LARGE, before any I/O.
+ * - The driver stores meta with the value and returns both from `get`. It does NOT verify checksums: that is
+ *   the job of the checksum decorator (connector/storage/verify.ts) which wraps every tier.
+ *
+ * Results and errors
+ * - `get` of a missing key resolves `undefined`; `has` resolves false; `delete` resolves false. Misses are
+ *   results, never errors.
+ * - A failed operation rejects with a KvstashError: KVS_STORAGE (I/O or server failure, `cause` set),
+ *   KVS_TIMEOUT (the per-request deadline passed), KVS_UNAVAILABLE (driver closed or circuit open),
+ *   KVS_UNAUTHENTICATED (credentials refused), KVS_KEY_LENGTH, KVS_TOO_LARGE. Nothing else.
+ * - Batch calls (`getMany`, `putMany`) answer per key: one key failing never fails the others; a failed
+ *   key appears as `undefined` (get) or `false` (put).
+ *
+ * Durability and crash consistency
+ * - Once `put` resolves, the value survives the sidecar process being killed (kill -9). Whether it survives
+ *   power loss is the driver's `durable` flag (file: only with fsync on).
+ * - A partially written value is never visible: not to `get`, `has` or `list`, in this or any other process,
+ *   even if the writer is killed mid-write. (Temp-then-rename, multipart complete, …)
+ *
+ * Concurrency
+ * - Every method may be called concurrently with any other, for the same or different keys, from one process;
+ *   shared drivers (nfs, s3) also from many processes and hosts at once. Concurrent put+get of the same key
+ *   returns either nothing or the whole value. Concurrent put+delete leave either state.
+ *
+ * Listing
+ * - `list` yields every complete value's key, size and meta, for rebuilding the index on start-up. Order is
+ *   unspecified. Values put or deleted during a listing may or may not appear.
+ */
+import { ErrorCode, KvstashError } from '../../protocol/errors.js';
+
+export interface BlockMeta {
+  /** xxh64 (seed 0) of the value, 16 lowercase hex chars. */
+  checksum: string;
+}
+
+export interface StoredValue {
+  value: Buffer;
+  meta: BlockMeta;
+}
+
+export interface ListedValue {
+  key: string;
+  size: number;
+  meta: BlockMeta;
+}
+
+export interface DriverLimits {
+  /** Largest value this driver accepts. */
+  maxValueBytes: number;
+}
+
+export interface DriverStats {
+  [counter: string]: number;
+}
+
+export interface StorageDriver {
+  /** Registered driver name, e.g. "memory", "file", "s3". */
+  readonly name: string;
+  readonly limits: DriverLimits;
+  /** True if an acknowledged put survives power loss. */
+  readonly durable: boolean;
+  /** Prepare (create folders, check the bucket). Called once before any other method. */
+  open(): Promise<void>;
+  get(key: string): Promise<StoredValue | undefined>;
+  put(key: string, value: Buffer, meta: BlockMeta): Promise<void>;
+  has(key: string): Promise<boolean>;
+  delete(key: string): Promise<boolean>;
+  getMany(keys: string[]): Promise<(StoredValue | undefined)[]>;
+  putMany(items: { key: string; value: Buffer; meta: BlockMeta }[]): Promise<boolean[]>;
+  list(): AsyncIterable<ListedValue>;
+  /**
+   * Optional: move a value that failed its checksum out of the read path, keeping it for inspection.
+   * Drivers without it have the value deleted instead.
+   */
+  quarantine?(key: string): Promise<void>;
+  stats(): DriverStats;
+  /** Stop accepting calls; in-flight calls may finish. Idempotent. */
+  close(): Promise<void>;
+}
+
+/** A factory building a driver from a parsed config. */
+export interface DriverFactory<C = unknown> {
+  readonly name: string;
+  /** Parse and default a raw config object; throws KVS_CONFIG with the offending field named. */
+  parseConfig(raw: Record<string, unknown>): C;
+  create(config: C): StorageDriver;
+}
+
+const KEY_RE = /^[0-9a-f]{32}\/[0-9a-f]{64}$/;
+
+export function assertKey(key: unknown): asserts key is string {
+  if (typeof key !== 'string' || !KEY_RE.test(key)) {
+    throw new KvstashError(ErrorCode.KEY_LENGTH, `storage key must be "<32 hex ns>/<64 hex hash>", got ${JSON.stringify(key)}`);
+  }
+}
+
+export function assertValueSize(value: Buffer, limits: DriverLimits): void {
+  if (value.length > limits.maxValueBytes) {
+    throw new KvstashError(ErrorCode.TOO_LARGE, `value of ${value.length} bytes is over the driver limit of ${limits.maxValueBytes}`);
+  }
+}
+
+/** Default batch implementations in terms of single calls, for drivers with no native batch API. */
+export async function getManyBySingle(d: StorageDriver, keys: string[]): Promise<(StoredValue | undefined)[]> {
+  return Promise.all(keys.map((k) => d.get(k).catch(() => undefined)));
+}
+export async function putManyBySingle(d: StorageDriver, items: { key: string; value: Buffer; meta: BlockMeta }[]): Promise<boolean[]> {
+  return Promise.all(items.map((it) => d.put(it.key, it.value, it.meta).then(() => true, () => false)));
+}
