@@ -41,6 +41,13 @@ export interface PeerContext {
   principal?: string;
 }
 
+/**
+ * A plugin-registered op on the data socket (e.g. ENGINES from the vLLM events index). It receives the raw
+ * header map (v, id, op already checked), validates its own fields (throw KvstashError KVS_BAD_FIELD), and
+ * returns the reply header fields (id/status are added).
+ */
+export type OpHandler = (header: Record<string, unknown>, peer: PeerContext) => Record<string, unknown> | Promise<Record<string, unknown>>;
+
 /** Called before every data op; throw a KvstashError (PERMISSION_DENIED…) to refuse. */
 export type RequestGuard = (peer: PeerContext, op: string, ns: NamespaceDescriptor | undefined) => void;
 
@@ -63,6 +70,8 @@ export class Sidecar {
   principalOf: ((routingId: Buffer, frames: Buffer[]) => string | undefined) | undefined;
   private router: Router | undefined;
   private readonly plugins: SidecarPlugin[] = [];
+  private readonly extraOps = new Map<string, OpHandler>();
+  private readonly extraOpNames = new Set<string>();
   private readonly outbox: Buffer[][] = [];
   private sending = false;
   private readonly inflight = new Map<string, number>();
@@ -81,6 +90,15 @@ export class Sidecar {
   use(plugin: SidecarPlugin): this {
     this.plugins.push(plugin);
     return this;
+  }
+
+  /** Register a plugin op (name in capitals, not a core op). */
+  registerOp(name: string, handler: OpHandler): void {
+    if (!/^[A-Z][A-Z_]*$/.test(name) || this.extraOps.has(name) || ['HELLO', 'LOOKUP', 'PUT', 'GET', 'EXISTS', 'DELETE', 'STATS', 'PING'].includes(name)) {
+      throw new KvstashError(ErrorCode.CONFIG, `cannot register op "${name}"`);
+    }
+    this.extraOps.set(name, handler);
+    this.extraOpNames.add(name);
   }
 
   get endpoints(): string[] {
@@ -181,7 +199,7 @@ export class Sidecar {
     let req: Request;
     let blocks: Buffer[];
     try {
-      ({ header: req, blocks } = decodeRequest(frames, this.limits));
+      ({ header: req, blocks } = decodeRequest(frames, this.limits, this.extraOpNames));
     } catch (err) {
       const e = err as ProtocolError;
       this.replyError(routingId, e.requestId, e.code, e.message);
@@ -225,6 +243,11 @@ export class Sidecar {
   }
 
   private dispatch(peer: PeerContext, req: Request, blocks: Buffer[]): Buffer[] | Promise<Buffer[]> {
+    const plugin = this.extraOps.get(req.op);
+    if (plugin) {
+      const r = plugin(req as unknown as Record<string, unknown>, peer);
+      return r instanceof Promise ? r.then((h) => encodeReply({ ...h, id: req.id })) : encodeReply({ ...r, id: req.id });
+    }
     switch (req.op) {
       case 'PING':
         return encodeReply({ id: req.id, server: SERVER_VERSION });

@@ -37,7 +37,7 @@ function isUint(x: unknown): x is number {
 }
 
 /** Decode [header, ...blocks] (no identity frame). Throws ProtocolError with a stable code. */
-export function decodeRequest(frames: Buffer[], limits: Limits): DecodedRequest {
+export function decodeRequest(frames: Buffer[], limits: Limits, extraOps?: ReadonlySet<string>): DecodedRequest {
   if (frames.length === 0) throw new ProtocolError(ErrorCode.BAD_HEADER, 'empty message: expected a msgpack header frame', undefined);
   let total = 0;
   for (const f of frames) total += f.length;
@@ -55,10 +55,17 @@ export function decodeRequest(frames: Buffer[], limits: Limits): DecodedRequest 
   const fail = (code: ErrorCode, msg: string): never => { throw new ProtocolError(code, msg, id); };
   if (id === undefined) fail(ErrorCode.BAD_FIELD, `header field "id" must be an unsigned integer, got ${JSON.stringify(h.id)}`);
   if (h.v !== PROTOCOL_VERSION) fail(ErrorCode.VERSION, `protocol version ${JSON.stringify(h.v)} is not supported; this sidecar speaks v${PROTOCOL_VERSION}`);
-  if (typeof h.op !== 'string' || !ALL_OPS.has(h.op)) fail(ErrorCode.UNKNOWN_OP, `unknown op ${JSON.stringify(h.op)}; expected one of ${[...ALL_OPS].join(', ')}`);
+  if (typeof h.op !== 'string' || !(ALL_OPS.has(h.op) || extraOps?.has(h.op))) {
+    fail(ErrorCode.UNKNOWN_OP, `unknown op ${JSON.stringify(h.op)}; expected one of ${[...ALL_OPS, ...(extraOps ?? [])].join(', ')}`);
+  }
   if (total > limits.maxMessageBytes) fail(ErrorCode.TOO_LARGE, `message of ${total} bytes is over the limit of ${limits.maxMessageBytes}`);
   const blocks = frames.slice(1);
   const op = h.op as string;
+  // Plugin ops validate their own fields (and take no binary frames).
+  if (!ALL_OPS.has(op)) {
+    if (blocks.length > 0) fail(ErrorCode.FRAME_MISMATCH, `${op} takes no binary frames, got ${blocks.length}`);
+    return { header: h as unknown as Request, blocks };
+  }
   if (op !== 'PUT' && blocks.length > 0) fail(ErrorCode.FRAME_MISMATCH, `${op} takes no binary frames, got ${blocks.length}`);
   if (op === 'HELLO') {
     validateDescriptor(h.namespace, fail);

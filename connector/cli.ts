@@ -1,0 +1,155 @@
+#!/usr/bin/env node
+/**
+ * `kvstash` command line (commander). Core commands: serve, stats, lookup, config. Adapters and the control
+ * plane add theirs through CliExtension (connector/cli-extensions.ts).
+ * Exit codes: 0 success, 1 operational error (sidecar unreachable, request failed), 2 bad usage/config.
+ */
+import { readFileSync } from 'node:fs';
+import { Command, CommanderError, Option } from 'commander';
+import { KvstashError, ErrorCode } from '../protocol/errors.js';
+import { KvstashClient } from './client.js';
+import { SETTINGS, loadConfig, settingsMarkdown, type Setting } from './config.js';
+import { EXTENSIONS } from './cli-extensions.js';
+import { blockHashes } from './keys.js';
+import { rootLogger } from './log.js';
+import { Sidecar } from './sidecar.js';
+import { formatTable, humanBytes } from './table.js';
+
+const extraSettings: Setting[] = EXTENSIONS.flatMap((e) => e.settings ?? []);
+
+function defaultEndpoint(): string {
+  return loadConfig({}, process.env, undefined, extraSettings).endpoints.find((e) => e.startsWith('ipc://')) ?? 'tcp://127.0.0.1:5599';
+}
+
+function collectFlags(opts: Record<string, unknown>): Record<string, unknown> {
+  const flags: Record<string, unknown> = {};
+  for (const st of [...SETTINGS, ...extraSettings]) if (opts[st.key] !== undefined) flags[st.key] = opts[st.key];
+  return flags;
+}
+
+export function buildProgram(): Command {
+  const program = new Command('kvstash')
+    .description('KV-cache sidecar for LLM inference: keeps KV blocks in DRAM → SSD → NFS → S3 and hands them back to engines')
+    .version('0.1.0')
+    .showHelpAfterError()
+    .exitOverride();
+
+  const serve = program.command('serve').description('run the sidecar (ZeroMQ data socket over the tier stack)')
+    .option('--config <file>', 'JSON config file (also KVSTASH_CONFIG)');
+  for (const st of [...SETTINGS, ...extraSettings]) {
+    const arg = st.kind === 'bool' ? `${st.flag} [bool]` : `${st.flag} <value>`;
+    serve.addOption(new Option(arg, `${st.describe} (env ${st.env}; default ${st.defDoc.replace(/`/g, '')})`).argParser((v: string, prev: unknown) => {
+      if (st.kind === 'list' && typeof prev === 'string') return `${prev},${v}`;
+      return v ?? 'true';
+    }));
+  }
+  serve.action(async (opts: Record<string, unknown>) => {
+    const config = loadConfig(collectFlags(opts), process.env, opts.config as string | undefined, extraSettings);
+    const log = rootLogger(config.logLevel);
+    const sidecar = new Sidecar(config);
+    for (const ext of EXTENSIONS) for (const p of (await ext.plugins?.(config)) ?? []) sidecar.use(p);
+    const { endpoints, rebuilt } = await sidecar.start();
+    const tiers = sidecar.tiers.tiers.map((t) => `${t.name} (${t.driver.name}, ${humanBytes(t.budgetBytes)})`).join(' → ');
+    process.stdout.write(`kvstash sidecar listening on ${endpoints.join(', ')}\ntiers: ${tiers}\nindex rebuilt from disk: ${rebuilt} blocks\n`);
+    log.info({ endpoints, tiers: sidecar.tiers.stats().map((t) => t.name), rebuilt }, 'sidecar started');
+    let stopping = false;
+    const stop = async (sig: string) => {
+      if (stopping) return;
+      stopping = true;
+      log.info({ sig }, 'stopping: draining write-behind queues');
+      await sidecar.stop();
+      process.exit(0);
+    };
+    process.on('SIGINT', () => void stop('SIGINT'));
+    process.on('SIGTERM', () => void stop('SIGTERM'));
+  });
+
+  program.command('stats').description('print tier statistics of a running sidecar (data socket)')
+    .option('--endpoint <ep>', 'sidecar endpoint', defaultEndpoint())
+    .option('--timeout <ms>', 'deadline in ms', '3000')
+    .option('--json', 'print JSON')
+    .action(async (opts: { endpoint: string; timeout: string; json?: boolean }) => {
+      const c = new KvstashClient(opts.endpoint, { timeoutMs: Number(opts.timeout) });
+      try {
+        const st = await c.stats();
+        if (opts.json) process.stdout.write(JSON.stringify(st, null, 2) + '\n');
+        else {
+          const tiers = st.tiers as Record<string, number | string>[];
+          process.stdout.write(`${st.server}  up ${st.uptime_s}s  blocks ${st.blocks}  namespaces ${st.namespaces}  requests ${st.requests}  errors ${st.errors}\n`);
+          process.stdout.write(formatTable(['tier', 'bytes', 'budget', 'blocks', 'hits', 'misses', 'evictions', 'queue', 'dropped', 'bad sums'],
+            tiers.map((t) => [t.name, humanBytes(t.bytes as number), humanBytes(t.budgetBytes as number), t.blocks, t.hits, t.misses, t.evictions, t.queueDepth, t.droppedSaves, t.checksumFailures])) + '\n');
+        }
+      } finally {
+        c.close();
+      }
+    });
+
+  program.command('lookup').description('how many leading blocks of a token sequence the sidecar holds, per tier')
+    .option('--endpoint <ep>', 'sidecar endpoint', defaultEndpoint())
+    .requiredOption('--tokens <list|@file>', 'token ids: comma/space separated, or @file (JSON array or whitespace separated)')
+    .option('--block-size <n>', 'tokens per block', '16')
+    .option('--model <id>', 'namespace: model', 'default')
+    .option('--engine <kind>', 'namespace: engine kind', 'vllm')
+    .option('--layout <fp>', 'namespace: KV layout fingerprint', 'default')
+    .option('--tenant <t>', 'namespace: tenant', 'default')
+    .option('--tp <rank/size>', 'namespace: tensor-parallel rank/size', '0/1')
+    .option('--pp <rank/size>', 'namespace: pipeline-parallel rank/size', '0/1')
+    .option('--lora <name>', 'LoRA adapter name (hash extra key)')
+    .option('--cache-salt <salt>', 'cache salt (hash extra key of the first block)')
+    .option('--timeout <ms>', 'deadline in ms', '3000')
+    .option('--json', 'print JSON')
+    .action(async (opts: Record<string, string | boolean | undefined>) => {
+      const tokens = parseTokens(String(opts.tokens));
+      const [tpr, tps] = String(opts.tp).split('/').map(Number);
+      const [ppr, pps] = String(opts.pp).split('/').map(Number);
+      const keys = blockHashes(tokens, Number(opts.blockSize), { lora: opts.lora as string | undefined, cacheSalt: opts.cacheSalt as string | undefined });
+      const c = new KvstashClient(String(opts.endpoint), { timeoutMs: Number(opts.timeout) });
+      try {
+        const ns = await c.hello({ model: String(opts.model), engine: String(opts.engine), layout: String(opts.layout), tenant: String(opts.tenant), tp_rank: tpr!, tp_size: tps!, pp_rank: ppr!, pp_size: pps! });
+        const r = await c.lookup(ns, keys);
+        const out = { namespace: ns, blocks: keys.length, hit_blocks: r.hit, hit_tokens: r.hit * Number(opts.blockSize), tiers: r.tiers, load_ms: r.loadMs };
+        if (opts.json) process.stdout.write(JSON.stringify(out, null, 2) + '\n');
+        else {
+          process.stdout.write(`${r.hit} of ${keys.length} blocks (${out.hit_tokens} tokens) available\n`);
+          process.stdout.write(formatTable(['tier', 'leading blocks', 'est. load ms'], Object.keys(r.tiers).map((t) => [t, r.tiers[t]!, (r.loadMs[t] ?? 0).toFixed(2)])) + '\n');
+        }
+      } finally {
+        c.close();
+      }
+    });
+
+  program.command('config').description('print the resolved configuration, or the settings table')
+    .option('--config <file>', 'JSON config file')
+    .option('--markdown', 'print the settings reference as a markdown table')
+    .action((opts: { config?: string; markdown?: boolean }) => {
+      if (opts.markdown) process.stdout.write(settingsMarkdown(extraSettings) + '\n');
+      else process.stdout.write(JSON.stringify(loadConfig({}, process.env, opts.config, extraSettings), null, 2) + '\n');
+    });
+
+  for (const ext of EXTENSIONS) ext.commands?.(program);
+  return program;
+}
+
+export function parseTokens(spec: string): number[] {
+  const text = spec.startsWith('@') ? readFileSync(spec.slice(1), 'utf8') : spec;
+  const t = text.trim();
+  const arr: unknown[] = t.startsWith('[') ? JSON.parse(t) : t.split(/[\s,]+/).filter(Boolean).map(Number);
+  if (!arr.every((x) => typeof x === 'number' && Number.isInteger(x) && x >= 0 && x < 2 ** 32)) {
+    throw new KvstashError(ErrorCode.INVALID_ARGUMENT, 'tokens must be non-negative integers below 2^32');
+  }
+  return arr as number[];
+}
+
+export async function main(argv: string[]): Promise<void> {
+  const program = buildProgram();
+  try {
+    await program.parseAsync(argv);
+  } catch (err) {
+    if (err instanceof CommanderError) process.exit(err.exitCode === 0 ? 0 : 2);
+    const e = err as KvstashError;
+    process.stderr.write(`kvstash: ${e.code ?? 'error'}: ${e.message}\n`);
+    process.exit(e.code === ErrorCode.CONFIG || e.code === ErrorCode.INVALID_ARGUMENT ? 2 : 1);
+  }
+}
+
+void main(process.argv);
