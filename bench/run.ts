@@ -1,0 +1,34 @@
+/**
+ * `npm run bench`: runs every benchmark below as its own process, one after another, and prints their tables.
+ * Figures are reported as ratios against a ceiling measured in the same run (this machine is shared and noisy).
+ * `npm run bench -- <name…>` runs only the named ones; `--quick` asks each for a shorter run.
+ */
+import { spawnSync } from 'node:child_process';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const repo = path.resolve(here, '..', '..');
+const py = process.env.KVSTASH_PYTHON || '/usr/bin/python3';
+const node = (f: string) => [process.execPath, path.join(here, f)];
+
+export const BENCHES: { name: string; cmd: string[] }[] = [
+  { name: 'sidecar', cmd: node('sidecar.js') },
+  { name: 'file-tier', cmd: node('file-tier.js') },
+  { name: 'index', cmd: node('index-memory.js') },
+];
+
+const args = process.argv.slice(2);
+const only = args.filter((a) => !a.startsWith('--'));
+const extra = args.filter((a) => a.startsWith('--'));
+let failed = 0;
+for (const b of BENCHES) {
+  if (only.length && !only.includes(b.name)) continue;
+  process.stdout.write(`\n=== bench: ${b.name} ===\n`);
+  const r = spawnSync(b.cmd[0]!, [...b.cmd.slice(1), ...extra], { stdio: 'inherit', cwd: repo, env: { ...process.env, KVSTASH_PYTHON: py } });
+  if (r.status !== 0) {
+    failed++;
+    process.stdout.write(`bench ${b.name} FAILED (exit ${r.status})\n`);
+  }
+}
+process.exit(failed ? 1 : 0);
