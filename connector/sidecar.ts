@@ -205,6 +205,12 @@ export class Sidecar {
       this.replyError(routingId, e.requestId, e.code, e.message);
       return;
     }
+    // A GET's cost includes the reply it will produce, so pipelined GETs from slow tiers are bounded too.
+    let getKeys: string[] | undefined;
+    if (req.op === 'GET') {
+      getKeys = storageKeys(req.ns, req.keys);
+      for (const k of getKeys) size += this.tiers.entry(k)?.size ?? 0;
+    }
     const held = this.inflight.get(peerKey) ?? 0;
     if (held > 0 && held + size > this.limits.maxInflightBytes) {
       this.replyError(routingId, req.id, ErrorCode.BUSY, `client has ${held} bytes in flight; limit is ${this.limits.maxInflightBytes}`);
@@ -218,7 +224,7 @@ export class Sidecar {
     };
     try {
       const peer: PeerContext = { routingId, principal: this.principalOf?.(routingId, frames) };
-      const r = this.dispatch(peer, req, blocks);
+      const r = this.dispatch(peer, req, blocks, getKeys);
       if (r instanceof Promise) {
         r.then(done, (err) => {
           const e = toKvstashError(err);
@@ -242,7 +248,7 @@ export class Sidecar {
     return d;
   }
 
-  private dispatch(peer: PeerContext, req: Request, blocks: Buffer[]): Buffer[] | Promise<Buffer[]> {
+  private dispatch(peer: PeerContext, req: Request, blocks: Buffer[], getKeys?: string[]): Buffer[] | Promise<Buffer[]> {
     const plugin = this.extraOps.get(req.op);
     if (plugin) {
       const r = plugin(req as unknown as Record<string, unknown>, peer);
@@ -295,7 +301,7 @@ export class Sidecar {
       }
       case 'GET': {
         this.nsOf(peer, req.op, req.ns);
-        const keys = storageKeys(req.ns, req.keys);
+        const keys = getKeys ?? storageKeys(req.ns, req.keys);
         const finish = (vals: (Buffer | undefined)[]): Buffer[] => {
           const sizes = vals.map((v) => (v ? v.length : -1));
           return encodeReply({ id: req.id, sizes }, vals.filter((v): v is Buffer => v !== undefined));

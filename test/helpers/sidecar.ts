@@ -1,0 +1,92 @@
+/** Test helpers: a real sidecar in-process or as a child process, on unique ipc paths and temp folders. */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { KvstashClient } from '../../connector/client.js';
+import { loadConfig, type Config } from '../../connector/config.js';
+import { Sidecar } from '../../connector/sidecar.js';
+import type { NamespaceDescriptor } from '../../protocol/wire.js';
+
+export const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
+export const sharedDir = path.resolve(repoRoot, '..', 'shared');
+
+let counter = 0;
+export function tempDir(prefix = 'kvstash-test-'): string {
+  return mkdtempSync(path.join(os.tmpdir(), prefix));
+}
+export function uniqueIpc(dir?: string): string {
+  return `ipc://${path.join(dir ?? tempDir(), `s-${process.pid}-${counter++}.sock`)}`;
+}
+
+export const NS: NamespaceDescriptor = {
+  model: 'test/model', engine: 'vllm', layout: 'bf16;bs=16;L=2;H=2;D=8;NHD', tp_rank: 0, tp_size: 1, pp_rank: 0, pp_size: 1, tenant: 'default',
+};
+
+export interface Running {
+  sidecar: Sidecar;
+  endpoint: string;
+  dir: string;
+  client: (timeoutMs?: number) => KvstashClient;
+  stop: () => Promise<void>;
+}
+
+/** Start an in-process sidecar; `over` overrides settings (byte sizes as strings or numbers). */
+export async function startSidecar(over: Record<string, unknown> = {}): Promise<Running> {
+  const dir = tempDir();
+  const endpoint = uniqueIpc(dir);
+  const config: Config = loadConfig({ endpoints: [endpoint], fileRoot: path.join(dir, 'tier'), dramBytes: '64MiB', fileBytes: '256MiB', logLevel: 'silent', ...over }, {});
+  const sidecar = new Sidecar(config);
+  await sidecar.start();
+  const clients: KvstashClient[] = [];
+  return {
+    sidecar, endpoint, dir,
+    client: (timeoutMs = 5000) => {
+      const c = new KvstashClient(endpoint, { timeoutMs });
+      clients.push(c);
+      return c;
+    },
+    stop: async () => {
+      for (const c of clients) c.close();
+      await sidecar.stop();
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** Start `kvstash serve` as a child process (through tsx); resolves once it prints its endpoints. */
+export function spawnSidecar(args: string[], env: NodeJS.ProcessEnv = {}, deadlineMs = 20_000): Promise<{ proc: ChildProcess; output: () => string }> {
+  const proc = spawn(process.execPath, ['--import=tsx', path.join(repoRoot, 'connector', 'cli.ts'), 'serve', ...args], {
+    cwd: repoRoot, env: { ...process.env, KVSTASH_LOG_LEVEL: 'warn', ...env }, stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let out = '';
+  proc.stdout!.on('data', (d) => { out += d; });
+  proc.stderr!.on('data', (d) => { out += d; });
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => { proc.kill('SIGKILL'); reject(new Error(`sidecar did not start within ${deadlineMs} ms:\n${out}`)); }, deadlineMs);
+    proc.stdout!.on('data', () => {
+      if (out.includes('index rebuilt from disk')) {
+        clearTimeout(timer);
+        resolve({ proc, output: () => out });
+      }
+    });
+    proc.on('exit', (code) => { clearTimeout(timer); reject(new Error(`sidecar exited with ${code}:\n${out}`)); });
+  });
+}
+
+export function killAndWait(proc: ChildProcess, signal: NodeJS.Signals = 'SIGKILL'): Promise<void> {
+  if (proc.exitCode !== null || proc.signalCode !== null) return Promise.resolve();
+  return new Promise((resolve) => {
+    proc.once('exit', () => resolve());
+    proc.kill(signal);
+  });
+}
+
+/** Deterministic block content derived from a key, so any served block can be checked. */
+export function blockFor(key: Buffer, size: number): Buffer {
+  const b = Buffer.allocUnsafe(size);
+  for (let off = 0; off < size; off += 32) key.copy(b, off, 0, Math.min(32, size - off));
+  if (size >= 4) b.writeUInt32LE(size, 0);
+  return b;
+}
