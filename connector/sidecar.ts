@@ -303,7 +303,7 @@ export class Sidecar {
         this.nsOf(peer, req.op, req.ns);
         const keys = getKeys ?? storageKeys(req.ns, req.keys);
         const finish = (vals: (Buffer | undefined)[]): Buffer[] => {
-          const sizes = vals.map((v) => (v ? v.length : -1));
+          const sizes = Array.from(vals, (v) => (v ? v.length : -1)); // Array.from: vals may be sparse (misses are holes)
           return encodeReply({ id: req.id, sizes }, vals.filter((v): v is Buffer => v !== undefined));
         };
         // Fast path: every key in DRAM or missing everywhere → answer without awaiting.
