@@ -1,0 +1,382 @@
+"""Python client for kvstash wire protocol v1 — the counterpart of connector/client.ts.
+
+Transport: one ZeroMQ DEALER per client. Frame 0 of every message is a msgpack map (the header); block bytes
+travel as separate raw frames, sent with ``copy=False`` (zero-copy for frames above pyzmq's copy threshold:
+the buffer — bytes, bytearray, memoryview, numpy array — must stay unmodified until the send completes;
+pyzmq keeps a reference to it). Received block frames are returned as memoryviews over ZeroMQ's buffers.
+
+Stable API (the vLLM and SGLang adapters build on it; keep it backwards compatible):
+
+``KvstashClient(endpoint, timeout_ms=5000, client_name="kvstash-py", context=None, configure=None)``
+  - ``hello(desc) -> ns`` / ``namespace(desc) -> ns`` (HELLO once per descriptor, cached; ``desc`` is a dict
+    with the NS_FIELDS of kvstash.hashing or a ``Namespace``)
+  - ``lookup(ns, keys, prefetch=False) -> LookupResult(hit, tiers, load_ms)``
+  - ``put(ns, keys, blocks, sums=None) -> list[int]`` (PUT_STORED / PUT_PRESENT / PUT_DROPPED / PUT_BAD_CHECKSUM)
+  - ``get(ns, keys) -> list[memoryview | None]`` (None = miss)
+  - ``exists(ns, keys) -> ExistsResult(exists, prefix)``, ``delete(ns, keys) -> int``
+  - ``stats() -> dict``, ``ping() -> str``
+  - batch helpers ``put_many(ns, keys, blocks)`` / ``get_many(ns, keys)``: split into requests under the
+    sidecar's limits and keep a window of them in flight (pipelined ids)
+  - low level: ``submit(header, blocks) -> id`` then ``wait(id) -> Reply``; ``request(header, blocks)``
+  - every call takes ``timeout_ms=None`` (default: the client's) — the deadline of the whole call
+  - ``close()``; the client is also a context manager
+  ``keys`` is either bytes (n × 32, concatenated) or a sequence of 32-byte hashes.
+
+Errors: everything raises ``KvstashError`` with a stable ``code`` (kvstash.errors). No answer before the
+deadline → ``KVS_TIMEOUT`` (a late reply is dropped); no connection to send on before the deadline (sidecar
+absent) → ``KVS_UNAVAILABLE``; an ERR reply → the sidecar's code. ``KVS_NS_UNKNOWN`` from the sidecar (it
+restarted without persisting namespaces) triggers one re-HELLO and one retry, within the same deadline.
+
+Thread-safety: a client is NOT thread-safe — ZeroMQ sockets must not be used from two threads at once. A
+client binds to the first thread that uses it and raises ``KVS_INTERNAL`` when another thread calls it. Use
+one client per thread (they are cheap: one socket each); ``ThreadLocalClients`` hands each thread its own.
+
+Reconnects: ZeroMQ reconnects by itself (100 ms, backing off to 2 s). ``IMMEDIATE`` is set, so while no
+connection exists nothing is queued: a send waits for a connection until the call's deadline and then raises
+``KVS_UNAVAILABLE``. Requests in flight when the sidecar dies are answered by ``KVS_TIMEOUT`` at their
+deadline. Nothing is retried except the re-HELLO above: callers (the engine connectors) treat any error as a
+cache miss and recompute.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
+
+import msgpack
+import zmq
+
+from . import errors as E
+from .errors import KvstashError
+from .hashing import NS_FIELDS, namespace_id
+
+PROTOCOL_VERSION = 1
+KEY_BYTES = 32
+PUT_STORED, PUT_PRESENT, PUT_DROPPED, PUT_BAD_CHECKSUM = 0, 1, 2, 3
+
+Keys = Union[bytes, bytearray, memoryview, Sequence[bytes]]
+Buffer = Any  # anything exposing the buffer protocol
+
+
+@dataclass
+class Reply:
+    header: Dict[str, Any]
+    blocks: List[memoryview] = field(default_factory=list)
+
+
+@dataclass
+class LookupResult:
+    hit: int
+    tiers: Dict[str, int]
+    load_ms: Dict[str, float]
+
+
+@dataclass
+class ExistsResult:
+    exists: List[bool]
+    prefix: int
+
+
+def keys_field(keys: Keys) -> bytes:
+    b = bytes(keys) if isinstance(keys, (bytes, bytearray, memoryview)) else b"".join(bytes(k) for k in keys)
+    if len(b) % KEY_BYTES:
+        raise KvstashError(E.KEY_LENGTH, f"keys are {len(b)} bytes, not a multiple of {KEY_BYTES}")
+    return b
+
+
+def _nbytes(b: Buffer) -> int:
+    return memoryview(b).nbytes
+
+
+def _descriptor(desc: Any) -> Dict[str, Any]:
+    if isinstance(desc, Mapping):
+        return {f: desc[f] for f in NS_FIELDS}
+    return {f: getattr(desc, f) for f in NS_FIELDS}
+
+
+class KvstashClient:
+    def __init__(
+        self,
+        endpoint: str,
+        timeout_ms: float = 5000,
+        client_name: str = "kvstash-py",
+        context: Optional[zmq.Context] = None,
+        configure: Optional[Callable[[zmq.Socket], None]] = None,
+    ) -> None:
+        self.endpoint = endpoint
+        self.timeout_ms = timeout_ms
+        self.client_name = client_name
+        self.limits: Dict[str, int] = {}
+        self._ctx = context or zmq.Context.instance()
+        s = self._ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.setsockopt(zmq.IMMEDIATE, 1)
+        s.setsockopt(zmq.SNDHWM, 100_000)
+        s.setsockopt(zmq.RCVHWM, 100_000)
+        s.setsockopt(zmq.RECONNECT_IVL, 100)
+        s.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+        if configure is not None:
+            configure(s)
+        s.connect(endpoint)
+        self._sock = s
+        self._next_id = 1
+        self._pending: Dict[int, str] = {}
+        self._replies: Dict[int, Reply] = {}
+        self._hellos: Dict[str, Dict[str, Any]] = {}
+        self._owner: Optional[int] = None
+        self._closed = False
+
+    # ---- plumbing ---------------------------------------------------------------------------------------
+
+    def _deadline(self, timeout_ms: Optional[float]) -> float:
+        return time.monotonic() + (self.timeout_ms if timeout_ms is None else timeout_ms) / 1000.0
+
+    def _check(self) -> None:
+        if self._closed:
+            raise KvstashError(E.UNAVAILABLE, "client is closed")
+        me = threading.get_ident()
+        if self._owner is None:
+            self._owner = me
+        elif self._owner != me:
+            raise KvstashError(E.INTERNAL, "KvstashClient used from a second thread; use one client per thread")
+
+    def submit(self, header: Mapping[str, Any], blocks: Sequence[Buffer] = (), deadline: Optional[float] = None) -> int:
+        """Send one request (``v`` and ``id`` are filled in); returns its id for ``wait``."""
+        self._check()
+        deadline = self._deadline(None) if deadline is None else deadline
+        rid = self._next_id
+        self._next_id = 1 if rid >= 0xFFFFFFFF else rid + 1
+        frames: List[Any] = [msgpack.packb({**header, "v": PROTOCOL_VERSION, "id": rid}, use_bin_type=True)]
+        frames.extend(blocks)
+        while True:
+            try:
+                self._sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+                break
+            except zmq.Again:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise KvstashError(E.UNAVAILABLE, f"{header.get('op')}: no connection to {self.endpoint} before the deadline") from None
+                zmq.select([], [self._sock], [], min(left, 0.05))
+            except zmq.ZMQError as err:
+                raise KvstashError(E.UNAVAILABLE, f"send to {self.endpoint} failed: {err}", cause=err) from None
+        self._pending[rid] = str(header.get("op"))
+        return rid
+
+    def _receive(self, timeout_s: float) -> None:
+        if not self._sock.poll(max(0, int(timeout_s * 1000)), zmq.POLLIN):
+            return
+        while True:
+            try:
+                frames = self._sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            try:
+                h = msgpack.unpackb(frames[0].bytes, raw=False)
+                rid = h["id"]
+            except Exception:  # undecodable reply: nothing to match it to
+                continue
+            if rid in self._pending:
+                self._replies[rid] = Reply(h, [f.buffer for f in frames[1:]])
+
+    def wait(self, rid: int, deadline: Optional[float] = None) -> Reply:
+        """Wait for the reply to ``rid``; raise its error, or KVS_TIMEOUT at the deadline."""
+        self._check()
+        deadline = self._deadline(None) if deadline is None else deadline
+        while rid not in self._replies:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                op = self._pending.pop(rid, "?")
+                raise KvstashError(E.TIMEOUT, f"{op} #{rid} got no reply before the deadline from {self.endpoint}")
+            self._receive(left)
+        self._pending.pop(rid, None)
+        r = self._replies.pop(rid)
+        if r.header.get("status") != "OK":
+            raise KvstashError(str(r.header.get("code") or E.INTERNAL), str(r.header.get("message") or "error"))
+        return r
+
+    def request(self, header: Mapping[str, Any], blocks: Sequence[Buffer] = (), timeout_ms: Optional[float] = None) -> Reply:
+        deadline = self._deadline(timeout_ms)
+        return self.wait(self.submit(header, blocks, deadline), deadline)
+
+    def _with_ns(self, ns: str, header: Dict[str, Any], blocks: Sequence[Buffer], deadline: float) -> Reply:
+        try:
+            return self.wait(self.submit({**header, "ns": ns}, blocks, deadline), deadline)
+        except KvstashError as err:
+            if err.code != E.NS_UNKNOWN or ns not in self._hellos:
+                raise
+            self._hello(self._hellos[ns], deadline)
+            return self.wait(self.submit({**header, "ns": ns}, blocks, deadline), deadline)
+
+    # ---- operations -------------------------------------------------------------------------------------
+
+    def _hello(self, desc: Dict[str, Any], deadline: float) -> str:
+        r = self.wait(self.submit({"op": "HELLO", "client": self.client_name, "namespace": desc}, (), deadline), deadline)
+        ns = str(r.header["ns"])
+        self._hellos[ns] = desc
+        self.limits = dict(r.header.get("limits") or {})
+        return ns
+
+    def hello(self, desc: Any, timeout_ms: Optional[float] = None) -> str:
+        return self._hello(_descriptor(desc), self._deadline(timeout_ms))
+
+    def namespace(self, desc: Any, timeout_ms: Optional[float] = None) -> str:
+        """Register ``desc`` (HELLO) unless already done, and return its namespace id."""
+        d = _descriptor(desc)
+        ns = namespace_id(d)
+        return ns if ns in self._hellos else self._hello(d, self._deadline(timeout_ms))
+
+    def lookup(self, ns: str, keys: Keys, prefetch: bool = False, timeout_ms: Optional[float] = None) -> LookupResult:
+        h: Dict[str, Any] = {"op": "LOOKUP", "keys": keys_field(keys)}
+        if prefetch:
+            h["prefetch"] = True
+        r = self._with_ns(ns, h, (), self._deadline(timeout_ms)).header
+        return LookupResult(int(r["hit"]), dict(r.get("tiers") or {}), dict(r.get("load_ms") or {}))
+
+    def put(self, ns: str, keys: Keys, blocks: Sequence[Buffer], sums: Optional[Sequence[str]] = None,
+            timeout_ms: Optional[float] = None) -> List[int]:
+        h: Dict[str, Any] = {"op": "PUT", "keys": keys_field(keys), "sizes": [_nbytes(b) for b in blocks]}
+        if sums is not None:
+            h["sums"] = list(sums)
+        return list(self._with_ns(ns, h, blocks, self._deadline(timeout_ms)).header["results"])
+
+    def get(self, ns: str, keys: Keys, timeout_ms: Optional[float] = None) -> List[Optional[memoryview]]:
+        r = self._with_ns(ns, {"op": "GET", "keys": keys_field(keys)}, (), self._deadline(timeout_ms))
+        return _spread(r)
+
+    def exists(self, ns: str, keys: Keys, timeout_ms: Optional[float] = None) -> ExistsResult:
+        r = self._with_ns(ns, {"op": "EXISTS", "keys": keys_field(keys)}, (), self._deadline(timeout_ms)).header
+        return ExistsResult([bool(x) for x in r["exists"]], int(r["prefix"]))
+
+    def delete(self, ns: str, keys: Keys, timeout_ms: Optional[float] = None) -> int:
+        return int(self._with_ns(ns, {"op": "DELETE", "keys": keys_field(keys)}, (), self._deadline(timeout_ms)).header["deleted"])
+
+    def stats(self, timeout_ms: Optional[float] = None) -> Dict[str, Any]:
+        return dict(self.request({"op": "STATS"}, (), timeout_ms).header["stats"])
+
+    def ping(self, timeout_ms: Optional[float] = None) -> str:
+        return str(self.request({"op": "PING"}, (), timeout_ms).header.get("server"))
+
+    # ---- batch helpers ----------------------------------------------------------------------------------
+
+    def put_many(self, ns: str, keys: Keys, blocks: Sequence[Buffer], max_batch_bytes: int = 64 << 20,
+                 window: int = 4, timeout_ms: Optional[float] = None) -> List[int]:
+        """PUT many blocks as several pipelined requests. A batch refused with KVS_BUSY counts as DROPPED."""
+        kb = keys_field(keys)
+        n = len(kb) // KEY_BYTES
+        if n != len(blocks):
+            raise KvstashError(E.FRAME_MISMATCH, f"{n} keys but {len(blocks)} blocks")
+        cap = min(max_batch_bytes, int(self.limits.get("max_message_bytes", max_batch_bytes)) - 65536)
+        batches, start, size = [], 0, 0
+        for i, b in enumerate(blocks):
+            nb = _nbytes(b)
+            if i > start and size + nb > cap:
+                batches.append((start, i))
+                start, size = i, 0
+            size += nb
+        if n:
+            batches.append((start, n))
+        deadline = self._deadline(timeout_ms)
+        results = [PUT_DROPPED] * n
+
+        def send(a: int, b: int) -> int:
+            h = {"op": "PUT", "ns": ns, "keys": kb[a * KEY_BYTES : b * KEY_BYTES], "sizes": [_nbytes(x) for x in blocks[a:b]]}
+            return self.submit(h, blocks[a:b], deadline)
+
+        self._windowed(ns, batches, send, deadline, window, lambda a, b, r: results.__setitem__(slice(a, b), r.header["results"]))
+        return results
+
+    def get_many(self, ns: str, keys: Keys, max_batch_keys: int = 64, window: int = 4,
+                 timeout_ms: Optional[float] = None) -> List[Optional[memoryview]]:
+        """GET many keys as several pipelined requests; one entry per key, None for a miss."""
+        kb = keys_field(keys)
+        n = len(kb) // KEY_BYTES
+        batches = [(a, min(n, a + max_batch_keys)) for a in range(0, n, max(1, max_batch_keys))]
+        deadline = self._deadline(timeout_ms)
+        out: List[Optional[memoryview]] = [None] * n
+
+        def send(a: int, b: int) -> int:
+            return self.submit({"op": "GET", "ns": ns, "keys": kb[a * KEY_BYTES : b * KEY_BYTES]}, (), deadline)
+
+        self._windowed(ns, batches, send, deadline, window, lambda a, b, r: out.__setitem__(slice(a, b), _spread(r)))
+        return out
+
+    def _windowed(self, ns: str, batches, send, deadline: float, window: int, take) -> None:
+        inflight: List[tuple] = []
+        i, rehello = 0, True
+        try:
+            while i < len(batches) or inflight:
+                while i < len(batches) and len(inflight) < max(1, window):
+                    a, b = batches[i]
+                    inflight.append((send(a, b), a, b))
+                    i += 1
+                rid, a, b = inflight.pop(0)
+                try:
+                    take(a, b, self.wait(rid, deadline))
+                except KvstashError as err:
+                    ns_desc = self._hellos.get(ns)
+                    if err.code == E.BUSY:
+                        continue
+                    if err.code == E.NS_UNKNOWN and rehello and ns_desc is not None:
+                        rehello = False
+                        self._hello(ns_desc, deadline)
+                        inflight.append((send(a, b), a, b))
+                        continue
+                    raise
+        finally:
+            for rid, _a, _b in inflight:
+                self._pending.pop(rid, None)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._pending.clear()
+        self._replies.clear()
+        self._sock.close(linger=0)
+
+    def __enter__(self) -> "KvstashClient":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _spread(r: Reply) -> List[Optional[memoryview]]:
+    j = 0
+    out: List[Optional[memoryview]] = []
+    for s in r.header["sizes"]:
+        if isinstance(s, int) and s >= 0:
+            out.append(r.blocks[j])
+            j += 1
+        else:
+            out.append(None)
+    return out
+
+
+class ThreadLocalClients:
+    """One KvstashClient per thread, created on first use with the same options."""
+
+    def __init__(self, endpoint: str, **opts: Any) -> None:
+        self.endpoint, self.opts = endpoint, opts
+        self._local = threading.local()
+        self._all: List[KvstashClient] = []
+        self._lock = threading.Lock()
+
+    def get(self) -> KvstashClient:
+        c = getattr(self._local, "client", None)
+        if c is None:
+            c = KvstashClient(self.endpoint, **self.opts)
+            self._local.client = c
+            with self._lock:
+                self._all.append(c)
+        return c
+
+    def close_all(self) -> None:
+        with self._lock:
+            for c in self._all:
+                try:
+                    c.close()
+                except Exception:
+                    pass
+            self._all.clear()
