@@ -435,4 +435,180 @@ export class TierStack extends EventEmitter {
     this.closed = true;
     for (const t of this.tiers) await t.driver.close();
   }
+
+  // ---- control-plane primitives ----
+  // Used by connector/control (gRPC Pin/Unpin/Evict/Clear/Move). Each tag pinning a block adds one to
+  // BlockEntry.pins, so evictOne never picks it; the pin budget bounds the bytes of distinct pinned blocks.
+  // When a pinned block leaves the index (DELETE, Clear, a lost or corrupt last copy) its pins go with it.
+
+  private pinState: { tags: Map<string, Set<string>>; sizes: Map<string, number>; bytes: number; budget: number } | undefined;
+
+  private pins_(): NonNullable<TierStack['pinState']> {
+    if (!this.pinState) {
+      const st = { tags: new Map<string, Set<string>>(), sizes: new Map<string, number>(), bytes: 0, budget: Number.POSITIVE_INFINITY };
+      this.pinState = st;
+      this.on('removed', (ev: { key: string }) => queueMicrotask(() => {
+        const size = st.sizes.get(ev.key);
+        if (size === undefined || (this.index.get(ev.key)?.pins ?? 0) > 0) return;
+        st.sizes.delete(ev.key);
+        st.bytes -= size;
+        for (const [tag, keys] of st.tags) if (keys.delete(ev.key) && keys.size === 0) st.tags.delete(tag);
+      }));
+    }
+    return this.pinState;
+  }
+
+  /** Bytes that distinct pinned blocks may occupy (default unbounded). */
+  setPinBudget(bytes: number): void {
+    this.pins_().budget = bytes;
+  }
+
+  /**
+   * Pin the present blocks among `keys` under `tag`. All or nothing: when the blocks not pinned yet would take
+   * the pinned bytes over the budget, nothing is pinned and `exhausted` is true. `pinned` counts the present
+   * blocks (now) pinned under the tag, `missing` the keys held by no tier.
+   */
+  pin(keys: string[], tag: string): { pinned: number; missing: number; addedBytes: number; exhausted: boolean } {
+    const st = this.pins_();
+    const fresh = new Map<string, BlockEntry>();
+    const tagged = st.tags.get(tag);
+    let missing = 0;
+    let already = 0;
+    let added = 0;
+    for (const k of keys) {
+      const e = this.index.get(k);
+      if (!e || e.where === 0) { missing++; continue; }
+      if (tagged?.has(k)) { already++; continue; }
+      if (fresh.has(k)) continue;
+      fresh.set(k, e);
+      if (e.pins === 0) added += e.size;
+    }
+    if (st.bytes + added > st.budget) return { pinned: 0, missing, addedBytes: added, exhausted: true };
+    let set = tagged;
+    if (!set && fresh.size) st.tags.set(tag, (set = new Set()));
+    for (const e of fresh.values()) {
+      if (e.pins++ === 0) st.sizes.set(e.key, e.size);
+      set!.add(e.key);
+    }
+    st.bytes += added;
+    return { pinned: fresh.size + already, missing, addedBytes: added, exhausted: false };
+  }
+
+  /** Remove `tag`'s pins from the keys it pins that pass `filter` (all when absent). Returns how many. */
+  unpin(tag: string, filter?: (key: string) => boolean): number {
+    const st = this.pins_();
+    const set = st.tags.get(tag);
+    if (!set) return 0;
+    let n = 0;
+    for (const k of [...set]) {
+      if (filter && !filter(k)) continue;
+      set.delete(k);
+      n++;
+      const e = this.index.get(k);
+      if (e && e.pins > 0 && --e.pins === 0 && st.sizes.has(k)) {
+        st.bytes -= st.sizes.get(k)!;
+        st.sizes.delete(k);
+      }
+    }
+    if (set.size === 0) st.tags.delete(tag);
+    return n;
+  }
+
+  /** Tags pinning `key`. */
+  pinTags(key: string): string[] {
+    const out: string[] = [];
+    for (const [tag, keys] of this.pins_().tags) if (keys.has(key)) out.push(tag);
+    return out;
+  }
+
+  pinStats(): { blocks: number; bytes: number; budgetBytes: number; tags: number } {
+    const st = this.pins_();
+    return { blocks: st.sizes.size, bytes: st.bytes, budgetBytes: st.budget, tags: st.tags.size };
+  }
+
+  /** Drop a block's copy in tier `tier` (in every tier when undefined) without demoting it. Pinned blocks stay. */
+  evictFrom(key: string, tier?: number): 'evicted' | 'pinned' | 'missing' {
+    const e = this.index.get(key);
+    if (!e || e.where === 0 || (tier !== undefined && !(e.where & (1 << tier)))) return 'missing';
+    if (e.pins > 0) return 'pinned';
+    for (const t of this.tiers) if ((tier === undefined || t.index === tier) && e.where & (1 << t.index)) t.c.evictions++;
+    if (tier === undefined) this.delete([key]);
+    else this.removeFrom(this.tiers[tier]!, e);
+    return 'evicted';
+  }
+
+  /**
+   * Delete from every tier each block among `keys` (the whole index when absent) that passes `pred`.
+   * Pinned blocks are kept unless `includePinned`; their pins go with them.
+   */
+  clear(pred: (key: string, e: BlockEntry) => boolean, opts: { keys?: Iterable<string>; includePinned?: boolean } = {}): { removed: number; pinnedSkipped: number } {
+    let pinnedSkipped = 0;
+    const doomed: string[] = [];
+    for (const k of opts.keys ?? [...this.index.keys()]) {
+      const e = this.index.get(k);
+      if (!e || !pred(k, e)) continue;
+      if (e.pins > 0 && !opts.includePinned) { pinnedSkipped++; continue; }
+      e.pins = 0;
+      doomed.push(k);
+    }
+    return { removed: this.delete(doomed), pinnedSkipped };
+  }
+
+  /**
+   * Warm or demote one block: copy it into tier `to` (DRAM through the promotion path, a lower tier by a direct
+   * write of checksum-verified bytes), and when demoting drop its copies in the tiers above `to`.
+   * Pinned blocks are not demoted.
+   */
+  async move(key: string, to: number): Promise<'moved' | 'present' | 'missing' | 'pinned' | 'failed'> {
+    const t = this.tiers[to];
+    if (!t) throw new RangeError(`no tier ${to}`);
+    const e = this.index.get(key);
+    if (!e || e.where === 0) return 'missing';
+    const bit = 1 << to;
+    if (e.where & (bit - 1) && e.pins > 0) return 'pinned';
+    if (e.where & bit && !(e.where & (bit - 1))) return 'present';
+    if (!(e.where & bit)) {
+      if (e.pending & bit) return 'failed';
+      const value = e.where & 1 ? this.dram.getSync(key)?.value : to === 0 ? await this.load(e) : await this.readVerified(e);
+      if (this.index.get(key) !== e) return 'missing';
+      if (!value) return 'failed';
+      if (to === 0) {
+        if (!(e.where & 1) && !this.insertDram(e, value)) return 'failed';
+        return 'moved';
+      }
+      e.pending |= bit;
+      try {
+        await t.driver.put(key, value, { checksum: e.checksum });
+        t.c.bytesWritten += e.size;
+        if (this.index.get(key) !== e) {
+          await t.driver.delete(key).catch(() => undefined);
+          return 'missing';
+        }
+        this.addTo(t, e);
+        this.enforceBudget(t);
+      } catch {
+        t.c.writeErrors++;
+        return 'failed';
+      } finally {
+        e.pending &= ~bit;
+      }
+      if (!(e.where & bit)) return 'failed';
+    }
+    for (const u of this.tiers.slice(0, to)) {
+      if (!(e.where & (1 << u.index))) continue;
+      u.c.demotions++;
+      this.removeFrom(u, e);
+    }
+    return 'moved';
+  }
+
+  /** Read a block from the fastest lower tier whose copy passes its checksum, without promoting it. */
+  private async readVerified(e: BlockEntry): Promise<Buffer | undefined> {
+    for (const t of this.tiers.slice(1)) {
+      if (!(e.where & (1 << t.index))) continue;
+      const got = await t.driver.get(e.key).catch(() => undefined);
+      if (got && got.value.length === e.size && computeChecksum(got.value) === e.checksum) return got.value;
+    }
+    return undefined;
+  }
 }
