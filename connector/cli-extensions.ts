@@ -1,4 +1,6 @@
 /** The CLI extensions compiled into `kvstash`. Each adapter owns its own extension file. */
 import type { CliExtension } from './cli-extension.js';
+import { vllmEventsExtension } from '../adapters/vllm/cli-extension.js';
+import { lmcacheExtension } from '../adapters/lmcache/cli-extension.js';
 
-export const EXTENSIONS: CliExtension[] = [];
+export const EXTENSIONS: CliExtension[] = [vllmEventsExtension, lmcacheExtension];

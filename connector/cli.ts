@@ -10,6 +10,7 @@ import { KvstashError, ErrorCode } from '../protocol/errors.js';
 import { KvstashClient } from './client.js';
 import { SETTINGS, loadConfig, settingsMarkdown, type Setting } from './config.js';
 import { EXTENSIONS } from './cli-extensions.js';
+import { printEnginesLookup } from '../adapters/vllm/engines-cli.js';
 import { blockHashes } from './keys.js';
 import { rootLogger } from './log.js';
 import { Sidecar } from './sidecar.js';
@@ -98,7 +99,11 @@ export function buildProgram(): Command {
     .option('--cache-salt <salt>', 'cache salt (hash extra key of the first block)')
     .option('--timeout <ms>', 'deadline in ms', '3000')
     .option('--json', 'print JSON')
+    .option('--engines', 'instead: which vLLM engines hold the prefix in GPU memory (KV-events index; sidecar block size and seed)')
     .action(async (opts: Record<string, string | boolean | undefined>) => {
+      if (opts.engines) {
+        return printEnginesLookup({ endpoint: String(opts.endpoint), tokens: parseTokens(String(opts.tokens)), lora: opts.lora as string | undefined, cacheSalt: opts.cacheSalt as string | undefined, timeoutMs: Number(opts.timeout), json: opts.json === true });
+      }
       const tokens = parseTokens(String(opts.tokens));
       const [tpr, tps] = String(opts.tp).split('/').map(Number);
       const [ppr, pps] = String(opts.pp).split('/').map(Number);
