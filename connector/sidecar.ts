@@ -30,6 +30,8 @@ export const SERVER_VERSION = 'kvstash/0.1.0';
 
 export interface SidecarPlugin {
   readonly name: string;
+  /** Called by `use()`, before the data socket exists: set hooks (configureSocket, guard, principalOf, observe), register ops. */
+  attach?(sidecar: Sidecar): void;
   start(sidecar: Sidecar): Promise<void>;
   stop(): Promise<void>;
 }
@@ -51,6 +53,9 @@ export type OpHandler = (header: Record<string, unknown>, peer: PeerContext) => 
 /** Called before every data op; throw a KvstashError (PERMISSION_DENIED…) to refuse. */
 export type RequestGuard = (peer: PeerContext, op: string, ns: NamespaceDescriptor | undefined) => void;
 
+/** Called once per decoded request when it is answered: its reply frames, or the error code (metrics). */
+export type RequestObserver = (req: Request, startedAt: number, frames: Buffer[], reply: Buffer[] | undefined, errorCode: string | undefined) => void;
+
 export function storageKeys(ns: string, keys: Buffer): string[] {
   const hex = keys.toString('hex');
   const n = keys.length / 32;
@@ -66,6 +71,7 @@ export class Sidecar {
   readonly counters = { requests: 0, errors: 0, byOp: {} as Record<string, number>, byCode: {} as Record<string, number> };
   readonly log = logger('zmq');
   guard: RequestGuard | undefined;
+  observe: RequestObserver | undefined;
   /** Set by an auth plugin: maps a request to its authenticated principal. */
   principalOf: ((routingId: Buffer, frames: Buffer[]) => string | undefined) | undefined;
   private router: Router | undefined;
@@ -89,6 +95,7 @@ export class Sidecar {
 
   use(plugin: SidecarPlugin): this {
     this.plugins.push(plugin);
+    plugin.attach?.(this);
     return this;
   }
 
@@ -218,8 +225,10 @@ export class Sidecar {
     }
     this.counters.byOp[req.op] = (this.counters.byOp[req.op] ?? 0) + 1;
     this.inflight.set(peerKey, held + size);
-    const done = (reply: Buffer[] | undefined) => {
+    const t0 = this.observe ? performance.now() : 0;
+    const done = (reply: Buffer[] | undefined, code?: string) => {
       this.inflight.set(peerKey, (this.inflight.get(peerKey) ?? size) - size);
+      this.observe?.(req, t0, frames, reply, code);
       if (reply) this.enqueue(routingId, reply, peerKey);
     };
     try {
@@ -228,7 +237,7 @@ export class Sidecar {
       if (r instanceof Promise) {
         r.then(done, (err) => {
           const e = toKvstashError(err);
-          done(undefined);
+          done(undefined, e.code);
           this.replyError(routingId, req.id, e.code, e.message);
         });
       } else {
@@ -236,7 +245,7 @@ export class Sidecar {
       }
     } catch (err) {
       const e = toKvstashError(err);
-      done(undefined);
+      done(undefined, e.code);
       this.replyError(routingId, req.id, e.code, e.message);
     }
   }
@@ -251,6 +260,7 @@ export class Sidecar {
   private dispatch(peer: PeerContext, req: Request, blocks: Buffer[], getKeys?: string[]): Buffer[] | Promise<Buffer[]> {
     const plugin = this.extraOps.get(req.op);
     if (plugin) {
+      this.guard?.(peer, req.op, undefined);
       const r = plugin(req as unknown as Record<string, unknown>, peer);
       return r instanceof Promise ? r.then((h) => encodeReply({ ...h, id: req.id })) : encodeReply({ ...r, id: req.id });
     }
