@@ -280,12 +280,12 @@ export class Sidecar {
         return encodeReply({ id: req.id, stats: this.stats() });
       case 'LOOKUP': {
         this.nsOf(peer, req.op, req.ns);
-        const r = this.tiers.lookup(storageKeys(req.ns, req.keys), req.prefetch === true);
+        const r = this.tiers.lookupRaw(req.ns, req.keys, req.prefetch === true);
         return encodeReply({ id: req.id, hit: r.hit, tiers: r.tiers, load_ms: r.loadMs });
       }
       case 'EXISTS': {
         this.nsOf(peer, req.op, req.ns);
-        const ex = this.tiers.exists(storageKeys(req.ns, req.keys));
+        const ex = this.tiers.existsRaw(req.ns, req.keys);
         let prefix = 0;
         while (prefix < ex.length && ex[prefix]) prefix++;
         return encodeReply({ id: req.id, exists: ex, prefix });

@@ -43,7 +43,7 @@ test('codec - request round trip keeps block frames as they are', (t) => {
   t.deepEqual(d.header.op, 'PUT');
 });
 
-const cases: [string, Buffer[], string][] = [
+const cases: [string, Buffer[], ErrorCode][] = [
   ['malformed msgpack', [Buffer.from([0xc1, 0xff, 0x00])], ErrorCode.BAD_HEADER],
   ['header not a map', [packHeader([1, 2, 3])], ErrorCode.BAD_HEADER],
   ['missing id', [packHeader({ v: 1, op: 'PING' })], ErrorCode.BAD_FIELD],

@@ -4,7 +4,7 @@ import path from 'node:path';
 import { heatPolicy, lruPolicy, type EvictionPolicy } from '../connector/policy.js';
 import { FileDriver } from '../connector/storage/file.js';
 import { MemoryDriver } from '../connector/storage/memory.js';
-import { TierStack } from '../connector/tiers.js';
+import { TierStack, type TierSpec } from '../connector/tiers.js';
 import { tempDir } from './helpers/sidecar.js';
 import { PutResult } from '../protocol/wire.js';
 
@@ -16,9 +16,9 @@ const block = (i: number, size = MiB) => Buffer.alloc(size, i & 0xff);
 function stack(opts: { dram: number; file?: number; root?: string; policy?: EvictionPolicy; queueItems?: number; concurrency?: number; writeMode?: 'through' | 'back' } ) {
   const root = opts.root ?? tempDir();
   const queue = { maxItems: opts.queueItems ?? 1000, maxBytes: 1 << 30, concurrency: opts.concurrency ?? 2 };
-  const tiers = [{ name: 'dram', medium: 'CPU', driver: new MemoryDriver(), budgetBytes: opts.dram, writeMode: 'through' as const, admitAfter: 1, queue, initialReadBps: 1e10 }];
+  const tiers: TierSpec[] = [{ name: 'dram', medium: 'CPU', driver: new MemoryDriver(), budgetBytes: opts.dram, writeMode: 'through' as const, admitAfter: 1, queue, initialReadBps: 1e10 }];
   if (opts.file !== undefined) {
-    tiers.push({ name: 'file', medium: 'DISK', driver: new FileDriver({ root, fsync: false, maxValueBytes: 1 << 30 }) as never, budgetBytes: opts.file, writeMode: opts.writeMode ?? 'through', admitAfter: 1, queue, initialReadBps: 1e9 });
+    tiers.push({ name: 'file', medium: 'DISK', driver: new FileDriver({ root, fsync: false, maxValueBytes: 1 << 30 }), budgetBytes: opts.file, writeMode: opts.writeMode ?? 'through', admitAfter: 1, queue, initialReadBps: 1e9 });
   }
   const s = new TierStack({ tiers, policy: opts.policy ?? lruPolicy, halfLifeMs: 60_000, promoteOnHit: true });
   return { s, root };
@@ -175,4 +175,37 @@ test('tiers - delete removes a block from every tier', async (t) => {
   t.is(s.delete([key(1), key(2)]), 1);
   t.deepEqual(s.exists([key(1)]), [false]);
   t.deepEqual(await s.get([key(1)]), [undefined]);
+});
+
+test('tiers - the fast LOOKUP/EXISTS index agrees with the string index, also on a 48-bit collision', async (t) => {
+  const { s } = stack({ dram: 64 * MiB });
+  await s.open();
+  const hex = (b: Buffer) => b.toString('hex');
+  const raw: Buffer[] = [];
+  for (let i = 0; i < 200; i++) raw.push(Buffer.from(Array.from({ length: 32 }, (_, j) => (i * 31 + j * 7) & 0xff)));
+  const twin = Buffer.from(raw[3]!);
+  twin[20] ^= 0xff; // same first 96 bits… differs later: must not be confused with raw[3] by GET
+  const collide = Buffer.from(raw[5]!);
+  collide[8] ^= 0x01; // same first 48 bits as raw[5], different next 48
+  raw.push(collide);
+  raw.filter((_, i) => i % 3 !== 1).forEach((b) => s.put(`${NS}/${hex(b)}`, Buffer.alloc(8, 1)));
+  const all = Buffer.concat(raw);
+  const strKeys = raw.map((b) => `${NS}/${hex(b)}`);
+  t.deepEqual(s.existsRaw(NS, all), s.exists(strKeys));
+  t.deepEqual(s.lookupRaw(NS, all), s.lookup(strKeys));
+  t.deepEqual(s.existsRaw(NS, collide), [true]);
+  s.delete([`${NS}/${hex(raw[5]!)}`]);
+  t.deepEqual(s.existsRaw(NS, Buffer.concat([raw[5]!, collide])), [false, true]);
+  t.deepEqual(s.existsRaw('c'.repeat(32), raw[0]!), [false], 'other namespaces never match');
+  t.deepEqual(await s.get([`${NS}/${hex(twin)}`]), [undefined]);
+});
+
+test('tiers - the checksum of a stored block is computed before it reaches a lower tier', async (t) => {
+  const { s, root } = stack({ dram: 8 * MiB, file: 100 * MiB });
+  t.teardown(() => rmSync(root, { recursive: true, force: true }));
+  await s.open();
+  s.put(key(1), block(1));
+  await s.drain();
+  const { checksum } = await import('../connector/checksum.js');
+  t.is(s.entry(key(1))!.checksum, checksum(block(1)));
 });
