@@ -186,7 +186,9 @@ function normalizeEvent(e: unknown, opts: DecodeOptions): KvEvent | undefined {
 }
 
 function isPlainMap(v: unknown): v is Record<string, unknown> {
-  return v !== null && typeof v === 'object' && !Array.isArray(v) && !(v instanceof Uint8Array);
+  if (v === null || typeof v !== 'object') return false;
+  const proto = Object.getPrototypeOf(v);
+  return proto === Object.prototype || proto === null;
 }
 
 /** A hash from the wire → BlockHash (uint64 bigint, or hex of bytes). */
