@@ -1,0 +1,223 @@
+/**
+ * One `lm://` client connection: parse requests (frame-parser.ts), serve them in order against the LmStore,
+ * write each reply — header and payload — as one write.
+ *
+ * - TCP_NODELAY is set and every reply goes out in a single write: a concatenated buffer below
+ *   `concatBelow` bytes, cork + two writes + uncork (one writev) above it (bench/lmcache.ts measures both).
+ *   LMCache's client reads a reply header with one recv(), so the header is never split from its write.
+ * - Requests are served strictly in order. While a GET waits for a lower tier, reading pauses; reading also
+ *   pauses while the socket's send buffer is full (backpressure), never buffering unbounded replies.
+ * - A header that cannot be decoded (KVS_BAD_HEADER), or a request left incomplete for `stallMs` (KVS_TIMEOUT:
+ *   typically a client of a shorter header generation waiting for a reply that a longer header would need),
+ *   is logged with its code, generation, offset and first bytes; requests before it are still served, then
+ *   the connection is closed. Other connections are not affected.
+ */
+import type { Socket } from 'node:net';
+import type { Logger } from 'pino';
+import { ErrorCode } from '../../protocol/errors.js';
+import { PutResult } from '../../protocol/wire.js';
+import { LmFrameParser, type LmFrame } from './frame-parser.js';
+import {
+  Command, encodeReplyHeader, LAYOUTS, LmProtocolError, NO_META, ReturnCode, ZERO_META,
+  type Generation, type GenerationSetting, type LmMeta, type ReplyHeader,
+} from './protocol.js';
+import type { LmStore } from './store.js';
+import { storedHeaderBytes, writeStoredHeader, type StoredObject } from './stored-value.js';
+
+export interface ConnectionOptions {
+  generation: GenerationSetting;
+  maxPayloadBytes: number;
+  stallMs: number;
+  concatBelow: number;
+}
+
+export interface LmCounters {
+  connections: number; requests: number; puts: number; stored: number; droppedPuts: number; gets: number; hits: number;
+  misses: number; exists: number; lists: number; health: number; unknown: number; protocolErrors: number;
+}
+
+export class LmConnection {
+  private readonly parser: LmFrameParser;
+  private readonly queue: LmFrame[] = [];
+  private busy = false;
+  private waitingDrain = false;
+  private closing = false;
+  private stallTimer: NodeJS.Timeout | undefined;
+  private readonly peer: string;
+
+  constructor(private readonly socket: Socket, private readonly store: LmStore, private readonly opts: ConnectionOptions,
+    private readonly log: Logger, private readonly c: LmCounters) {
+    this.peer = `${socket.remoteAddress}:${socket.remotePort}`;
+    this.parser = new LmFrameParser({
+      generation: opts.generation, maxPayloadBytes: opts.maxPayloadBytes, payloadOffset: (h) => storedHeaderBytes(h.key),
+    });
+    socket.setNoDelay(true);
+    socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    socket.on('error', (err) => this.log.debug({ err, peer: this.peer }, 'lm:// connection error'));
+    socket.on('close', () => this.clearStall());
+    c.connections++;
+  }
+
+  private get gen(): Generation {
+    return this.parser.generation!;
+  }
+
+  private onData(chunk: Buffer): void {
+    if (this.closing) return;
+    try {
+      this.parser.push(chunk, (f) => this.queue.push(f));
+    } catch (err) {
+      this.fail(err as LmProtocolError);
+    }
+    this.pump();
+    this.armStall();
+  }
+
+  private armStall(): void {
+    this.clearStall();
+    if (this.closing || this.busy || this.waitingDrain || !this.parser.midFrame) return;
+    this.stallTimer = setTimeout(() => {
+      const gen = this.parser.generation;
+      this.fail(new LmProtocolError(ErrorCode.TIMEOUT, `request incomplete: no more bytes for ${this.opts.stallMs} ms after byte ${this.parser.offset} (a client of a shorter header generation than ${gen ?? 'sniffed'}?)`, gen, Buffer.alloc(0)));
+      this.pump();
+    }, this.opts.stallMs);
+    this.stallTimer.unref();
+  }
+
+  private clearStall(): void {
+    if (this.stallTimer) clearTimeout(this.stallTimer);
+    this.stallTimer = undefined;
+  }
+
+  private fail(err: LmProtocolError): void {
+    if (this.closing) return;
+    this.closing = true;
+    this.c.protocolErrors++;
+    this.socket.pause();
+    this.log.error({
+      code: err.code ?? ErrorCode.BAD_HEADER, peer: this.peer, generation: err.generation ?? this.parser.generation, offset: this.parser.offset,
+      head: err.head?.subarray(0, 48).toString('hex'),
+    }, `lm:// ${err.message}; closing the connection`);
+  }
+
+  private pump(): void {
+    while (!this.busy && !this.waitingDrain && this.queue.length > 0) {
+      const f = this.queue.shift()!;
+      let r: void | Promise<void>;
+      try {
+        r = this.handle(f);
+      } catch (err) {
+        this.fail(new LmProtocolError(ErrorCode.INTERNAL, `request failed: ${(err as Error).message}`, this.parser.generation, Buffer.alloc(0)));
+        this.queue.length = 0;
+        break;
+      }
+      if (r) {
+        this.busy = true;
+        this.socket.pause();
+        r.catch((err) => this.log.error({ err }, 'lm:// request failed')).finally(() => {
+          this.busy = false;
+          this.resume();
+        });
+        return;
+      }
+    }
+    if (this.closing && !this.busy && this.queue.length === 0 && !this.socket.destroyed) {
+      this.socket.end();
+      setTimeout(() => this.socket.destroy(), 1000).unref();
+    }
+  }
+
+  private resume(): void {
+    if (this.busy || this.waitingDrain) return;
+    if (!this.closing) this.socket.resume();
+    this.pump();
+    this.armStall();
+  }
+
+  private handle(f: LmFrame): void | Promise<void> {
+    const h = f.header;
+    this.c.requests++;
+    switch (h.command) {
+      case Command.PUT: {
+        this.c.puts++;
+        if (!f.payload) {
+          this.c.droppedPuts++;
+          this.log.warn({ code: ErrorCode.TOO_LARGE, key: h.key, length: h.length, limit: this.opts.maxPayloadBytes }, 'lm:// PUT over the block size limit: payload skipped, not stored');
+          return;
+        }
+        const meta: LmMeta = this.gen === 'legacy' ? ZERO_META : h;
+        writeStoredHeader(f.payload, this.gen, h.key, meta);
+        const r = this.store.put(this.gen, h.key, f.payload);
+        if (r === PutResult.STORED) this.c.stored++;
+        else if (r === PutResult.DROPPED) this.c.droppedPuts++;
+        return;
+      }
+      case Command.GET: {
+        this.c.gets++;
+        const r = this.store.get(this.gen, h.key);
+        if (r instanceof Promise) return r.then((o) => this.replyObject(o));
+        this.replyObject(r);
+        return;
+      }
+      case Command.EXIST:
+        this.c.exists++;
+        this.reply(this.store.exists(this.gen, h.key) ? ReturnCode.SUCCESS : ReturnCode.FAIL);
+        return;
+      case Command.LIST: {
+        this.c.lists++;
+        const body = Buffer.from(this.store.list(this.gen).join('\n'), 'utf8');
+        this.send({ code: ReturnCode.SUCCESS, length: body.length, ...NO_META }, body);
+        return;
+      }
+      case Command.HEALTH:
+        this.c.health++;
+        this.reply(ReturnCode.SUCCESS);
+        return;
+      default:
+        this.c.unknown++;
+        this.log.warn({ code: ErrorCode.UNKNOWN_OP, command: h.command, peer: this.peer }, 'lm:// unknown command ignored (no reply), as LMCache servers do');
+    }
+  }
+
+  private replyObject(o: StoredObject | undefined): void {
+    if (!o) {
+      this.c.misses++;
+      this.reply(ReturnCode.FAIL);
+      return;
+    }
+    this.c.hits++;
+    this.send({ code: ReturnCode.SUCCESS, length: o.payload.length, ...o.meta }, o.payload);
+  }
+
+  private reply(code: number): void {
+    this.send({ code, length: 0, ...NO_META });
+  }
+
+  /** Header and payload in one write. */
+  private send(r: ReplyHeader, payload?: Buffer): void {
+    if (this.socket.destroyed) return;
+    const hb = LAYOUTS[this.gen].replyHeaderBytes;
+    let ok: boolean;
+    if (!payload || payload.length === 0) {
+      ok = this.socket.write(encodeReplyHeader(this.gen, r));
+    } else if (payload.length < this.opts.concatBelow) {
+      const b = Buffer.allocUnsafe(hb + payload.length);
+      encodeReplyHeader(this.gen, r, b, 0);
+      payload.copy(b, hb);
+      ok = this.socket.write(b);
+    } else {
+      this.socket.cork();
+      this.socket.write(encodeReplyHeader(this.gen, r));
+      ok = this.socket.write(payload);
+      this.socket.uncork();
+    }
+    if (!ok && !this.waitingDrain) {
+      this.waitingDrain = true;
+      this.socket.pause();
+      this.socket.once('drain', () => {
+        this.waitingDrain = false;
+        this.resume();
+      });
+    }
+  }
+}
