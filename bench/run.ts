@@ -15,7 +15,7 @@ const node = (f: string) => [process.execPath, path.join(here, f)];
 export const BENCHES: { name: string; cmd: string[] }[] = [
   { name: 'sidecar', cmd: node('sidecar.js') },
   { name: 'file-tier', cmd: node('file-tier.js') },
-  { name: 'index', cmd: node('index-memory.js') },
+  { name: 'index', cmd: [process.execPath, '--expose-gc', path.join(here, 'index-memory.js')] },
 ];
 
 const args = process.argv.slice(2);

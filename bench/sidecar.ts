@@ -142,7 +142,7 @@ async function inSidecarLookup(dir: string) {
   for (let i = 0; i < (quick ? 500 : 3000); i++) {
     const t0 = performance.now();
     const { header } = decodeRequest(frames, sc.limits);
-    const r = sc.tiers.lookup(storageKeys(ns, (header as { keys: Buffer }).keys));
+    const r = sc.tiers.lookupRaw(ns, (header as { keys: Buffer }).keys);
     encodeReply({ id: 1, hit: r.hit, tiers: r.tiers, load_ms: r.loadMs });
     lat.push(performance.now() - t0);
   }

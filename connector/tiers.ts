@@ -47,7 +47,7 @@ export interface TierStackOptions {
 
 export interface BlockEntry extends HeatState {
   key: string;
-  /** Hash bits 0–47 and 48–95 (big-endian), for the fast index; `nextFast` chains equal first halves. */
+  /** Hash bits 0–29 and 32–61 (big-endian), for the fast index; `nextFast` chains equal h1. */
   h1?: number;
   h2?: number;
   nextFast?: BlockEntry;
@@ -87,9 +87,10 @@ export class TierStack extends EventEmitter {
   /** Every block by storage key. Mutate only through indexAdd / indexDrop (they keep `fast` in step). */
   readonly index = new Map<string, BlockEntry>();
   /**
-   * Fast index for LOOKUP/EXISTS of long chains: per namespace, the first 48 bits of the hash (a number
-   * key, ~10× faster than string keys) → entry; a hit is confirmed on the next 48 bits. 96 bits of SHA-256
-   * within one namespace cannot collide in practice; GET/PUT/DELETE always match the full 256-bit key.
+   * Fast index for LOOKUP/EXISTS of long chains: per namespace, 30 bits of the hash as a small-integer Map
+   * key (≈10× faster than string keys, no allocation) → entry, confirmed on 30 more bits. It is advisory:
+   * a false positive (two keys sharing 60 bits in one namespace) only makes a LOOKUP over-report, and the GET
+   * that follows — which always matches the full 256-bit key — answers a miss, so the engine recomputes.
    */
   private readonly fast = new Map<string, Map<number, BlockEntry>>();
   readonly tiers: Tier[];
@@ -130,8 +131,8 @@ export class TierStack extends EventEmitter {
   private indexAdd(e: BlockEntry): void {
     this.index.set(e.key, e);
     const ns = e.key.slice(0, 32);
-    e.h1 = parseInt(e.key.substr(33, 12), 16);
-    e.h2 = parseInt(e.key.substr(45, 12), 16);
+    e.h1 = parseInt(e.key.substr(33, 8), 16) >>> 2;
+    e.h2 = parseInt(e.key.substr(41, 8), 16) >>> 2;
     let m = this.fast.get(ns);
     if (!m) this.fast.set(ns, (m = new Map()));
     const head = m.get(e.h1);
@@ -158,9 +159,9 @@ export class TierStack extends EventEmitter {
 
   private fastGet(m: Map<number, BlockEntry> | undefined, keys: Buffer, i: number): BlockEntry | undefined {
     if (!m) return undefined;
-    let e = m.get(keys.readUIntBE(i * 32, 6));
+    let e = m.get(keys.readUInt32BE(i * 32) >>> 2);
     if (!e) return undefined;
-    const h2 = keys.readUIntBE(i * 32 + 6, 6);
+    const h2 = keys.readUInt32BE(i * 32 + 4) >>> 2;
     while (e && e.h2 !== h2) e = e.nextFast;
     return e;
   }
@@ -169,20 +170,23 @@ export class TierStack extends EventEmitter {
   lookupRaw(ns: string, keys: Buffer, prefetch = false): LookupResult {
     const m = this.fast.get(ns);
     const n = keys.length / 32;
-    const tiers: Record<string, number> = {};
+    const count = new Array<number>(this.tiers.length).fill(0);
     const bytes = new Array<number>(this.tiers.length).fill(0);
-    for (const t of this.tiers) tiers[t.name] = 0;
     let hit = 0;
     for (; hit < n; hit++) {
       const e = this.fastGet(m, keys, hit);
       if (!e || e.where === 0) break;
       const ti = 31 - Math.clz32(e.where & -e.where);
-      tiers[this.tiers[ti]!.name]!++;
+      count[ti]!++;
       bytes[ti]! += e.size;
       if (prefetch && ti > 0) void this.load(e);
     }
+    const tiers: Record<string, number> = {};
     const loadMs: Record<string, number> = {};
-    for (const t of this.tiers) loadMs[t.name] = (bytes[t.index]! / t.readBps) * 1000;
+    for (const t of this.tiers) {
+      tiers[t.name] = count[t.index]!;
+      loadMs[t.name] = (bytes[t.index]! / t.readBps) * 1000;
+    }
     return { hit, tiers, loadMs };
   }
 

@@ -184,14 +184,15 @@ test('tiers - the fast LOOKUP/EXISTS index agrees with the string index, also on
   const raw: Buffer[] = [];
   for (let i = 0; i < 200; i++) raw.push(Buffer.from(Array.from({ length: 32 }, (_, j) => (i * 31 + j * 7) & 0xff)));
   const twin = Buffer.from(raw[3]!);
-  twin[20] ^= 0xff; // same first 96 bits… differs later: must not be confused with raw[3] by GET
+  twin[20] ^= 0xff; // same fast-index bits as raw[3], differs later: GET must not confuse them
   const collide = Buffer.from(raw[5]!);
-  collide[8] ^= 0x01; // same first 48 bits as raw[5], different next 48
+  collide[5] ^= 0x01; // same first 30 bits as raw[5] (same Map slot), different next 30
   raw.push(collide);
   raw.filter((_, i) => i % 3 !== 1).forEach((b) => s.put(`${NS}/${hex(b)}`, Buffer.alloc(8, 1)));
   const all = Buffer.concat(raw);
   const strKeys = raw.map((b) => `${NS}/${hex(b)}`);
   t.deepEqual(s.existsRaw(NS, all), s.exists(strKeys));
+  t.deepEqual(s.existsRaw(NS, twin), [true], 'the fast index is advisory (documented)');
   t.deepEqual(s.lookupRaw(NS, all), s.lookup(strKeys));
   t.deepEqual(s.existsRaw(NS, collide), [true]);
   s.delete([`${NS}/${hex(raw[5]!)}`]);
