@@ -23,7 +23,9 @@ const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..'
 const sharedFx = (f: string) => path.resolve(repoRoot, '..', 'shared', 'fixtures', 'lmcache', f);
 const ownFx = (f: string) => path.join(repoRoot, 'test', 'fixtures', 'lmcache', f);
 
-interface Exchange { op: string; client_hex: string; server_hex: string; decoded: { request?: Record<string, unknown> | null; reply?: Record<string, unknown> | null } }
+// eslint-disable-next-line @typescript-eslint/no-explicit-any -- decoded fixture fields are numbers or strings by name
+type Fields = Record<string, any>;
+interface Exchange { op: string; client_hex: string; server_hex: string; decoded: { request?: Fields | null; reply?: Fields | null } }
 const load = (file: string) => JSON.parse(readFileSync(file, 'utf8')) as { exchanges: Exchange[] };
 
 const FIXTURES: { name: string; gen: Generation; file: string }[] = [
