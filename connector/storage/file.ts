@@ -89,7 +89,7 @@ export class FileDriver implements StorageDriver {
     this.check();
     let buf: Buffer;
     try {
-      buf = await fs.readFile(this.pathOf(key));
+      buf = await readWhole(this.pathOf(key));
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
       throw this.ioError('read', key, err);
@@ -198,6 +198,24 @@ export class FileDriver implements StorageDriver {
 
   async close(): Promise<void> {
     this.closed = true;
+  }
+}
+
+/** open + fstat + one read + close: fewer thread-pool round trips than fs.readFile's 512 KiB chunks. */
+export async function readWhole(file: string): Promise<Buffer> {
+  const fh = await fs.open(file, 'r');
+  try {
+    const { size } = await fh.stat();
+    const buf = Buffer.allocUnsafeSlow(size);
+    let off = 0;
+    while (off < size) {
+      const { bytesRead } = await fh.read(buf, off, size - off, off);
+      if (bytesRead === 0) break;
+      off += bytesRead;
+    }
+    return off === size ? buf : buf.subarray(0, off);
+  } finally {
+    await fh.close();
   }
 }
 

@@ -1,0 +1,107 @@
+/**
+ * File-tier benchmark (issue 2): write and read GB/s of the file tier against a plain sequential write and
+ * read of the same bytes in one file, in the same run, in the same folder. Three paths are measured:
+ * the FileDriver alone (one file per block, temp + rename), the TierStack write-behind path (PUT into
+ * DRAM, queued writes to the file tier), and reads of file-tier hits through the TierStack (verify +
+ * promote). Reads come from the page cache for both sides (dropping caches needs a privilege CI lacks).
+ */
+import { mkdtempSync, openSync, closeSync, readSync, rmSync, writeSync, fsyncSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { checksum } from '../connector/checksum.js';
+import { lruPolicy } from '../connector/policy.js';
+import { FileDriver } from '../connector/storage/file.js';
+import { MemoryDriver } from '../connector/storage/memory.js';
+import { TierStack } from '../connector/tiers.js';
+import { formatTable, quick, ratio } from './util.js';
+
+const NS = 'e'.repeat(32);
+const key = (i: number) => `${NS}/${i.toString(16).padStart(64, '0')}`;
+const TOTAL = (quick ? 256 : 1024) * 2 ** 20;
+const gb = (ms: number) => TOTAL / (ms / 1000) / 1e9;
+
+async function plain(dir: string, size: number, fsync: boolean): Promise<{ w: number; r: number }> {
+  const f = path.join(dir, 'plain.bin');
+  const buf = Buffer.alloc(size, 3);
+  const n = TOTAL / size;
+  let t0 = performance.now();
+  const fd = openSync(f, 'w');
+  for (let i = 0; i < n; i++) writeSync(fd, buf);
+  if (fsync) fsyncSync(fd);
+  closeSync(fd);
+  const w = gb(performance.now() - t0);
+  t0 = performance.now();
+  const rfd = openSync(f, 'r');
+  const out = Buffer.allocUnsafe(size);
+  for (let i = 0; i < n; i++) readSync(rfd, out, 0, size, null);
+  closeSync(rfd);
+  const r = gb(performance.now() - t0);
+  rmSync(f);
+  return { w, r };
+}
+
+async function driver(dir: string, size: number, fsync: boolean): Promise<{ w: number; r: number }> {
+  const root = path.join(dir, `drv-${size}-${fsync}`);
+  const d = new FileDriver({ root, fsync, maxValueBytes: 1 << 30 });
+  await d.open();
+  const buf = Buffer.alloc(size, 5);
+  const meta = { checksum: checksum(buf) };
+  const n = TOTAL / size;
+  const conc = 4;
+  let t0 = performance.now();
+  for (let i = 0; i < n; i += conc) await Promise.all(Array.from({ length: Math.min(conc, n - i) }, (_, j) => d.put(key(i + j), buf, meta)));
+  const w = gb(performance.now() - t0);
+  t0 = performance.now();
+  for (let i = 0; i < n; i += conc) await Promise.all(Array.from({ length: Math.min(conc, n - i) }, (_, j) => d.get(key(i + j))));
+  const r = gb(performance.now() - t0);
+  await d.close();
+  rmSync(root, { recursive: true, force: true });
+  return { w, r };
+}
+
+async function stack(dir: string, size: number): Promise<{ w: number; r: number }> {
+  const root = path.join(dir, `stack-${size}`);
+  const q = { maxItems: 100_000, maxBytes: 2 ** 40, concurrency: 4 };
+  const s = new TierStack({
+    tiers: [
+      { name: 'dram', medium: 'CPU', driver: new MemoryDriver(), budgetBytes: 64 * 2 ** 20, writeMode: 'through', admitAfter: 1, queue: q, initialReadBps: 1e10 },
+      { name: 'file', medium: 'DISK', driver: new FileDriver({ root, fsync: false, maxValueBytes: 1 << 30 }), budgetBytes: 2 ** 40, writeMode: 'through', admitAfter: 1, queue: q, initialReadBps: 1e9 },
+    ],
+    policy: lruPolicy, halfLifeMs: 60_000, promoteOnHit: true,
+  });
+  await s.open();
+  const n = TOTAL / size;
+  const buf = Buffer.alloc(size, 9);
+  let t0 = performance.now();
+  for (let i = 0; i < n; i++) s.put(key(i), buf);
+  await s.drain();
+  const w = gb(performance.now() - t0);
+  t0 = performance.now();
+  for (let i = 0; i < n; i += 4) await s.get([key(i), key(i + 1), key(i + 2), key(i + 3)].slice(0, n - i));
+  const r = gb(performance.now() - t0);
+  await s.close();
+  rmSync(root, { recursive: true, force: true });
+  return { w, r };
+}
+
+const dir = mkdtempSync(path.join(process.env.KVSTASH_BENCH_DIR ?? os.tmpdir(), 'kvstash-filebench-'));
+const rows: (string | number)[][] = [];
+try {
+  for (const size of [256 << 10, 2 << 20, 32 << 20]) {
+    const label = size >= 2 ** 20 ? `${size / 2 ** 20} MiB` : `${size / 1024} KiB`;
+    const p = await plain(dir, size, false);
+    const d = await driver(dir, size, false);
+    const st = await stack(dir, size);
+    rows.push([label, 'driver write', d.w.toFixed(2), p.w.toFixed(2), ratio(d.w, p.w)]);
+    rows.push([label, 'driver read', d.r.toFixed(2), p.r.toFixed(2), ratio(d.r, p.r)]);
+    rows.push([label, 'stack write-behind', st.w.toFixed(2), p.w.toFixed(2), ratio(st.w, p.w)]);
+    rows.push([label, 'stack read+verify', st.r.toFixed(2), p.r.toFixed(2), ratio(st.r, p.r)]);
+  }
+  const pf = await plain(dir, 2 << 20, true);
+  const df = await driver(dir, 2 << 20, true);
+  rows.push(['2 MiB', 'driver write, fsync', df.w.toFixed(2), pf.w.toFixed(2), ratio(df.w, pf.w)]);
+} finally {
+  rmSync(dir, { recursive: true, force: true });
+}
+process.stdout.write(`File tier vs plain sequential I/O of the same ${TOTAL / 2 ** 20} MiB, GB/s (target ratio ≥ 0.8)\n`);
+process.stdout.write(formatTable(['block', 'path', 'kvstash', 'plain', 'ratio'], rows) + '\n');
