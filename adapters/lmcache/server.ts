@@ -74,7 +74,7 @@ export class LmcacheServer implements SidecarPlugin {
   }
 
   async start(sidecar: Sidecar): Promise<void> {
-    if (!this.opts.log) this.log = logger('lmcache', sidecar.config.logLevel);
+    if (!this.opts.log) this.log.level = sidecar.config.logLevel;
     const root = sidecar.config.fileRoot;
     const dir = root && this.opts.persistKeys !== false ? path.join(root, 'lmcache') : undefined;
     const store = new LmStore(sidecar, this.opts.tenant ?? 'default', dir, this.log);
