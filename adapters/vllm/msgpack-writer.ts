@@ -46,11 +46,22 @@ export class MsgpackWriter {
   int(v: number | bigint): this {
     if (typeof v === 'number') {
       if (!Number.isSafeInteger(v)) throw new RangeError(`msgpack int: ${v} is not a safe integer`);
-      if (v >= 0 && v < 0x80) return this.byteThis(v);
+      if (v >= 0 && v <= 0xffffffff) return this.uint32(v);
       if (v < 0 && v >= -32) return this.byteThis(0x100 + v);
       return this.bigint(BigInt(v));
     }
     return this.bigint(v);
+  }
+
+  private uint32(v: number): this {
+    this.room(5);
+    const b = this.buf;
+    const o = this.len;
+    if (v < 0x80) { b[o] = v; this.len += 1; }
+    else if (v <= 0xff) { b[o] = 0xcc; b[o + 1] = v; this.len += 2; }
+    else if (v <= 0xffff) { b[o] = 0xcd; b.writeUInt16BE(v, o + 1); this.len += 3; }
+    else { b[o] = 0xce; b.writeUInt32BE(v, o + 1); this.len += 5; }
+    return this;
   }
 
   private byteThis(b: number): this {
