@@ -179,3 +179,19 @@ test('sidecar - client deadline: a request to a dead endpoint rejects with KVS_T
   t.is((err as KvstashError).code, ErrorCode.TIMEOUT);
   t.true(Date.now() - t0 < 2000);
 });
+
+for (const transport of ['ipc', 'tcp', 'inproc'] as const) {
+  test(`sidecar - PUT/GET of 1 MiB blocks round-trips bit for bit over ${transport}`, async (t) => {
+    const ep = transport === 'tcp' ? 'tcp://127.0.0.1:0' : transport === 'inproc' ? `inproc://kvstash-test-${process.pid}-${Math.random()}` : undefined;
+    const r = await startSidecar(ep ? { endpoints: [ep] } : {});
+    t.teardown(r.stop);
+    const c = new KvstashClient(r.sidecar.endpoints[0]!, { timeoutMs: 5000 });
+    t.teardown(() => c.close());
+    const ns = await c.hello(NS);
+    const keys = chain(4, 42);
+    const blocks = keys.map((k) => blockFor(k, 1 << 20));
+    t.deepEqual(await c.put(ns, keys, blocks), [0, 0, 0, 0]);
+    const got = await c.get(ns, keys);
+    got.forEach((g, i) => t.true(g!.equals(blocks[i]!)));
+  });
+}
