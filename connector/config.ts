@@ -47,8 +47,13 @@ const s = (key: string, kind: Kind, def: () => unknown, defDoc: string, describe
   flag: '--' + key.replace(/([A-Z])/g, '-$1').toLowerCase(),
 });
 
+/** The default data-socket endpoints (ipc first). */
+export function defaultEndpoints(): string[] {
+  return [`ipc://${path.join(runtimeDir(), 'kvstash.sock')}`, 'tcp://127.0.0.1:5599'];
+}
+
 export const SETTINGS: Setting[] = [
-  s('endpoints', 'list', () => [`ipc://${path.join(runtimeDir(), 'kvstash.sock')}`, 'tcp://127.0.0.1:5599'],
+  s('endpoints', 'list', defaultEndpoints,
     '`ipc://$XDG_RUNTIME_DIR/kvstash.sock` (or the temp dir), `tcp://127.0.0.1:5599`', 'ZeroMQ endpoints the data socket binds (comma-separated). tcp port 0 picks a free port.'),
   s('dramBytes', 'bytes', () => Math.floor(os.totalmem() / 4), '25% of RAM', 'DRAM tier byte budget.'),
   s('fileRoot', 'string', () => path.join(cacheDir(), 'kvstash'), '`$XDG_CACHE_HOME/kvstash` (or `~/.cache/kvstash`)', 'Folder of the local-file tier; empty string disables the tier.'),
