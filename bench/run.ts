@@ -16,6 +16,7 @@ export const BENCHES: { name: string; cmd: string[] }[] = [
   { name: 'sidecar', cmd: node('sidecar.js') },
   { name: 'file-tier', cmd: node('file-tier.js') },
   { name: 'index', cmd: [process.execPath, '--expose-gc', path.join(here, 'index-memory.js')] },
+  { name: 'lmcache', cmd: node('lmcache.js') },
 ];
 
 const args = process.argv.slice(2);

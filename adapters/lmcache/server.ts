@@ -48,7 +48,7 @@ export interface LmcacheServerOptions {
   tenant?: string;
   /** Close a connection whose request stays incomplete this long. Default 2000 ms. */
   stallMs?: number;
-  /** Replies with a payload below this size are concatenated; larger ones are corked. Default 256 KiB. */
+  /** Replies with a payload below this size are concatenated; larger ones are corked (bench/lmcache.ts). Default 64 KiB. */
   concatBelow?: number;
   /** Persist key strings for LIST under `<fileRoot>/lmcache/`. Default true (when the sidecar has a fileRoot). */
   persistKeys?: boolean;
@@ -84,7 +84,7 @@ export class LmcacheServer implements SidecarPlugin {
     for (const spec of this.opts.listen) {
       const copts = {
         generation: spec.generation, maxPayloadBytes: sidecar.limits.maxBlockBytes,
-        stallMs: this.opts.stallMs ?? 2000, concatBelow: this.opts.concatBelow ?? 256 * 1024,
+        stallMs: this.opts.stallMs ?? 2000, concatBelow: this.opts.concatBelow ?? 64 * 1024,
       };
       const server = net.createServer((sock) => {
         this.sockets.add(sock);

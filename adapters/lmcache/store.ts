@@ -79,10 +79,17 @@ export class LmStore {
   put(gen: Generation, key: string, stored: Buffer): PutResult {
     const ns = this.ns(gen);
     const sk = this.storageKey(gen, key);
-    const sum = checksum(stored);
-    const old = this.sidecar.tiers.entry(sk);
-    if (old && old.where !== 0 && old.checksum !== sum) this.sidecar.tiers.delete([sk]);
-    const r = this.sidecar.tiers.put(sk, stored, sum);
+    const tiers = this.sidecar.tiers;
+    const old = tiers.entry(sk);
+    let sum: string | undefined;
+    if (old && old.where !== 0) {
+      // Same key again: keep the object if the bytes are the same, replace it otherwise (LMCache's dict does).
+      sum = checksum(stored);
+      const dram = old.checksum ? undefined : tiers.getDram(sk);
+      const oldSum = old.checksum || (dram ? checksum(dram) : sum);
+      if (old.size !== stored.length || oldSum !== sum) tiers.delete([sk]);
+    }
+    const r = tiers.put(sk, stored, sum);
     if (r === PutResult.STORED || r === PutResult.PRESENT) this.index.add(ns, sk, key);
     return r;
   }
