@@ -9,8 +9,8 @@
  *   reading `["", seq8, payload]` until the end marker seq 2^64−1, under a deadline (`replayTimeoutMs`).
  *   If the first replayed seq is higher than asked (fell out of vLLM's `buffer_steps`), or there is a hole,
  *   the state is dropped (resync) and the batches that did arrive are applied on the empty state.
- *   Live messages that arrive during the replay wait in the SUB's queue; the ones the replay covered are
- *   skipped as duplicates afterwards.
+ *   Replayed batches newer than the live message that revealed the gap are not applied from the replay:
+ *   they are already queued on the SUB (which keeps receiving during the replay) and apply in order from there.
  * - first message ever with seq > 0 (the sidecar joined late) → replay from 0 the same way.
  * - seq goes backwards (vLLM restarted; its seqs restart at 0) → drop state, then treat it as a first message.
  * - no replay endpoint, a replay that fails or passes its deadline → drop state and continue from the live
@@ -55,7 +55,6 @@ export interface StreamStats {
   replay_failures: number;
   resyncs: number;
   restarts: number;
-  duplicates: number;
   decode_errors: number;
   bad_frames: number;
   unknown_events: number;
@@ -66,12 +65,11 @@ export class EventStream {
   private readonly sub = new Subscriber({ receiveHighWaterMark: 100_000, linger: 0 });
   private dealer: Dealer | undefined;
   private lastSeq: bigint | undefined;
-  private dup: { from: bigint; to: bigint } | undefined;
   private noReplayUntil = 0;
   private stopped = false;
   private loop: Promise<void> | undefined;
   private readonly log = logger('events');
-  readonly counters = { batches: 0, gaps: 0, replays: 0, replay_failures: 0, resyncs: 0, restarts: 0, duplicates: 0, decode_errors: 0, bad_frames: 0, unknown_events: 0 };
+  readonly counters = { batches: 0, gaps: 0, replays: 0, replay_failures: 0, resyncs: 0, restarts: 0, decode_errors: 0, bad_frames: 0, unknown_events: 0 };
 
   constructor(private readonly opts: EventStreamOptions, private readonly sink: StreamSink) {
     this.endpoint = opts.endpoint;
@@ -116,13 +114,6 @@ export class EventStream {
   }
 
   private async onLive(seq: bigint, payload: Buffer): Promise<void> {
-    if (this.dup) {
-      if (seq >= this.dup.from && seq <= this.dup.to) {
-        this.counters.duplicates++;
-        return;
-      }
-      this.dup = undefined;
-    }
     const last = this.lastSeq;
     if (last !== undefined && seq === last + 1n) return this.applyPayload(seq, payload);
     if (last !== undefined && seq <= last) {
@@ -161,10 +152,7 @@ export class EventStream {
       this.applyPayload(s, p);
       expected = s + 1n;
     }
-    if (liveSeq < expected) {
-      this.dup = { from, to: expected - 1n };
-      return;
-    }
+    if (liveSeq < expected) return; // the replay carried the live batch too
     if (liveSeq > expected) this.resync(`replay ended at ${expected - 1n}, live is at ${liveSeq}`);
     this.applyPayload(liveSeq, livePayload);
   }
