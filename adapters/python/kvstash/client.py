@@ -372,7 +372,18 @@ class ThreadLocalClients:
                 self._all.append(c)
         return c
 
+    def close_current(self) -> None:
+        """Close the calling thread's client, if it has one (call it from that thread)."""
+        c = getattr(self._local, "client", None)
+        if c is not None:
+            self._local.client = None
+            with self._lock:
+                if c in self._all:
+                    self._all.remove(c)
+            c.close()
+
     def close_all(self) -> None:
+        """Close every thread's client. Only safe once those threads no longer use them."""
         with self._lock:
             for c in self._all:
                 try:

@@ -1,0 +1,39 @@
+"""Per-step metadata the kvstash vLLM connector sends from the scheduler to its workers.
+
+It travels inside ``SchedulerOutput.kv_connector_metadata`` and is pickled (msgspec/pickle) between
+processes, so it holds only plain data: request ids, 32-byte keys (kvstash canonical block hashes, chain
+order) and vLLM block ids (KV-cache group 0).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List
+
+from .vllm_compat import KVConnectorMetadata
+
+
+@dataclass
+class LoadSpec:
+    """Load ``keys[i]`` into block ``block_ids[i]``. ``is_async``: between steps, reported by get_finished."""
+
+    req_id: str
+    keys: List[bytes]
+    block_ids: List[int]
+    is_async: bool = False
+
+
+@dataclass
+class SaveSpec:
+    """After this step's forward pass, save block ``block_ids[i]`` under ``keys[i]``."""
+
+    req_id: str
+    keys: List[bytes]
+    block_ids: List[int]
+
+
+@dataclass
+class KvstashConnectorMetadata(KVConnectorMetadata):
+    loads: List[LoadSpec] = field(default_factory=list)
+    saves: List[SaveSpec] = field(default_factory=list)
+    #: requests preempted in this step (newest vLLM passes this metadata to handle_preemptions)
+    preempted_req_ids: List[str] = field(default_factory=list)
