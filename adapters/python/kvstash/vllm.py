@@ -32,6 +32,7 @@ save is dropped and counted.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any, Iterable, List, Optional, Set, Tuple
 
 from .kv_layout import LayoutSpec
@@ -42,6 +43,25 @@ from .vllm_settings import ConnectorSettings, extra_config, layout_spec, paralle
 from .vllm_worker import WorkerSide
 
 log = logging.getLogger("kvstash.vllm")
+
+
+def _configure_logging() -> None:
+    """``KVSTASH_LOG_LEVEL`` (debug, info, warn, error; as for the sidecar) gives the ``kvstash`` loggers their
+    own stderr handler; without it they propagate to whatever logging the engine configured."""
+    lvl = os.environ.get("KVSTASH_LOG_LEVEL", "").strip().lower()
+    if not lvl:
+        return
+    lg = logging.getLogger("kvstash")
+    level = {"trace": "DEBUG", "warn": "WARNING", "silent": "CRITICAL"}.get(lvl, lvl.upper())
+    if not lg.handlers:
+        h = logging.StreamHandler()
+        h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        lg.addHandler(h)
+        lg.propagate = False
+    lg.setLevel(level if level in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL") else "INFO")
+
+
+_configure_logging()
 
 __all__ = ["KvstashConnector", "KvstashConnectorMetadata", "LoadSpec", "SaveSpec", "HAVE_VLLM"]
 

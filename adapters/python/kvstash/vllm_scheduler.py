@@ -131,6 +131,8 @@ class SchedulerSide:
         self._loads: List[LoadSpec] = []
         self._runs: List[_Run] = []
         self._step = 0
+        self.counters = {"lookups": 0, "lookup_failures": 0, "asked_tokens": 0, "hit_tokens": 0, "saved_blocks_planned": 0}
+        self._last_report = time.monotonic()
 
     # ---- sidecar access ---------------------------------------------------------------------------------
 
@@ -174,14 +176,15 @@ class SchedulerSide:
         chain = self._chain(request)
         if not self.can_load or not chain.ok or n <= start or not self._available():
             return 0, False
+        self.counters["lookups"] += 1
+        self.counters["asked_tokens"] += (n - start) * self.bs
         try:
             hit = self._lookup(chain.upto(tokens, n)[start:n])
-        except KvstashError as err:
-            self._fail(err, "lookup")
-            return 0, False
         except Exception as err:  # a cache fault never breaks the engine
+            self.counters["lookup_failures"] += 1
             self._fail(E.to_kvstash_error(err), "lookup")
             return 0, False
+        self.counters["hit_tokens"] += hit * self.bs
         self._match[rid] = (start, hit)
         return hit * self.bs, bool(self.s.load_kv_async and hit > 0)
 
@@ -206,6 +209,9 @@ class SchedulerSide:
 
     def build_connector_meta(self, so: Any) -> KvstashConnectorMetadata:
         self._step += 1
+        if time.monotonic() - self._last_report >= 60 and self.counters["lookups"]:
+            self._last_report = time.monotonic()
+            log.info("kvstash scheduler: %s", self.counters)
         md = KvstashConnectorMetadata(loads=self._loads)
         self._loads = []
         nst = dict(getattr(so, "num_scheduled_tokens", None) or {})
@@ -244,6 +250,7 @@ class SchedulerSide:
             return
         keys = chain.upto(tokens, limit)[first:limit]
         md.saves.append(SaveSpec(req.request_id, keys, tr.block_ids[first:limit]))
+        self.counters["saved_blocks_planned"] += limit - first
         tr.saved_upto = limit
         vh = list(getattr(req, "block_hashes", None) or [])
         lora = getattr(req, "lora_request", None)

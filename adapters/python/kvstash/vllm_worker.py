@@ -87,6 +87,7 @@ class WorkerSide:
         self._side_stream: Any = None
         self._warned: Set[str] = set()
         self._down_until = 0.0  # after a failed save, skip saves (no gather, no host copy) until then
+        self._last_report, self._reported = time.monotonic(), {}  # counters are logged at most once a minute
         self.counters = {"loaded_blocks": 0, "failed_blocks": 0, "saved_blocks": 0, "present_blocks": 0,
                          "dropped_blocks": 0, "save_errors": 0}
 
@@ -310,7 +311,14 @@ class WorkerSide:
         gather_blocks(self.kv[layer_name], self.layouts[layer_name], st.idx, st.host[:, li], non_blocking=self.cuda)
         st.gathered.add(li)
 
+    def _report(self) -> None:
+        now = time.monotonic()
+        if now - self._last_report >= 60 and self.counters != self._reported:
+            self._last_report, self._reported = now, dict(self.counters)
+            log.info("kvstash worker: %s", self.counters)
+
     def wait_for_save(self) -> None:
+        self._report()
         if self._sync:
             if not self._resolved:
                 self._resolve()
