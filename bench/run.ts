@@ -17,6 +17,7 @@ export const BENCHES: { name: string; cmd: string[] }[] = [
   { name: 'file-tier', cmd: node('file-tier.js') },
   { name: 'index', cmd: [process.execPath, '--expose-gc', path.join(here, 'index-memory.js')] },
   { name: 'lmcache', cmd: node('lmcache.js') },
+  { name: 'sglang', cmd: [py, 'bench/sglang.py'] },
   { name: 'python-connector', cmd: [py, 'bench/python-connector.py'] },
 ];
 

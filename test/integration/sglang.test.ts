@@ -114,3 +114,28 @@ test('sglang - with the sidecar down every call answers False/0/None within its 
   t.true(d!.stats.fast_fails > 0);
   t.true(Date.now() - t0 < 25_000);
 });
+
+test('sglang - the example extra-config loads the class the way the dynamic backend does', async (t) => {
+  const cfgFile = path.join(repoRoot, 'examples', 'sglang', 'kvstash-hicache.json');
+  const script = [
+    'import importlib, json, sys, types',
+    'cfg = json.load(open(sys.argv[1]))',
+    'cls = getattr(importlib.import_module(cfg["module_path"]), cfg["class_name"])',
+    'sc = types.SimpleNamespace(tp_rank=1, tp_size=2, is_mla_model=False, model_name="m", extra_config=cfg)',
+    'b = cls(sc, cfg)',
+    'print(json.dumps({"name": cfg["backend_name"], "v1": cfg["interface_v1"], "endpoint": b.endpoint, "timeout": b.timeout_ms, "desc": b.descriptor()}))',
+    'b.close()',
+  ].join('\n');
+  const out = await new Promise<string>((resolve, reject) => {
+    const p = spawn(python, ['-c', script, cfgFile], { env: { ...process.env, PYTHONPATH: path.join(repoRoot, 'adapters', 'python') } });
+    let o = '';
+    let e = '';
+    const timer = setTimeout(() => { p.kill('SIGKILL'); reject(new Error('timed out')); }, 20_000);
+    p.stdout.on('data', (d) => { o += d; });
+    p.stderr.on('data', (d) => { e += d; });
+    p.on('close', (code) => { clearTimeout(timer); if (code === 0) resolve(o); else reject(new Error(e)); });
+  });
+  const r = JSON.parse(out) as { name: string; v1: number; endpoint: string; timeout: number; desc: Record<string, unknown> };
+  t.deepEqual([r.name, r.v1, r.endpoint, r.timeout], ['kvstash', 1, 'ipc:///tmp/kvstash.sock', 2000]);
+  t.like(r.desc, { model: 'm', engine: 'sglang', tp_rank: 1, tp_size: 2, tenant: 'default' });
+});
