@@ -8,7 +8,9 @@ import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import test from 'ava';
+import { loadConfig } from '../../connector/config.js';
 import { blockHashes } from '../../connector/keys.js';
+import { Sidecar } from '../../connector/sidecar.js';
 import { killAndWait, repoRoot, sharedDir, spawnSidecar, startSidecar, tempDir, uniqueIpc } from '../helpers/sidecar.js';
 
 const py = process.env.KVSTASH_PYTHON || '/usr/bin/python3';
@@ -195,4 +197,38 @@ test('vllm-connector - sidecar absent at start-up: 0 hits, no exception, no stal
   t.true(b.lookup_s < 0.6, `lookups took ${b.lookup_s.toFixed(2)} s in all (one deadline, then skipped)`);
   t.is(b.counters.saved_blocks, 0);
   t.true(b.shutdown_s < 1.5);
+});
+
+test('vllm-connector - python client: ops, batches, error codes, deadlines, threads, re-HELLO after a sidecar restart', async (t) => {
+  const endpoint = uniqueIpc();
+  const config = () => loadConfig({ endpoints: [endpoint], fileRoot: '', dramBytes: '64MiB', logLevel: 'silent' }, {});
+  let sidecar = new Sidecar(config());
+  await sidecar.start();
+  t.teardown(() => sidecar.stop());
+  const proc = spawn(py, [path.join(repoRoot, 'adapters', 'python', 'tests', 'test_client.py'), endpoint], {
+    cwd: repoRoot, env: { ...process.env, PYTHONPATH: path.join(repoRoot, 'adapters', 'python') }, stdio: ['pipe', 'pipe', 'pipe'],
+  });
+  t.teardown(() => { proc.kill('SIGKILL'); });
+  let out = '';
+  let err = '';
+  proc.stderr.on('data', (d) => { err += d; });
+  const code = await new Promise<number | null>((resolve) => {
+    const timer = setTimeout(() => { proc.kill('SIGKILL'); }, 30_000);
+    proc.stdout.on('data', (d) => {
+      out += d;
+      if (/READY [0-9a-f]{32}\n/.test(out) && !out.includes('restarted')) {
+        out += 'restarted\n';
+        void (async () => {
+          await sidecar.stop(); // no file tier: the namespace registry is gone with it
+          sidecar = new Sidecar(config());
+          await sidecar.start();
+          proc.stdin.write('go\n');
+        })();
+      }
+    });
+    proc.on('exit', (c) => { clearTimeout(timer); resolve(c); });
+  });
+  t.is(code, 0, `${out}\n${err}`);
+  t.regex(out, /\nOK\n/);
+  t.is(sidecar.stats().namespaces, 1, 're-registered by the client');
 });
