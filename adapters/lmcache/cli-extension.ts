@@ -20,7 +20,7 @@ export const lmcacheExtension: CliExtension = {
   settings: [
     setting('lmcache', 'list', [], 'none (off)', 'LMCache `lm://` server listeners: `host:port` or `host:port/generation` (generation `auto`, `legacy`, `v1-early` or `v1`; default auto-detects per connection). Point LMCache at it with `remote_url: "lm://host:port"`.'),
     setting('lmcacheTenant', 'string', 'default', 'default', 'Tenant of the lm:// namespaces (all LMCache clients of this sidecar share it).'),
-    setting('lmcacheStallMs', 'int', 2000, '2000', 'Close an lm:// connection whose request stays incomplete this long, ms (catches clients of a shorter header generation).'),
+    setting('lmcacheStallMs', 'int', 2000, '2000', 'Close an lm:// connection whose request header stays incomplete this long, ms (catches clients of a shorter header generation, which would otherwise wait forever).'),
   ],
   plugins(config: Config) {
     const specs = (config.lmcache as string[] | undefined) ?? [];

@@ -7,8 +7,9 @@
  *   LMCache's client reads a reply header with one recv(), so the header is never split from its write.
  * - Requests are served strictly in order. While a GET waits for a lower tier, reading pauses; reading also
  *   pauses while the socket's send buffer is full (backpressure), never buffering unbounded replies.
- * - A header that cannot be decoded (KVS_BAD_HEADER), or a request left incomplete for `stallMs` (KVS_TIMEOUT:
- *   typically a client of a shorter header generation waiting for a reply that a longer header would need),
+ * - A header that cannot be decoded (KVS_BAD_HEADER), or a header left incomplete for `stallMs` (KVS_TIMEOUT:
+ *   a client of a shorter header generation waiting for a reply; LMCache writes each header in one send, so a
+ *   partial header never stalls otherwise — payloads may pause as long as they like),
  *   is logged with its code, generation, offset and first bytes; requests before it are still served, then
  *   the connection is closed. Other connections are not affected.
  */
@@ -75,10 +76,10 @@ export class LmConnection {
 
   private armStall(): void {
     this.clearStall();
-    if (this.closing || this.busy || this.waitingDrain || !this.parser.midFrame) return;
+    if (this.closing || this.busy || this.waitingDrain || !this.parser.midHeader) return;
     this.stallTimer = setTimeout(() => {
       const gen = this.parser.generation;
-      this.fail(new LmProtocolError(ErrorCode.TIMEOUT, `request incomplete: no more bytes for ${this.opts.stallMs} ms after byte ${this.parser.offset} (a client of a shorter header generation than ${gen ?? 'sniffed'}?)`, gen, Buffer.alloc(0)));
+      this.fail(new LmProtocolError(ErrorCode.TIMEOUT, `header incomplete: no more bytes for ${this.opts.stallMs} ms after byte ${this.parser.offset} (a client of a shorter header generation than ${gen ?? 'sniffed'}?)`, gen, Buffer.alloc(0)));
       this.pump();
     }, this.opts.stallMs);
     this.stallTimer.unref();

@@ -55,6 +55,12 @@ export class LmFrameParser {
     return this.head.length > 0 || this.frame !== undefined || this.skip > 0;
   }
 
+  /** True while a header is partly received (LMCache clients write a header in one send: a partial header
+   * that stays partial means a client of a shorter header generation waiting for a reply). */
+  get midHeader(): boolean {
+    return this.head.length > 0;
+  }
+
   get failed(): LmProtocolError | undefined {
     return this.failure;
   }

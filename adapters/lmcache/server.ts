@@ -46,7 +46,7 @@ export interface LmcacheServerOptions {
   listen: LmListenSpec[];
   /** Tenant of the lm:// namespaces. Default "default". */
   tenant?: string;
-  /** Close a connection whose request stays incomplete this long. Default 2000 ms. */
+  /** Close a connection whose request header stays incomplete this long. Default 2000 ms. */
   stallMs?: number;
   /** Replies with a payload below this size are concatenated; larger ones are corked (bench/lmcache.ts). Default 64 KiB. */
   concatBelow?: number;

@@ -189,6 +189,23 @@ test('lmcache - garbage, truncated and wrong-generation headers close only that 
   t.is(r.lm.counters.protocolErrors, 5);
 });
 
+test('lmcache - a PUT payload may pause longer than the stall limit (only partial headers time out)', async (t) => {
+  const r = await startLmSidecar({ lm: { stallMs: 200 } });
+  t.teardown(() => r.stop());
+  const c = await rawConn(r.port());
+  t.teardown(() => c.sock.destroy());
+  c.sock.write(encodeClientHeader('v1', { command: 1, length: 6, key: 'slow', fmt: 1, dtype: 2, location: 0, shape: [6, 0, 0, 0] }));
+  c.sock.write('abc');
+  await sleep(500);
+  c.sock.write('def');
+  const client = await LmClient.connect('127.0.0.1', r.port(), 'v1');
+  t.teardown(() => client.close());
+  await until(() => r.lm.counters.puts === 1, 2000, 'the PUT');
+  t.is((await client.get('slow'))?.payload.toString(), 'abcdef');
+  t.false(c.isClosed());
+  t.is(r.lm.counters.protocolErrors, 0);
+});
+
 test('lmcache - a PUT over the block size limit is skipped, the connection stays aligned', async (t) => {
   const { log, lines } = captureLog();
   const r = await startLmSidecar({ settings: { maxBlockBytes: '64KiB' }, lm: { log } });
