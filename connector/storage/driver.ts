@@ -39,6 +39,23 @@
  * Listing
  * - `list` yields every complete value's key, size and meta, for rebuilding the index on start-up. Order is
  *   unspecified. Values put or deleted during a listing may or may not appear.
+ *
+ * Buffers
+ * - `put` takes ownership of `value`: the caller never mutates it afterwards, and the driver may keep it (the
+ *   memory driver does). Buffers returned by `get` belong to the caller; the driver never changes them later.
+ *
+ * Shared stores (`shared: true`: nfs, s3)
+ * - Other processes and hosts write and delete the same store at the same time. `open` must not remove their
+ *   writes in progress (clean temp data by age, never "everything at open"), and no method may take locks that
+ *   a dead host could leave held. The tier stack learns about blocks other hosts wrote by probing the shared
+ *   tier (`stat`, else `has`) on index misses, rate-limited (docs/storage.md "Shared tiers").
+ * - `stat` (optional) answers size and meta of one key without reading the value; a miss resolves undefined.
+ *
+ * Lifecycle
+ * - `open` is called once before anything else; after `close` every call rejects with KVS_UNAVAILABLE.
+ *
+ * Checked by the conformance kit (connector/storage/conformance.ts) — run it on every driver:
+ * `driverConformance(test, factory)` from ava, or `kvstash driver-test ./driver.js --config cfg.json`.
  */
 import { ErrorCode, KvstashError } from '../../protocol/errors.js';
 
@@ -73,6 +90,8 @@ export interface StorageDriver {
   readonly limits: DriverLimits;
   /** True if an acknowledged put survives power loss. */
   readonly durable: boolean;
+  /** True if other processes or hosts may use the same store concurrently (see "Shared stores"). */
+  readonly shared?: boolean;
   /** Prepare (create folders, check the bucket). Called once before any other method. */
   open(): Promise<void>;
   get(key: string): Promise<StoredValue | undefined>;
@@ -82,6 +101,8 @@ export interface StorageDriver {
   getMany(keys: string[]): Promise<(StoredValue | undefined)[]>;
   putMany(items: { key: string; value: Buffer; meta: BlockMeta }[]): Promise<boolean[]>;
   list(): AsyncIterable<ListedValue>;
+  /** Optional: size and meta of one value without reading it; undefined when missing. */
+  stat?(key: string): Promise<ListedValue | undefined>;
   /**
    * Optional: move a value that failed its checksum out of the read path, keeping it for inspection.
    * Drivers without it have the value deleted instead.
@@ -99,6 +120,11 @@ export interface DriverFactory<C = unknown> {
   parseConfig(raw: Record<string, unknown>): C;
   create(config: C): StorageDriver;
 }
+
+/** The only codes a driver may reject with (see "Results and errors"). */
+export const DRIVER_ERROR_CODES: readonly ErrorCode[] = [
+  ErrorCode.STORAGE, ErrorCode.TIMEOUT, ErrorCode.UNAVAILABLE, ErrorCode.UNAUTHENTICATED, ErrorCode.KEY_LENGTH, ErrorCode.TOO_LARGE,
+];
 
 const KEY_RE = /^[0-9a-f]{32}\/[0-9a-f]{64}$/;
 
