@@ -4,10 +4,11 @@ Threads: the forward pass runs on vLLM's thread; a loader thread and a saver thr
 KvstashClient (clients are not shared between threads), so loads never queue behind large saves.
 
 Loading (``start_load_kv`` → ``wait_for_layer_load`` per layer):
-  ``start_load_kv`` asks the loader thread to GET every block of this step's loads and returns. The first
-  ``wait_for_layer_load`` waits for the answers (at most ``load_timeout_ms`` after they were requested),
-  copies them into one host buffer per request, and every ``wait_for_layer_load(layer)`` then scatters
-  that layer's slice into the request's allocated block ids. A block that is missing, has the wrong size
+  ``start_load_kv`` asks the loader thread to GET every block of this step's loads and to copy them into
+  one layer-major host buffer per request (pinned on GPUs), and returns. The first ``wait_for_layer_load``
+  waits for that (at most ``load_timeout_ms`` after it was requested), and every
+  ``wait_for_layer_load(layer)`` then scatters that layer's slice — one contiguous host→device copy — into
+  the request's allocated block ids. A block that is missing, has the wrong size
   or did not arrive in time fails together with every later block of that request's load; failed block
   ids are reported by ``get_block_ids_with_load_errors`` in the same step, and the request's saves of this
   step are dropped (its other tokens were computed over unloaded KV). With ``load_kv_async`` the loader
@@ -15,9 +16,11 @@ Loading (``start_load_kv`` → ``wait_for_layer_load`` per layer):
   with its failed blocks reported in that same pass.
 
 Saving (``save_kv_layer`` per layer → ``wait_for_save``):
-  ``save_kv_layer`` gathers this step's save blocks of that layer into a host buffer laid out in the
-  canonical block order (kvstash.kv_layout). ``wait_for_save`` waits for those copies (vLLM may overwrite
-  the blocks as soon as it returns) and hands the buffer to the saver thread, which PUTs it zero-copy.
+  ``save_kv_layer`` gathers this step's save blocks of that layer into a host buffer: on CPU directly in
+  the stored block order (kvstash.kv_layout); on GPUs into a pinned layer-major buffer with one
+  asynchronous copy per layer, transposed to the stored order later by the saver thread. ``wait_for_save``
+  waits for those copies (vLLM may overwrite the blocks as soon as it returns) and hands the buffer to the
+  saver thread, which PUTs it zero-copy.
   A step whose layers were not all gathered is not saved (it would store partial blocks). When the saves
   waiting to be sent exceed ``max_pending_save_bytes`` new ones are dropped. With ``save_sync``
   (default for kv_producer) ``wait_for_save`` also waits for the PUTs, up to ``save_timeout_ms``.
@@ -27,6 +30,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
@@ -38,6 +42,8 @@ from .kv_layout import LayoutError, LayoutSpec, TensorLayout, detect_layout, dty
 from .vllm_metadata import LoadSpec
 
 log = logging.getLogger("kvstash.vllm")
+# Received frames are read-only; torch.frombuffer warns about that although we only read from them.
+warnings.filterwarnings("ignore", message="The given buffer is not writable", category=UserWarning)
 
 
 @dataclass
@@ -125,11 +131,14 @@ class WorkerSide:
 
     # ---- helpers ----------------------------------------------------------------------------------------
 
-    def _host(self, n: int) -> Any:
+    def _host(self, n: int, layer_major: bool) -> Any:
+        """Host buffer for n blocks: (layers, n, ...) when layer_major, else (n, layers, ...) = the stored order.
+        On GPUs it is pinned and layer-major, so every per-layer copy is one contiguous asynchronous DMA."""
         import torch
 
         dt = next(iter(self.kv.values())).dtype
-        return torch.empty((n, len(self.layers), *self.spec.layer_shape()), dtype=dt, pin_memory=self.cuda)
+        lead = (len(self.layers), n) if layer_major else (n, len(self.layers))
+        return torch.empty((*lead, *self.spec.layer_shape()), dtype=dt, pin_memory=self.cuda)
 
     def _idx(self, ids: List[int]) -> Any:
         import torch
@@ -144,9 +153,16 @@ class WorkerSide:
         ns = c.namespace(self.desc, timeout_ms=left)
         return c.get_many(ns, keys, timeout_ms=max(0.0, (deadline - time.monotonic()) * 1000.0))
 
-    def _to_host(self, ld: _Load, bufs: List[Optional[memoryview]]) -> None:
+    def _fetch_to_host(self, ld: _Load) -> tuple:
+        """Loader thread: GET the blocks and copy the leading good ones into a layer-major host buffer.
+        Returns (ok, host, idx); the caller applies it only if it came in time."""
         import torch
 
+        try:
+            bufs = self._fetch(ld.spec.keys, ld.deadline)
+        except Exception as err:
+            self._warn_once("load-" + type(err).__name__, "kvstash: load failed (%s); recomputing", err)
+            return 0, None, None
         ok = 0
         for b in bufs:
             if b is None or memoryview(b).nbytes != self.block_bytes:
@@ -154,12 +170,13 @@ class WorkerSide:
                     self._warn_once("size", "kvstash: stored block of %d bytes, expected %d; treated as a miss", memoryview(b).nbytes, self.block_bytes)
                 break
             ok += 1
-        ld.ok = ok
-        if ok:
-            ld.host = self._host(ok)
-            for i in range(ok):
-                ld.host[i].reshape(-1).view(torch.uint8).copy_(torch.frombuffer(bufs[i], dtype=torch.uint8))
-            ld.idx = self._idx(ld.spec.block_ids[:ok])
+        if not ok:
+            return 0, None, None
+        host = self._host(ok, layer_major=True)
+        dt, shape = host.dtype, (len(self.layers), *self.spec.layer_shape())
+        for i in range(ok):
+            host[:, i].copy_(torch.frombuffer(bufs[i], dtype=torch.uint8).view(dt).view(shape))
+        return ok, host, self._idx(ld.spec.block_ids[:ok])
 
     def _failed(self, ld: _Load) -> List[int]:
         return list(ld.spec.block_ids[ld.ok:])
@@ -184,23 +201,20 @@ class WorkerSide:
                 ld.future = self.loader.submit(self._async_load, ld)
                 self._async[spec.req_id] = ld
             else:
-                ld.future = self.loader.submit(self._fetch, spec.keys, ld.deadline)
+                ld.future = self.loader.submit(self._fetch_to_host, ld)
                 self._sync.append(ld)
                 self._resolved = False
 
     def _resolve(self) -> None:
         self._resolved = True
         for ld in self._sync:
-            try:
-                bufs = ld.future.result(timeout=max(0.0, ld.deadline - time.monotonic()))  # type: ignore[union-attr]
+            try:  # the loader's own deadline is the same; the margin covers copying the last frames to host
+                ld.ok, ld.host, ld.idx = ld.future.result(timeout=max(0.0, ld.deadline - time.monotonic()) + 0.5)  # type: ignore[union-attr]
             except FutureTimeout:
                 ld.future.cancel()  # type: ignore[union-attr]
-                bufs = []
                 self._warn_once("load-timeout", "kvstash: load timed out after %d ms; recomputing", self.s.load_timeout_ms)
             except Exception as err:
-                bufs = []
                 self._warn_once("load-" + type(err).__name__, "kvstash: load failed (%s); recomputing", err)
-            self._to_host(ld, bufs)
             failed = self._failed(ld)
             self.counters["loaded_blocks"] += ld.ok
             if failed:
@@ -218,16 +232,11 @@ class WorkerSide:
             return
         for ld in self._sync:
             if ld.ok:
-                scatter_blocks(self.kv[layer_name], self.layouts[layer_name], ld.idx, ld.host[:, li])
+                scatter_blocks(self.kv[layer_name], self.layouts[layer_name], ld.idx, ld.host[li])
         self._scattered.add(layer_name)
 
     def _async_load(self, ld: _Load) -> List[int]:
-        try:
-            bufs = self._fetch(ld.spec.keys, ld.deadline)
-        except Exception as err:
-            self._warn_once("async-" + type(err).__name__, "kvstash: async load failed (%s); recomputing", err)
-            bufs = []
-        self._to_host(ld, bufs)
+        ld.ok, ld.host, ld.idx = self._fetch_to_host(ld)
         if ld.ok:
             import torch
 
@@ -247,7 +256,7 @@ class WorkerSide:
 
     def _scatter_all(self, ld: _Load) -> None:
         for li, name in enumerate(self.layers):
-            scatter_blocks(self.kv[name], self.layouts[name], ld.idx, ld.host[:, li])
+            scatter_blocks(self.kv[name], self.layouts[name], ld.idx, ld.host[li])
 
     def get_finished(self, finished_req_ids: Set[str]) -> tuple:
         done: Set[str] = set()
@@ -304,11 +313,12 @@ class WorkerSide:
                     self._warn_once("backlog", "kvstash: save backlog over %d bytes; dropping saves", self.s.max_pending_save_bytes)
                     return
                 self._pending_bytes += n * self.block_bytes
-            self._save = _SaveStep(saves, self._host(n), self._idx([b for s in saves for b in s.block_ids]))
+            self._save = _SaveStep(saves, self._host(n, layer_major=self.cuda), self._idx([b for s in saves for b in s.block_ids]))
         if self._save is False:
             return
         st = self._save
-        gather_blocks(self.kv[layer_name], self.layouts[layer_name], st.idx, st.host[:, li], non_blocking=self.cuda)
+        dst = st.host[li] if self.cuda else st.host[:, li]
+        gather_blocks(self.kv[layer_name], self.layouts[layer_name], st.idx, dst, non_blocking=self.cuda)
         st.gathered.add(li)
 
     def _report(self) -> None:
@@ -338,18 +348,24 @@ class WorkerSide:
             self._warn_once("partial-save", "kvstash: save_kv_layer ran for %d of %d layers; not saving", len(st.gathered), len(self.layers))
             self._release(st.host.shape[0] * self.block_bytes)
             return
+        deadline = time.monotonic() + self.s.save_timeout_ms / 1000.0
+        fut = self.saver.submit(self._put_step, st, deadline)
+        self._save_futures = [f for f in self._save_futures if not f.done()] + [fut]
+        if self.save_sync:
+            self._wait([fut], deadline)
+
+    def _put_step(self, st: _SaveStep, deadline: float) -> None:
+        """Saver thread: one step's blocks in stored order (a layer-major GPU staging buffer is transposed
+        here, off the forward thread), one pipelined PUT batch per request."""
         import torch
 
-        deadline = time.monotonic() + self.s.save_timeout_ms / 1000.0
-        off, futs = 0, []
+        host = st.host.transpose(0, 1).contiguous() if self.cuda else st.host
+        off = 0
         for s in st.saves:
             n = len(s.block_ids)
-            blocks = [st.host[off + i].reshape(-1).view(torch.uint8).numpy() for i in range(n)]
+            blocks = [host[off + i].reshape(-1).view(torch.uint8).numpy() for i in range(n)]
             off += n
-            futs.append(self.saver.submit(self._put, s.keys, blocks, deadline))
-        self._save_futures = [f for f in self._save_futures if not f.done()] + futs
-        if self.save_sync:
-            self._wait(futs, deadline)
+            self._put(s.keys, blocks, deadline)
 
     def _release(self, nbytes: int) -> None:
         with self._lock:
