@@ -2,5 +2,6 @@
 import type { CliExtension } from './cli-extension.js';
 import { vllmEventsExtension } from '../adapters/vllm/cli-extension.js';
 import { lmcacheExtension } from '../adapters/lmcache/cli-extension.js';
+import { controlExtension } from './control/cli.js';
 
-export const EXTENSIONS: CliExtension[] = [vllmEventsExtension, lmcacheExtension];
+export const EXTENSIONS: CliExtension[] = [vllmEventsExtension, lmcacheExtension, controlExtension];
