@@ -10,6 +10,8 @@ import { KvstashError, ErrorCode } from '../protocol/errors.js';
 import { KvstashClient } from './client.js';
 import { SETTINGS, loadConfig, settingsMarkdown, type Setting } from './config.js';
 import { EXTENSIONS } from './cli-extensions.js';
+import { grpcLookup, grpcStats } from './control/cli.js';
+import { addConnectionOptions, type CommonOpts, type SelOpts } from './control/cli-support.js';
 import { printEnginesLookup } from '../adapters/vllm/engines-cli.js';
 import { blockHashes } from './keys.js';
 import { rootLogger } from './log.js';
@@ -65,12 +67,13 @@ export function buildProgram(): Command {
     process.on('SIGTERM', () => void stop('SIGTERM'));
   });
 
-  program.command('stats').description('print tier statistics of a running sidecar (data socket)')
-    .option('--endpoint <ep>', 'sidecar endpoint', defaultEndpoint())
-    .option('--timeout <ms>', 'deadline in ms', '3000')
-    .option('--json', 'print JSON')
-    .action(async (opts: { endpoint: string; timeout: string; json?: boolean }) => {
-      const c = new KvstashClient(opts.endpoint, { timeoutMs: Number(opts.timeout) });
+  const stats = program.command('stats').description('print tier statistics of a running sidecar (gRPC control plane; --data-endpoint: the data socket)')
+    .option('--data-endpoint <ep>', 'ask the ZeroMQ data socket instead of gRPC (also when --endpoint is given)')
+    .option('--endpoint <ep>', 'data-socket endpoint (implies the data socket)');
+  addConnectionOptions(stats)
+    .action(async (opts: { endpoint?: string; dataEndpoint?: string; timeout: string; json?: boolean }) => {
+      if (!opts.endpoint && !opts.dataEndpoint) return grpcStats(opts);
+      const c = new KvstashClient(opts.dataEndpoint ?? opts.endpoint!, { timeoutMs: Number(opts.timeout) });
       try {
         const st = await c.stats();
         if (opts.json) process.stdout.write(JSON.stringify(st, null, 2) + '\n');
@@ -85,9 +88,10 @@ export function buildProgram(): Command {
       }
     });
 
-  program.command('lookup').description('how many leading blocks of a token sequence the sidecar holds, per tier')
-    .option('--endpoint <ep>', 'sidecar endpoint', defaultEndpoint())
-    .requiredOption('--tokens <list|@file>', 'token ids: comma/space separated, or @file (JSON array or whitespace separated)')
+  const lookup = program.command('lookup').description('how many leading blocks of a token sequence the sidecar holds, per tier (gRPC; --data-endpoint: the data socket)')
+    .option('--data-endpoint <ep>', 'ask the ZeroMQ data socket instead of gRPC (also when --endpoint is given)')
+    .option('--endpoint <ep>', 'data-socket endpoint (implies the data socket; --engines uses it, default the local ipc socket)')
+    .option('--tokens <list|@file>', 'token ids: comma/space separated, or @file (JSON array or whitespace separated)')
     .option('--block-size <n>', 'tokens per block', '16')
     .option('--model <id>', 'namespace: model', 'default')
     .option('--engine <kind>', 'namespace: engine kind', 'vllm')
@@ -97,18 +101,19 @@ export function buildProgram(): Command {
     .option('--pp <rank/size>', 'namespace: pipeline-parallel rank/size', '0/1')
     .option('--lora <name>', 'LoRA adapter name (hash extra key)')
     .option('--cache-salt <salt>', 'cache salt (hash extra key of the first block)')
-    .option('--timeout <ms>', 'deadline in ms', '3000')
-    .option('--json', 'print JSON')
+    .option('--hashes <hex,…|@file>', 'prefix as kvstash block hashes instead of --tokens (gRPC only)')
+    .option('--prefetch', 'start warming lower-tier hits into DRAM (gRPC only)')
     .option('--engines', 'instead: which vLLM engines hold the prefix in GPU memory (KV-events index; sidecar block size and seed)')
     .action(async (opts: Record<string, string | boolean | undefined>) => {
       if (opts.engines) {
-        return printEnginesLookup({ endpoint: String(opts.endpoint), tokens: parseTokens(String(opts.tokens)), lora: opts.lora as string | undefined, cacheSalt: opts.cacheSalt as string | undefined, timeoutMs: Number(opts.timeout), json: opts.json === true });
+        return printEnginesLookup({ endpoint: String(opts.endpoint ?? opts.dataEndpoint ?? defaultEndpoint()), tokens: parseTokens(String(opts.tokens)), lora: opts.lora as string | undefined, cacheSalt: opts.cacheSalt as string | undefined, timeoutMs: Number(opts.timeout), json: opts.json === true });
       }
+      if (!opts.endpoint && !opts.dataEndpoint) return grpcLookup(opts as CommonOpts & SelOpts);
       const tokens = parseTokens(String(opts.tokens));
       const [tpr, tps] = String(opts.tp).split('/').map(Number);
       const [ppr, pps] = String(opts.pp).split('/').map(Number);
       const keys = blockHashes(tokens, Number(opts.blockSize), { lora: opts.lora as string | undefined, cacheSalt: opts.cacheSalt as string | undefined });
-      const c = new KvstashClient(String(opts.endpoint), { timeoutMs: Number(opts.timeout) });
+      const c = new KvstashClient(String(opts.dataEndpoint ?? opts.endpoint), { timeoutMs: Number(opts.timeout) });
       try {
         const ns = await c.hello({ model: String(opts.model), engine: String(opts.engine), layout: String(opts.layout), tenant: String(opts.tenant), tp_rank: tpr!, tp_size: tps!, pp_rank: ppr!, pp_size: pps! });
         const r = await c.lookup(ns, keys);
@@ -122,6 +127,7 @@ export function buildProgram(): Command {
         c.close();
       }
     });
+  addConnectionOptions(lookup);
 
   program.command('config').description('print the resolved configuration, or the settings table')
     .option('--config <file>', 'JSON config file')
