@@ -39,7 +39,9 @@ def start_sidecar(tmp):
         sys.exit(f"{cli} is missing: run `npm run build` first")
     ep = f"ipc://{os.path.join(tmp, 'k.sock')}"
     p = subprocess.Popen(["node", cli, "serve", "--endpoints", ep, "--file-root", "", "--dram-bytes", "8GiB", "--log-level", "warn"],
-                         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         # other listeners of the CLI (control plane, metrics) on free ports; unknown variables are ignored
+                         env={**os.environ, "KVSTASH_GRPC": "127.0.0.1:0", "KVSTASH_METRICS": "127.0.0.1:0"})
     out, t0 = "", time.monotonic()
     while "index rebuilt" not in out:
         line = p.stdout.readline()

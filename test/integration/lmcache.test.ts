@@ -254,7 +254,9 @@ test('lmcache - values survive eviction to the file tier and a sidecar restart (
 test('lmcache - `kvstash serve --lmcache 127.0.0.1:0` announces the bound port and serves a client; LMCACHE_STATS', async (t) => {
   const dir = tempDir('kvstash-lm-cli-');
   const ipc = `ipc://${path.join(dir, 'k.sock')}`;
-  const { proc, output } = await spawnSidecar(['--endpoints', ipc, '--file-root', path.join(dir, 'tier'), '--lmcache', '127.0.0.1:0/v1', '--lmcache', '127.0.0.1:0']);
+  // Other listeners the CLI may start (control plane, metrics) on ephemeral ports; unknown variables are ignored.
+  const env = { KVSTASH_GRPC: '127.0.0.1:0', KVSTASH_METRICS: '127.0.0.1:0' };
+  const { proc, output } = await spawnSidecar(['--endpoints', ipc, '--file-root', path.join(dir, 'tier'), '--lmcache', '127.0.0.1:0/v1', '--lmcache', '127.0.0.1:0'], env);
   t.teardown(() => killAndWait(proc));
   const ports = [...output().matchAll(/lmcache lm:\/\/ server listening on lm:\/\/127\.0\.0\.1:(\d+) \(generation (\S+)\)/g)].map((m) => [Number(m[1]), m[2]]);
   t.is(ports.length, 2, output());

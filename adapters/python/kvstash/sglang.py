@@ -172,6 +172,7 @@ class KvstashHiCacheStorage(HiCacheStorage):
         self.fingerprint = "unregistered"
         self._clients = ThreadLocalClients(self.endpoint, timeout_ms=self.timeout_ms, client_name="kvstash-sglang")
         self._lock = threading.Lock()
+        self._local = threading.local()
         self._down_until = 0.0
         self.stats: Dict[str, int] = {k: 0 for k in (
             "exists_calls", "exists_hits", "get_pages", "get_hits", "get_misses", "set_pages", "set_stored",
@@ -347,17 +348,36 @@ class KvstashHiCacheStorage(HiCacheStorage):
             self._failed("batch_set_v1", err)
             return [False] * n
 
-        def gather(i: int) -> bytearray:
-            total = sum(sizes[i * per:(i + 1) * per])
-            buf = bytearray(total)
-            dst = ctypes.addressof((ctypes.c_char * total).from_buffer(buf)) if total else 0
-            off = 0
-            for j in range(i * per, (i + 1) * per):
-                ctypes.memmove(dst + off, ptrs[j], sizes[j])
-                off += sizes[j]
-            return buf
+        # Pages are gathered into a per-thread staging buffer that is reused across calls (fresh memory costs
+        # page faults: ~4x slower here). It is reused only after a call whose every PUT was answered, because
+        # ZeroMQ sends it without copying; after any failure a new one is allocated.
+        totals = [sum(sizes[i * per:(i + 1) * per]) for i in range(n)]
+        stage = self._staging(sum(totals))
+        base = stage.ctypes.data
+        view = memoryview(stage)
+        at = [0]
 
-        return self._put("batch_set_v1", keys, gather)
+        def gather(i: int) -> memoryview:
+            start = off = at[0]
+            for j in range(i * per, (i + 1) * per):
+                ctypes.memmove(base + off, ptrs[j], sizes[j])
+                off += sizes[j]
+            at[0] = off
+            return view[start:off]
+
+        ok = self._put("batch_set_v1", keys, gather)
+        if not all(ok):
+            self._local.stage = None
+        return ok
+
+    def _staging(self, nbytes: int) -> Any:
+        import numpy as np
+
+        st = getattr(self._local, "stage", None)
+        if st is None or st.nbytes < nbytes:
+            st = np.empty(max(nbytes, 1), dtype=np.uint8)
+            self._local.stage = st
+        return st
 
     # ---- generic path (flat data pages) -----------------------------------------------------------------
 
