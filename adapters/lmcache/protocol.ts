@@ -31,6 +31,7 @@
  *   UTF-8 or containing C0 control characters/DEL (ints of a shifted header land there), negative length,
  *   fmt/dtype/location outside 0..255, shape dims outside 0..2^30 — so a misaligned stream is caught and the
  *   connection closed instead of silently answering garbage. LMCache's own keys never hit these limits.
+ * - Streaming (split/partial frames, sniffing per connection): frame-parser.ts. Client: client.ts.
  */
 import { ErrorCode, KvstashError } from '../../protocol/errors.js';
 

@@ -97,7 +97,8 @@ export class LmcacheServer implements SidecarPlugin {
           server.off('error', reject);
           resolve();
         });
-      }).catch((err: Error) => {
+      }).catch(async (err: Error) => {
+        await this.stop();
         throw new KvstashError(ErrorCode.CONFIG, `lmcache: cannot listen on ${spec.host}:${spec.port}: ${err.message}`, { cause: err });
       });
       server.on('error', (err) => this.log.error({ err }, 'lm:// listener error'));
