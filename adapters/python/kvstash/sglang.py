@@ -147,6 +147,10 @@ class _FastFail(KvstashError):
 
 class KvstashHiCacheStorage(HiCacheStorage):
     def __init__(self, storage_config: Any, kwargs: Optional[Dict[str, Any]] = None) -> None:
+        try:  # SGLang's base takes no arguments in the versions examined; accept one that takes the config
+            super().__init__()
+        except TypeError:
+            super().__init__(storage_config)  # type: ignore[call-arg]
         extra: Dict[str, Any] = dict(getattr(storage_config, "extra_config", None) or {})
         extra.update(kwargs or {})
         self.config = storage_config
@@ -184,6 +188,7 @@ class KvstashHiCacheStorage(HiCacheStorage):
     # ---- namespace --------------------------------------------------------------------------------------
 
     def register_mem_pool_host(self, mem_pool_host: Any) -> None:
+        super().register_mem_pool_host(mem_pool_host)
         self.mem_pool_host = mem_pool_host
         p = mem_pool_host
         self.layout = str(getattr(p, "layout", "layer_first"))
