@@ -142,6 +142,24 @@ test('vllm-connector - KV events announce saved blocks with vLLM hashes and the 
   }
 });
 
+test('vllm-connector - tensor parallel: each rank stores its own shard; the hit is the smallest over the ranks', async (t) => {
+  const sc = await startSidecar();
+  t.teardown(() => sc.stop());
+  const P = tokens(51, 100); // 6 full blocks, and 102 tokens after 2 decode steps
+  const base = { endpoint: sc.endpoint, layout: 'blocks_first', tp: 2 };
+  const a = await runHarness({ ...base, seed: 1, prompts: [P] });
+  assertClean(t, a);
+  t.is(a.counters.saved_blocks, 12, 'six blocks per rank, each in its rank\'s namespace');
+  const b = await runHarness({ ...base, layout: 'hnd', seed: 2, prompts: [P] });
+  assertClean(t, b); // each rank's KV differs: a shard loaded into the wrong rank would not match
+  t.is(b.results['req-0']!.ext_tokens, 96);
+  t.is(b.counters.loaded_blocks, 12);
+  const c = await runHarness({ ...base, seed: 3, prompts: [P], delete_at_start: { rank: 1, keys: [blockHashes(P, BS)[3]!.toString('hex')] } });
+  assertClean(t, c);
+  t.is(c.results['req-0']!.ext_tokens, 48, 'rank 1 lacks block 3, so only blocks 0-2 load on both ranks');
+  t.is(c.counters.present_blocks, 5, 'rank 0 still had blocks 3-5, rank 1 blocks 4-5');
+});
+
 test('vllm-connector - a failed load is reported and the poisoned tokens of that step are never saved', async (t) => {
   const sc = await startSidecar();
   t.teardown(() => sc.stop());

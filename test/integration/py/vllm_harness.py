@@ -2,12 +2,13 @@
 KvstashConnector) + a worker process (vllm_harness_worker.py: real paged KV tensors + the WORKER-role
 connector). The per-step connector metadata crosses the process boundary pickled, as in vLLM.
 
-Usage: python3 vllm_harness.py < scenario.json ; prints progress lines and, last, one JSON result line.
+Usage: python3 vllm_harness.py < scenario.json (one line) ; prints progress lines and, last, one JSON result line.
 Scenario keys: endpoint, layout (kv_first | blocks_first | hnd | mla), dtype, layers, block_size, heads,
 head_size, num_blocks, seed (block placement and initial garbage), token_budget, decode_steps, prompts
 (list of token lists), extra (kv_connector_extra_config), pause_before_load (print PAUSED, wait for a stdin
 line before the first step that loads), delete_before_load (hex keys deleted from the sidecar right before
-that step), idle_steps.
+that step), delete_at_start ({rank, keys}: deleted from that rank's namespace before any lookup), tp
+(worker processes, one per tensor-parallel rank; their answers are aggregated as vLLM does), idle_steps.
 
 The scheduler loop follows vLLM's: running requests first, then waiting ones; for a new request it takes
 the local prefix-cache hit, asks get_num_new_matched_tokens (twice — it must have no side effects),
@@ -48,13 +49,36 @@ class Engine:
         self.free = list(range(sc["num_blocks"]))
         random.Random(sc["seed"]).shuffle(self.free)
         self.local = {}  # vLLM block hash -> block id (local prefix cache)
-        env = dict(os.environ)
-        self.worker = subprocess.Popen([sys.executable, os.path.join(HERE, "vllm_harness_worker.py")], stdin=subprocess.PIPE,
-                                       stdout=subprocess.PIPE, env=env)
-        send(self.worker.stdin, sc)
-        assert recv(self.worker.stdout)["ready"]
+        self.workers = []  # one process per tensor-parallel rank, as in vLLM
+        for rank in range(sc.get("tp", 1)):
+            w = subprocess.Popen([sys.executable, os.path.join(HERE, "vllm_harness_worker.py")], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+            send(w.stdin, {**sc, "rank": rank})
+            self.workers.append(w)
+        for w in self.workers:
+            assert recv(w.stdout)["ready"]
         self.events, self.results, self.lookup_s = [], {}, 0.0
         self.max_step_s, self.paused = 0.0, False
+
+    def call(self, msg):
+        """Send one message to every worker; vLLM aggregates: load errors are the union, a request has finished
+        receiving once every worker reported it."""
+        for w in self.workers:
+            send(w.stdin, msg)
+        reps = [recv(w.stdout) for w in self.workers]
+        if msg["op"] != "step":
+            return reps
+        fin = set(reps[0]["finished_recving"])
+        for r in reps[1:]:
+            fin &= set(r["finished_recving"])
+        self.pending_fin = getattr(self, "pending_fin", {})
+        for r in reps:
+            for rid in r["finished_recving"]:
+                self.pending_fin[rid] = self.pending_fin.get(rid, 0) + 1
+        done = sorted(rid for rid, c in self.pending_fin.items() if c == len(self.workers))
+        for rid in done:
+            del self.pending_fin[rid]
+        return {"finished_recving": done, "errors": sorted(set().union(*[r["errors"] for r in reps])),
+                "poisoned": sorted(set().union(*[r["poisoned"] for r in reps])), "elapsed": max(r["elapsed"] for r in reps)}
 
     def alloc(self, n):
         if len(self.free) < n:
@@ -72,6 +96,8 @@ class Engine:
 
     def run(self):
         sc, bs, conn = self.sc, self.bs, self.conn
+        if sc.get("delete_at_start"):  # {"rank": r, "keys": [hex]}: before any lookup
+            self.delete(sc["delete_at_start"]["keys"], sc["delete_at_start"]["rank"])
         waiting = deque()
         for i, p in enumerate(sc["prompts"]):
             r = Request(f"req-{i}", p, bs, lora_name=sc.get("lora"), cache_salt=sc.get("cache_salt"))
@@ -152,8 +178,7 @@ class Engine:
                 if sc.get("pause_before_load"):
                     out(event="PAUSED")
                     sys.stdin.readline()
-            send(self.worker.stdin, {"op": "step", "metadata": wire, "reqs": plan})
-            rep = recv(self.worker.stdout)
+            rep = self.call({"op": "step", "metadata": wire, "reqs": plan})
             self.max_step_s = max(self.max_step_s, rep["elapsed"])
             errors = set(rep["errors"])
             for r in running:
@@ -191,27 +216,27 @@ class Engine:
             so = type("SchedulerOutput", (), {})()
             so.scheduled_new_reqs, so.scheduled_cached_reqs, so.num_scheduled_tokens = [], CachedRequestData(), {}
             md = conn.build_connector_meta(so)
-            send(self.worker.stdin, {"op": "step", "metadata": pickle.dumps(md), "reqs": []})
-            recv(self.worker.stdout)
+            self.call({"op": "step", "metadata": pickle.dumps(md), "reqs": []})
             self.events.extend(conn.take_events())
         return steps
 
-    def delete(self, keys_hex):
+    def delete(self, keys_hex, rank=0):
         from kvstash.client import KvstashClient
 
         c = KvstashClient(self.sc["endpoint"], timeout_ms=2000)
-        ns = c.namespace(self.conn._scheduler.namespaces[0])
+        ns = c.namespace(self.conn._scheduler.namespaces[rank])
         c.delete(ns, [bytes.fromhex(k) for k in keys_hex])
         c.close()
 
     def finish(self):
-        send(self.worker.stdin, {"op": "check"})
-        check = recv(self.worker.stdout)
-        send(self.worker.stdin, {"op": "shutdown"})
-        shut = recv(self.worker.stdout)
-        self.worker.wait(timeout=30)
+        checks = self.call({"op": "check"})
+        shuts = self.call({"op": "shutdown"})
+        for w in self.workers:
+            w.wait(timeout=30)
         self.conn.shutdown()
-        return check, shut
+        check = {k: sum(c[k] for c in checks) for k in checks[0]}
+        counters = {k: sum(s["counters"].get(k, 0) for s in shuts) for k in shuts[0]["counters"]}
+        return check, {"counters": counters, "shutdown_s": max(s["shutdown_s"] for s in shuts)}
 
 
 def main():
@@ -223,7 +248,8 @@ def main():
         steps = eng.run()
         check, shut = eng.finish()
     except BaseException:
-        eng.worker.kill()
+        for w in eng.workers:
+            w.kill()
         raise
     hs = lambda h: None if h is None else str(h)  # noqa: E731  (JSON numbers lose 64-bit precision in JS)
     events = [{"block_hashes": [hs(h) for h in e.block_hashes], "parent": hs(e.parent_block_hash), "token_ids": list(e.token_ids),

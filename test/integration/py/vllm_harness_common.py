@@ -121,12 +121,12 @@ class CachedRequestData:
 class Truth:
     """KV bytes of one token for every layer, derived from the token prefix (like a real model's KV)."""
 
-    def __init__(self, layers: int, token_bytes: int) -> None:
-        self.layers, self.token_bytes = layers, token_bytes
+    def __init__(self, layers: int, token_bytes: int, rank: int = 0) -> None:
+        self.layers, self.token_bytes, self.rank = layers, token_bytes, rank
         self._cache: Dict[bytes, bytes] = {}
 
     def prefix_hashes(self, tokens: List[int]) -> List[bytes]:
-        out, h = [], b"truth-v1"
+        out, h = [], b"truth-v1/rank-%d" % self.rank  # each tensor-parallel rank holds different KV
         for t in tokens:
             h = hashlib.sha256(h + struct.pack("<I", t)).digest()
             out.append(h)

@@ -49,7 +49,7 @@ def slot(kv, kind, block, s):
 class Worker:
     def __init__(self, spec):
         self.spec, self.kind = spec, spec["layout"]
-        vc, kcc = make_configs(spec, spec["extra"])
+        vc, kcc = make_configs(spec, spec["extra"], rank=spec.get("rank", 0))
         self.conn = KvstashConnector(vc, KVConnectorRole.WORKER, kcc)
         gen = torch.Generator().manual_seed(spec["seed"])
         self.names = layer_names(spec["layers"])
@@ -66,7 +66,7 @@ class Worker:
         tb = ITEMSIZE[spec["dtype"]]
         for x in self.tshape:
             tb *= x
-        self.truth = Truth(spec["layers"], tb)
+        self.truth = Truth(spec["layers"], tb, spec.get("rank", 0))
         self.conn.register_kv_caches(dict(self.kv))
         self.async_pending = {}  # req id -> (block ids, token ids, start, end)
         self.bad_loads = 0  # loads reported fine whose slots were wrong at wait_for_layer_load time
