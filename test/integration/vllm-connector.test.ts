@@ -4,7 +4,7 @@
  * order. Engine A computes and saves; engine B (fresh processes, other block placement, possibly another
  * tensor layout) looks up and loads, and every byte of its cache is checked against the deterministic KV.
  */
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import test from 'ava';
@@ -249,4 +249,12 @@ test('vllm-connector - python client: ops, batches, error codes, deadlines, thre
   t.is(code, 0, `${out}\n${err}`);
   t.regex(out, /\nOK\n/);
   t.is(sidecar.stats().namespaces, 1, 're-registered by the client');
+});
+
+test('vllm-connector - python units: layout detection, save plan limits, roles, HMA groups, disabled worker', (t) => {
+  const r = spawnSync(py, [path.join(repoRoot, 'adapters', 'python', 'tests', 'test_vllm_units.py')], {
+    cwd: repoRoot, env: { ...process.env, PYTHONPATH: path.join(repoRoot, 'adapters', 'python') }, encoding: 'utf8', timeout: 60_000,
+  });
+  t.is(r.status, 0, `${r.stdout}\n${r.stderr}`);
+  t.regex(r.stderr, /Ran ([5-9]|\d\d+) tests/);
 });
