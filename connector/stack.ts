@@ -8,6 +8,9 @@ import { heatPolicy, lruPolicy } from './policy.js';
 import type { DriverRegistry } from './storage/registry.js';
 import { MemoryDriver } from './storage/memory.js';
 import { TierStack, type TierSpec } from './tiers.js';
+// Built-in drivers that register themselves (registerBuiltinDriver) — imported here, not from registry.ts, to avoid a cycle.
+import './storage/nfs.js';
+import './storage/s3.js';
 
 const MEDIUM: Record<string, string> = { memory: 'CPU', file: 'DISK', nfs: 'NFS', s3: 'S3' };
 const READ_BPS: Record<string, number> = { memory: 10e9, file: 2e9, nfs: 200e6, s3: 150e6 };
