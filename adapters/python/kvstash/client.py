@@ -323,9 +323,10 @@ class KvstashClient:
                         inflight.append((send(a, b), a, b))
                         continue
                     raise
-        finally:
+        finally:  # abandoned requests: forget them, and any reply that already came
             for rid, _a, _b in inflight:
                 self._pending.pop(rid, None)
+                self._replies.pop(rid, None)
 
     def close(self) -> None:
         if self._closed:
