@@ -1,9 +1,11 @@
 /** Prometheus metrics scraped over HTTP after a known workload on the data socket and the control plane. */
 import test from 'ava';
+import { readFileSync } from 'node:fs';
 import { request } from 'node:http';
+import path from 'node:path';
 import { blockHashes } from '../connector/keys.js';
 import { nsOf, startControl } from './helpers/control.js';
-import { blockFor } from './helpers/sidecar.js';
+import { blockFor, repoRoot } from './helpers/sidecar.js';
 
 function scrape(address: string, urlPath = '/metrics'): Promise<{ status: number; type: string; body: string }> {
   const [host, port] = [address.slice(0, address.lastIndexOf(':')), Number(address.slice(address.lastIndexOf(':') + 1))];
@@ -97,4 +99,15 @@ test('control metrics - per-namespace series are bounded: top N namespaces, the 
   const second = (await scrape(r.metrics!.address)).body;
   t.is(value(second, 'kvstash_namespace_hit_blocks_total', { namespace: ids[4]! }), undefined);
   t.is(value(second, 'kvstash_namespace_hit_blocks_total', { namespace: 'other' }), 3 + 2 + 1 + 20);
+});
+
+test('control metrics - every metric the Grafana dashboard queries is exposed', async (t) => {
+  const r = await startControl({ metrics: '127.0.0.1:0', eventsPub: 'tcp://127.0.0.1:0' });
+  t.teardown(r.stop);
+  const { body } = await scrape(r.metrics!.address);
+  const types = new Set([...body.matchAll(/^# TYPE (\S+) /gm)].map((m) => m[1]));
+  const dash = readFileSync(path.join(repoRoot, 'examples', 'grafana', 'kvstash-dashboard.json'), 'utf8');
+  const used = new Set([...dash.matchAll(/kvstash_[a-z_]+/g)].map((m) => m[0].replace(/_(bucket|sum|count)$/, '')).filter((n) => n !== 'kvstash_sidecar'));
+  t.true(used.size > 20);
+  for (const name of used) t.true(types.has(name), `${name} is queried by the dashboard but not exposed`);
 });
