@@ -48,3 +48,41 @@ export function heatPolicy(halfLifeMs: number, window = 8): EvictionPolicy {
     },
   };
 }
+
+/**
+ * AdmissionFilter — whether a lower tier takes a block (on write-through, on a later hit, on demotion).
+ *
+ * Rules:
+ * - Asked with the block's access count (`seen`: puts + hits), decayed heat and size; must be cheap and pure.
+ * - Refusing is never an error: the block stays where it is (or is dropped when it leaves DRAM).
+ * - Per tier, from the tier config `admit` object; `admitAfter: n` is shorthand for `{ "minSeen": n }`.
+ */
+export interface AdmissionInput extends HeatState {
+  seen: number;
+  size: number;
+}
+
+export interface AdmissionFilter {
+  readonly name: string;
+  admit(block: AdmissionInput, now: number): boolean;
+}
+
+export interface AdmissionSpec {
+  /** Accesses (puts + hits) before the tier takes the block: 2 = "only blocks seen at least twice". */
+  minSeen?: number;
+  /** Decayed heat (see decayedHeat) the block needs at admission time. */
+  minHeat?: number;
+  /** Largest block the tier takes, bytes. */
+  maxBlockBytes?: number;
+}
+
+export function admissionFilter(spec: AdmissionSpec, halfLifeMs: number): AdmissionFilter {
+  const minSeen = spec.minSeen ?? 1;
+  const minHeat = spec.minHeat ?? 0;
+  const maxBytes = spec.maxBlockBytes ?? Number.POSITIVE_INFINITY;
+  const parts = [minSeen > 1 && `seen≥${minSeen}`, minHeat > 0 && `heat≥${minHeat}`, Number.isFinite(maxBytes) && `size≤${maxBytes}`].filter(Boolean);
+  return {
+    name: parts.length ? parts.join(',') : 'all',
+    admit: (b, now) => b.seen >= minSeen && b.size <= maxBytes && (minHeat <= 0 || decayedHeat(b, now, halfLifeMs) >= minHeat),
+  };
+}

@@ -281,7 +281,10 @@ export class Sidecar {
       case 'LOOKUP': {
         this.nsOf(peer, req.op, req.ns);
         const r = this.tiers.lookupRaw(req.ns, req.keys, req.prefetch === true);
-        return encodeReply({ id: req.id, hit: r.hit, tiers: r.tiers, load_ms: r.loadMs });
+        const reply = (x: typeof r) => encodeReply({ id: req.id, hit: x.hit, tiers: x.tiers, load_ms: x.loadMs });
+        // A miss with a shared tier (nfs, s3): ask it about blocks other hosts wrote (rate-limited; shared-probe.ts).
+        if (this.tiers.probe && r.hit < req.keys.length / 32) return this.tiers.lookupShared(req.ns, req.keys, r, req.prefetch === true).then(reply);
+        return reply(r);
       }
       case 'EXISTS': {
         this.nsOf(peer, req.op, req.ns);

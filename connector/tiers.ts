@@ -16,8 +16,9 @@
  */
 import { EventEmitter } from 'node:events';
 import { checksum as computeChecksum } from './checksum.js';
-import { bumpHeat, type EvictionPolicy, type HeatState } from './policy.js';
-import type { StorageDriver, StoredValue } from './storage/driver.js';
+import { bumpHeat, type AdmissionFilter, type EvictionPolicy, type HeatState } from './policy.js';
+import { SharedProbe, type SharedProbeOptions } from './shared-probe.js';
+import type { ListedValue, StorageDriver, StoredValue } from './storage/driver.js';
 import type { MemoryDriver } from './storage/memory.js';
 import { WriteQueue, type WriteQueueOptions } from './write-queue.js';
 import { PutResult } from '../protocol/wire.js';
@@ -33,6 +34,8 @@ export interface TierSpec {
   writeMode: 'through' | 'back';
   /** Accesses a block needs before this tier admits it (1 = admit everything). */
   admitAfter: number;
+  /** Further admission rule (policy.ts AdmissionFilter); both it and admitAfter must agree. */
+  admit?: AdmissionFilter;
   queue: WriteQueueOptions;
   /** Read bandwidth assumed before any measurement, bytes/s. */
   initialReadBps: number;
@@ -43,6 +46,10 @@ export interface TierStackOptions {
   policy: EvictionPolicy;
   halfLifeMs: number;
   promoteOnHit: boolean;
+  /** Clock for heat and recency (default Date.now); trace replays pass the trace's time. */
+  now?: () => number;
+  /** Bounds of the index-miss probe of shared tiers (connector/shared-probe.ts). */
+  probe?: Partial<SharedProbeOptions>;
 }
 
 export interface BlockEntry extends HeatState {
@@ -68,13 +75,13 @@ interface Tier extends TierSpec {
   used: number;
   writes: WriteQueue;
   readBps: number;
-  c: { hits: number; misses: number; evictions: number; checksumFailures: number; promotions: number; demotions: number; writeErrors: number; bytesWritten: number };
+  c: { hits: number; misses: number; evictions: number; checksumFailures: number; promotions: number; demotions: number; writeErrors: number; bytesWritten: number; readErrors: number };
 }
 
 export interface TierStats {
   name: string; medium: string; bytes: number; blocks: number; budgetBytes: number; hits: number; misses: number;
   evictions: number; queueDepth: number; droppedSaves: number; checksumFailures: number; promotions: number;
-  demotions: number; writeErrors: number; bytesWritten: number; readBps: number;
+  demotions: number; writeErrors: number; bytesWritten: number; readBps: number; readErrors: number; available: boolean;
 }
 
 export interface LookupResult {
@@ -97,15 +104,72 @@ export class TierStack extends EventEmitter {
   private readonly dram: MemoryDriver;
   private readonly loading = new Map<string, Promise<Buffer | undefined>>();
   private closed = false;
+  private readonly now: () => number;
+  /** Present when a tier is shared: asks it about index misses (see connector/shared-probe.ts). */
+  readonly probe: SharedProbe | undefined;
+  /** Some write-through tier admits only later accesses: hits must offer it the block. */
+  private readonly lateAdmission: boolean;
 
   constructor(private readonly opts: TierStackOptions) {
     super();
     if (opts.tiers.length === 0 || opts.tiers[0]!.driver.name !== 'memory') throw new Error('tier 0 must be the memory driver');
     this.tiers = opts.tiers.map((t, index) => ({
       ...t, index, lru: new Map(), used: 0, writes: new WriteQueue(t.queue), readBps: t.initialReadBps,
-      c: { hits: 0, misses: 0, evictions: 0, checksumFailures: 0, promotions: 0, demotions: 0, writeErrors: 0, bytesWritten: 0 },
+      c: { hits: 0, misses: 0, evictions: 0, checksumFailures: 0, promotions: 0, demotions: 0, writeErrors: 0, bytesWritten: 0, readErrors: 0 },
     }));
     this.dram = opts.tiers[0]!.driver as MemoryDriver;
+    this.now = opts.now ?? Date.now;
+    const shared = this.tiers.filter((t) => t.index > 0 && t.driver.shared);
+    this.probe = shared.length ? new SharedProbe(shared, opts.probe, this.now) : undefined;
+    this.lateAdmission = this.tiers.some((t) => t.index > 0 && t.writeMode === 'through' && (t.admitAfter > 1 || t.admit !== undefined));
+  }
+
+  /** Does tier t take block e now? (admitAfter and the tier's AdmissionFilter) */
+  private admits(t: Tier, e: BlockEntry, now: number): boolean {
+    return e.seen >= t.admitAfter && (!t.admit || t.admit.admit(e, now));
+  }
+
+  /** Tiers whose driver can serve reads now (a driver with an open circuit breaker says no). Bit i = tier i. */
+  private availableMask(): number {
+    let m = 0;
+    for (const t of this.tiers) if (!t.driver.available || t.driver.available()) m |= 1 << t.index;
+    return m;
+  }
+
+  /** A DRAM block that became admissible for a write-through tier after its first put (a hit): write it there now. */
+  private admitLater(e: BlockEntry, now: number): void {
+    if (!(e.where & 1)) return;
+    for (const t of this.tiers) {
+      if (t.index === 0 || t.writeMode !== 'through' || (e.where | e.pending) & (1 << t.index) || !this.admits(t, e, now)) continue;
+      const v = this.dram.getSync(e.key);
+      if (v) this.queueWrite(t, e, v.value);
+    }
+  }
+
+  /**
+   * Probe the shared tiers for the blocks after a LOOKUP's hit prefix (rate-limited; see SharedProbe) and answer
+   * the LOOKUP again if any were found. `r` is lookupRaw's answer for the same keys.
+   */
+  async lookupShared(ns: string, keys: Buffer, r: LookupResult, prefetch = false): Promise<LookupResult> {
+    const n = keys.length / 32;
+    if (!this.probe || r.hit >= n) return r;
+    const found = await this.probe.extend(n, r.hit, (i) => `${ns}/${keys.toString('hex', i * 32, i * 32 + 32)}`, (ti, item) => this.adopt(ti, item));
+    return found > 0 ? this.lookupRaw(ns, keys, prefetch) : r;
+  }
+
+  /** Add a block that tier `ti` holds but this index did not know (another host wrote it). */
+  adopt(ti: number, item: ListedValue): void {
+    const t = this.tiers[ti]!;
+    let e = this.index.get(item.key);
+    if (!e) {
+      e = { key: item.key, size: item.size, checksum: item.meta.checksum, where: 0, pending: 0, seen: 1, pins: 0, heat: 0, heatAt: this.now() };
+      this.indexAdd(e);
+    } else if (e.size !== item.size || (e.checksum && e.checksum !== item.meta.checksum)) {
+      return; // a copy that disagrees with ours is not adopted (reads verify checksums anyway)
+    }
+    if (e.where & (1 << ti)) return;
+    this.addTo(t, e);
+    this.enforceBudget(t);
   }
 
   /** Open every driver and rebuild the index from what the lower tiers hold. */
@@ -172,11 +236,13 @@ export class TierStack extends EventEmitter {
     const n = keys.length / 32;
     const count = new Array<number>(this.tiers.length).fill(0);
     const bytes = new Array<number>(this.tiers.length).fill(0);
+    const avail = this.availableMask();
     let hit = 0;
     for (; hit < n; hit++) {
       const e = this.fastGet(m, keys, hit);
-      if (!e || e.where === 0) break;
-      const ti = 31 - Math.clz32(e.where & -e.where);
+      const w = e ? e.where & avail : 0; // copies in a tier that cannot serve now do not count
+      if (!e || w === 0) break;
+      const ti = 31 - Math.clz32(w & -w);
       count[ti]!++;
       bytes[ti]! += e.size;
       if (prefetch && ti > 0) void this.load(e);
@@ -232,11 +298,13 @@ export class TierStack extends EventEmitter {
     const tiers: Record<string, number> = {};
     const bytes = new Array<number>(this.tiers.length).fill(0);
     for (const t of this.tiers) tiers[t.name] = 0;
+    const avail = this.availableMask();
     let hit = 0;
     for (; hit < keys.length; hit++) {
       const e = this.index.get(keys[hit]!);
-      if (!e || e.where === 0) break;
-      const ti = 31 - Math.clz32(e.where & -e.where);
+      const w = e ? e.where & avail : 0;
+      if (!e || w === 0) break;
+      const ti = 31 - Math.clz32(w & -w);
       tiers[this.tiers[ti]!.name]!++;
       bytes[ti]! += e.size;
       if (prefetch && ti > 0) void this.load(e);
@@ -252,10 +320,11 @@ export class TierStack extends EventEmitter {
 
   /** Store a block. The buffer is kept as is (not copied): callers hand over ownership. */
   put(key: string, value: Buffer, sum?: string): PutResult {
-    const now = Date.now();
+    const now = this.now();
     const existing = this.index.get(key);
     if (existing && existing.where !== 0) {
       this.touchChain([existing], now);
+      if (this.lateAdmission) this.admitLater(existing, now);
       return PutResult.PRESENT;
     }
     const e: BlockEntry = existing ?? {
@@ -267,7 +336,7 @@ export class TierStack extends EventEmitter {
     const stored = this.insertDram(e, value);
     let queued = false;
     for (const t of this.tiers.slice(1)) {
-      if (t.writeMode === 'through' && e.seen >= t.admitAfter) queued = this.queueWrite(t, e, value) || queued;
+      if (t.writeMode === 'through' && this.admits(t, e, now)) queued = this.queueWrite(t, e, value) || queued;
       if (!stored) break; // too big for DRAM: write through to the first lower tier only
     }
     if (!stored && !queued && e.where === 0 && e.pending === 0) {
@@ -327,7 +396,7 @@ export class TierStack extends EventEmitter {
       if (cands.length >= this.opts.policy.window) break;
     }
     if (cands.length === 0) return false;
-    const victim = cands[this.opts.policy.pick(cands, Date.now())] ?? cands[0]!;
+    const victim = cands[this.opts.policy.pick(cands, this.now())] ?? cands[0]!;
     t.c.evictions++;
     if (this.demote(t, victim)) this.forget(t, victim);
     else this.removeFrom(t, victim);
@@ -341,7 +410,8 @@ export class TierStack extends EventEmitter {
   private demote(t: Tier, e: BlockEntry): boolean {
     const below = this.tiers.slice(t.index + 1);
     if (below.some((b) => (e.where | e.pending) & (1 << b.index))) return false;
-    const next = below.find((b) => e.seen >= b.admitAfter);
+    const now = this.now();
+    const next = below.find((b) => this.admits(b, e, now));
     if (!next) return false;
     if (t.index === 0) {
       const v = this.dram.getSync(e.key);
@@ -399,13 +469,15 @@ export class TierStack extends EventEmitter {
       touched.push(e);
       out[i] = this.dram.getSync(e.key)?.value;
     }
-    this.touchChain(touched, Date.now());
+    const now = this.now();
+    this.touchChain(touched, now);
+    if (this.lateAdmission) for (const e of touched) this.admitLater(e, now);
     return out;
   }
 
   /** Read blocks from the fastest tier holding each; misses are undefined. Lower-tier hits are promoted. */
   async get(keys: string[]): Promise<(Buffer | undefined)[]> {
-    const now = Date.now();
+    const now = this.now();
     const out: (Buffer | undefined)[] = new Array(keys.length);
     const waits: Promise<void>[] = [];
     const touched: BlockEntry[] = [];
@@ -424,6 +496,7 @@ export class TierStack extends EventEmitter {
       }
     }
     this.touchChain(touched, now);
+    if (this.lateAdmission) for (const e of touched) this.admitLater(e, now);
     if (waits.length) await Promise.all(waits);
     return out;
   }
@@ -439,14 +512,17 @@ export class TierStack extends EventEmitter {
   }
 
   private async loadFromTiers(e: BlockEntry): Promise<Buffer | undefined> {
+    const avail = this.availableMask();
     for (const t of this.tiers.slice(1)) {
-      if (!(e.where & (1 << t.index))) continue;
+      if (!(e.where & avail & (1 << t.index))) continue;
       const t0 = performance.now();
       let got: StoredValue | undefined;
       try {
         got = await t.driver.get(e.key);
       } catch {
-        got = undefined;
+        // A failing tier (timeout, server down) still holds the block: try the next tier, keep the index entry.
+        t.c.readErrors++;
+        continue;
       }
       if (!got) {
         t.c.misses++;
@@ -506,6 +582,7 @@ export class TierStack extends EventEmitter {
       hits: t.c.hits, misses: t.c.misses, evictions: t.c.evictions, queueDepth: t.writes.depth, droppedSaves: t.writes.dropped,
       checksumFailures: t.c.checksumFailures, promotions: t.c.promotions, demotions: t.c.demotions,
       writeErrors: t.c.writeErrors, bytesWritten: t.c.bytesWritten, readBps: Math.round(t.readBps),
+      readErrors: t.c.readErrors, available: (this.availableMask() & (1 << t.index)) !== 0,
     }));
   }
 

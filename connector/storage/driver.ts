@@ -104,6 +104,11 @@ export interface StorageDriver {
   /** Optional: size and meta of one value without reading it; undefined when missing. */
   stat?(key: string): Promise<ListedValue | undefined>;
   /**
+   * Optional: false while the driver knows calls would fail right now (e.g. its circuit breaker is open). The tier
+   * stack then leaves the tier out of lookups and reads until it says true again. Must be cheap and synchronous.
+   */
+  available?(): boolean;
+  /**
    * Optional: move a value that failed its checksum out of the read path, keeping it for inspection.
    * Drivers without it have the value deleted instead.
    */
