@@ -146,6 +146,7 @@ export class ControlService {
       const s = this.sidecar.tiers.pinStats();
       throw new KvstashError(ErrorCode.RESOURCE_EXHAUSTED, `pinning ${res.addedBytes} more bytes would exceed the pin budget of ${s.budgetBytes} bytes (${s.bytes} pinned)`);
     }
+    this.log.info({ principal: p.id, tag, pinned: res.pinned, missing: res.missing, addedBytes: res.addedBytes }, 'pin');
     return { pinned: res.pinned, missing: res.missing, added_bytes: res.addedBytes, pins: this.pinStats() };
   }
 
@@ -154,7 +155,9 @@ export class ControlService {
     const sel = r.selector as SelectorMsg | null;
     const within = sel && (sel.namespace?.kind || sel.tenant) ? new Set(this.resolver.selection(sel, p).keys()) : undefined;
     const mine = (k: string) => (within ? within.has(k) : true) && this.opts.policy.allows(p, this.resolver.tenantOfKey(k) ?? '');
-    return { unpinned: this.sidecar.tiers.unpin(tag, mine), pins: this.pinStats() };
+    const unpinned = this.sidecar.tiers.unpin(tag, mine);
+    this.log.info({ principal: p.id, tag, unpinned }, 'unpin');
+    return { unpinned, pins: this.pinStats() };
   }
 
   private evict(r: Msg, p: Principal): Msg {
@@ -162,6 +165,7 @@ export class ControlService {
     const keys = this.resolver.selection(r.selector as SelectorMsg, p).keys();
     const n = { evicted: 0, pinned: 0, missing: 0 };
     for (const k of keys) n[this.sidecar.tiers.evictFrom(k, tier)]++;
+    this.log.info({ principal: p.id, tier: r.tier || 'all', ...n }, 'evict');
     return n;
   }
 
@@ -202,7 +206,7 @@ export class ControlService {
       await tick();
     }
     pr.finished = !out.isClosed;
-    this.log.info({ scope: sel.scope, namespace: sel.namespace, tenant: sel.tenant, ...pr }, 'clear');
+    this.log.info({ principal: p.id, scope: sel.scope, namespace: sel.namespace, tenant: sel.tenant, ...pr }, 'clear');
     out.latest({ ...pr });
   }
 
@@ -230,7 +234,7 @@ export class ControlService {
     };
     await Promise.all(Array.from({ length: MOVE_CONCURRENCY }, worker));
     pr.finished = !out.isClosed;
-    this.log.info({ to: r.to_tier, ...pr }, 'move');
+    this.log.info({ principal: p.id, to: r.to_tier, ...pr }, 'move');
     out.latest({ ...pr });
   }
 

@@ -10,9 +10,11 @@
 import { createServer, type Server } from 'node:http';
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import { unpackHeader } from '../../protocol/codec.js';
+import { ErrorCode, KvstashError } from '../../protocol/errors.js';
 import type { Request } from '../../protocol/wire.js';
 import { logger } from '../log.js';
 import type { Sidecar, SidecarPlugin } from '../sidecar.js';
+import { OpStats } from './op-stats.js';
 import type { TierEventsPublisher } from './tier-events-publisher.js';
 
 export interface MetricsOptions {
@@ -33,10 +35,7 @@ export class MetricsPlugin implements SidecarPlugin {
   private readonly nsCounts = new Map<string, { hits: number; misses: number }>();
   private readonly slots = new Set<string>();
   private readonly log = logger('metrics');
-  private readonly requests: Counter<'op' | 'code'>;
-  private readonly latency: Histogram<'op'>;
-  private readonly bytesIn: Counter<'op'>;
-  private readonly bytesOut: Counter<'op'>;
+  private readonly ops = new OpStats([0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5]);
   private readonly grpcCalls: Counter<'method' | 'code'>;
   private readonly grpcLatency: Histogram<'method'>;
   readonly grpcStreamDropped: Counter<'method'>;
@@ -44,13 +43,14 @@ export class MetricsPlugin implements SidecarPlugin {
   constructor(private readonly opts: MetricsOptions) {
     const registers = [this.registry];
     const s = this as MetricsPlugin;
-    this.requests = new Counter({ name: 'kvstash_requests_total', help: 'Data-socket requests answered, by op and result code (OK or KVS_*).', labelNames: ['op', 'code'], registers });
-    this.latency = new Histogram({
-      name: 'kvstash_request_duration_seconds', help: 'Data-socket request latency, decode to reply queued, by op.', labelNames: ['op'], registers,
-      buckets: [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
+    this.ops.register(this.registry, {
+      requests: 'kvstash_requests_total', duration: 'kvstash_request_duration_seconds', received: 'kvstash_received_bytes_total', sent: 'kvstash_sent_bytes_total',
+    }, {
+      requests: 'Data-socket requests answered, by op and result code (OK or KVS_*).',
+      duration: 'Data-socket request latency, decode to reply queued, by op.',
+      received: 'Request bytes received on the data socket (header + block frames), by op.',
+      sent: 'Reply bytes sent on the data socket (header + block frames), by op.',
     });
-    this.bytesIn = new Counter({ name: 'kvstash_received_bytes_total', help: 'Request bytes received on the data socket (header + block frames), by op.', labelNames: ['op'], registers });
-    this.bytesOut = new Counter({ name: 'kvstash_sent_bytes_total', help: 'Reply bytes sent on the data socket (header + block frames), by op.', labelNames: ['op'], registers });
     this.grpcCalls = new Counter({ name: 'kvstash_grpc_requests_total', help: 'Control-plane gRPC calls, by method and result code.', labelNames: ['method', 'code'], registers });
     this.grpcLatency = new Histogram({ name: 'kvstash_grpc_request_duration_seconds', help: 'Control-plane gRPC call duration (streams: until the handler finishes), by method.', labelNames: ['method'], registers, buckets: [0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30] });
     this.grpcStreamDropped = new Counter({ name: 'kvstash_grpc_stream_dropped_total', help: 'Messages dropped for slow gRPC stream consumers, by method.', labelNames: ['method'], registers });
@@ -145,10 +145,7 @@ export class MetricsPlugin implements SidecarPlugin {
 
   private observe(req: Request, t0: number, frames: Buffer[], reply: Buffer[] | undefined, code: string | undefined): void {
     const op = req.op;
-    this.requests.inc({ op, code: code ?? 'OK' });
-    this.latency.observe({ op }, (performance.now() - t0) / 1000);
-    this.bytesIn.inc({ op }, sum(frames));
-    if (reply) this.bytesOut.inc({ op }, sum(reply));
+    this.ops.record(op, (performance.now() - t0) / 1000, sum(frames), reply ? sum(reply) : 0, code);
     if (!reply || (op !== 'LOOKUP' && op !== 'GET')) return;
     const n = req.keys.length / 32;
     let hits = 0;
@@ -180,7 +177,7 @@ export class MetricsPlugin implements SidecarPlugin {
       }
     });
     await new Promise<void>((resolve, reject) => {
-      http.once('error', reject);
+      http.once('error', (err) => reject(new KvstashError(ErrorCode.CONFIG, `metrics cannot listen on ${this.opts.address}: ${err.message}`, { cause: err })));
       http.listen(port, host, () => resolve());
     });
     this.http = http;
