@@ -57,7 +57,8 @@ export async function startSidecar(over: Record<string, unknown> = {}): Promise<
 
 /** Start `kvstash serve` as a child process (through tsx); resolves once it prints its endpoints. */
 export function spawnSidecar(args: string[], env: NodeJS.ProcessEnv = {}, deadlineMs = 20_000): Promise<{ proc: ChildProcess; output: () => string }> {
-  const proc = spawn(process.execPath, ['--import=tsx', path.join(repoRoot, 'connector', 'cli.ts'), 'serve', ...args], {
+  // gRPC and metrics default to fixed loopback ports: off unless a test asks for them (later flags win).
+  const proc = spawn(process.execPath, ['--import=tsx', path.join(repoRoot, 'connector', 'cli.ts'), 'serve', '--grpc', '', '--metrics', '', ...args], {
     cwd: repoRoot, env: { ...process.env, KVSTASH_LOG_LEVEL: 'warn', ...env }, stdio: ['ignore', 'pipe', 'pipe'],
   });
   let out = '';
