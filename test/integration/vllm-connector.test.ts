@@ -248,6 +248,7 @@ test('vllm-connector - python client: ops, batches, error codes, deadlines, thre
   });
   t.is(code, 0, `${out}\n${err}`);
   t.regex(out, /\nOK\n/);
+  t.log(/timeouts after restart: \d+/.exec(out)?.[0]);
   t.is(sidecar.stats().namespaces, 1, 're-registered by the client');
 });
 
