@@ -3,6 +3,8 @@ import test from 'ava';
 import * as grpc from '@grpc/grpc-js';
 import { blockHashes, namespaceId } from '../connector/keys.js';
 import { CODE_KEY, fromServiceError, grpcStatusOf, toServiceError } from '../connector/control/status.js';
+import { MemoryDriver } from '../connector/storage/memory.js';
+import { defaultRegistry } from '../connector/storage/registry.js';
 import { ErrorCode, KvstashError } from '../protocol/errors.js';
 import { startControl, nsOf, type ControlRunning } from './helpers/control.js';
 import { blockFor } from './helpers/sidecar.js';
@@ -124,6 +126,31 @@ test('control grpc - Stats mirrors the tier stack; Health probes every tier', as
   t.is(h.status, 'SERVING');
   t.deepEqual((h.tiers as { name: string; ok: boolean }[]).map((x) => [x.name, x.ok]), [['dram', true], ['file', true]]);
   t.deepEqual(h.endpoints, [r.endpoint]);
+});
+
+test('control grpc - Health is DEGRADED while a lower tier fails its probe', async (t) => {
+  let broken = false;
+  const registry = defaultRegistry().register({
+    name: 'flaky',
+    parseConfig: (raw) => raw,
+    create: () => {
+      const d = new MemoryDriver();
+      const has = d.has.bind(d);
+      d.has = async (k: string) => {
+        if (broken) throw new KvstashError(ErrorCode.STORAGE, 'backend unreachable');
+        return has(k);
+      };
+      return d;
+    },
+  });
+  const r = await startControl({ tiers: [{ name: 'remote', driver: 'flaky', budget: '1MiB', medium: 'S3' }] }, registry);
+  t.teardown(r.stop);
+  const g = r.control();
+  t.is((await g.health()).status, 'SERVING');
+  broken = true;
+  const h = await g.health();
+  t.is(h.status, 'DEGRADED');
+  t.like((h.tiers as Record<string, unknown>[])[1], { name: 'remote', ok: false, error: 'backend unreachable' });
 });
 
 test('control grpc - Pin keeps blocks through DRAM pressure, is bounded by the budget, Unpin works by tag', async (t) => {

@@ -12,6 +12,7 @@ import { CONTROL_SETTINGS } from '../../connector/control/settings.js';
 import { TierEventsPublisher } from '../../connector/control/tier-events-publisher.js';
 import { rootLogger } from '../../connector/log.js';
 import { Sidecar } from '../../connector/sidecar.js';
+import type { DriverRegistry } from '../../connector/storage/registry.js';
 import { tempDir, uniqueIpc } from './sidecar.js';
 
 export interface ControlRunning {
@@ -29,7 +30,7 @@ export interface ControlRunning {
 }
 
 /** Start an in-process sidecar with the control plugins; gRPC and metrics on port 0 unless overridden. */
-export async function startControl(over: Record<string, unknown> = {}): Promise<ControlRunning> {
+export async function startControl(over: Record<string, unknown> = {}, registry?: DriverRegistry): Promise<ControlRunning> {
   const dir = tempDir('kvstash-control-');
   const endpoint = uniqueIpc(dir);
   const config = loadConfig({
@@ -37,7 +38,7 @@ export async function startControl(over: Record<string, unknown> = {}): Promise<
     grpc: '127.0.0.1:0', metrics: '', ...over,
   }, {}, undefined, CONTROL_SETTINGS);
   rootLogger(config.logLevel);
-  const sidecar = new Sidecar(config);
+  const sidecar = new Sidecar(config, registry);
   const plugins = await controlPlugins(config);
   for (const p of plugins) sidecar.use(p);
   await sidecar.start();
