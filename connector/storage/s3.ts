@@ -119,11 +119,11 @@ export class S3Driver implements StorageDriver {
     // One cheap authenticated request: wrong credentials or a missing bucket fail here, with a clear code.
     await this.call('list', `list of bucket ${this.config.bucket}`, (signal) =>
       this.client.send(new ListObjectsV2Command({ Bucket: this.config.bucket, Prefix: this.config.prefix, MaxKeys: 1 }), { abortSignal: signal }));
-    void this.abortStaleUploads().catch(() => undefined);
+    await this.abortStaleUploads().catch(() => undefined); // best effort: not every server lists uploads
   }
 
   private async abortStaleUploads(): Promise<void> {
-    const r = await this.client.send(new ListMultipartUploadsCommand({ Bucket: this.config.bucket, Prefix: `${this.config.prefix}v1/` }));
+    const r = await this.client.send(new ListMultipartUploadsCommand({ Bucket: this.config.bucket, Prefix: `${this.config.prefix}v1/` }), { abortSignal: AbortSignal.timeout(this.config.requestTimeoutMs) });
     for (const u of r.Uploads ?? []) {
       if (u.Key && u.UploadId && u.Initiated && Date.now() - u.Initiated.getTime() > this.config.staleUploadMs) {
         await this.client.send(new AbortMultipartUploadCommand({ Bucket: this.config.bucket, Key: u.Key, UploadId: u.UploadId })).catch(() => undefined);
