@@ -1,0 +1,388 @@
+#!/usr/bin/env python3
+"""GPU benchmark: prefill recompute vs loading the same prefix's KV through the kvstash vLLM worker path.
+
+Run by hand on one CUDA GPU (not part of ``npm run bench``; CI has no GPU)::
+
+    PYTHONPATH=adapters/python PYTHONUNBUFFERED=1 python3 bench/gpu-ttft.py            # Llama-3.1-8B shape
+    PYTHONPATH=adapters/python /usr/bin/python3 bench/gpu-ttft.py --tiny               # CPU smoke test
+
+Model: a hand-written Llama-3.1-8B-shaped decoder in plain torch with RANDOM weights (no download): 32 layers of
+RMSNorm, GQA attention (32 query / 8 KV heads x 128, RoPE, causal), SwiGLU MLP 4096 -> 14336, bf16, batch 1,
+plus the embedding and the last token's LM head. Attention is ``scaled_dot_product_attention`` where torch has it
+(flash on GPUs), else matmul + softmax. transformers is not used (this machine's torch 1.13 has none, and the
+hand-written stack is deterministic and is all the FLOPs that matter).
+
+Per prompt length S (prefix P = the cached fraction of S rounded down to 16-token blocks, suffix S - P):
+  prefill      full prefill of S tokens (warm-up first, median of --reps, synchronized wall time)
+  suffix       prefill of the S - P new tokens ATTENDING TO the P prefix tokens' KV (fed as past KV: the KV that
+               kvstash loaded, read back from the paged cache) - what a multi-turn request computes after a hit
+  kvstash      the real connector worker path (kvstash.vllm.KvstashConnector, role WORKER): register_kv_caches on
+               a paged blocks_first bf16 cache, bind metadata with one LoadSpec for P/16 blocks, start_load_kv,
+               wait_for_layer_load for each of the 32 layers, synchronize. The blocks (2 MiB each for the 8B
+               shape) sit in host memory as bytes - as they arrive from the sidecar's DRAM tier - in an in-memory
+               store that replaces the sidecar client (the ZeroMQ transfer itself is NOT included; see
+               bench/python-connector.py for that). The worker copies them into pinned layer-major staging
+               (``staging`` column: until the first layer is scattered) and scatters layer by layer.
+               ``cold`` is the first load of that size (pinned staging allocated), the others reuse it.
+  H2D pin/unpin  the ceiling: one torch host->device copy of the same bytes from pinned / pageable memory.
+  TTFT cut     (prefill(S) - (kvstash(P) + suffix)) / prefill(S), the estimated TTFT reduction.
+Checks (each run): the loaded blocks equal the model's own KV bit for bit, no load errors, and the suffix's final
+hidden states computed over the loaded KV match the full prefill's (relative error printed).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+import threading
+import time
+import types
+from types import SimpleNamespace
+
+try:
+    import zmq  # noqa: F401
+except ImportError:  # GPU machines have no pyzmq; the transport is replaced by an in-memory store below
+    sys.modules["zmq"] = types.ModuleType("zmq")
+
+import torch
+import torch.nn.functional as F
+
+from kvstash.hashing import namespace_id
+from kvstash.vllm import KvstashConnector
+from kvstash.vllm_compat import KVConnectorRole
+from kvstash.vllm_metadata import KvstashConnectorMetadata, LoadSpec
+
+BS = 16  # tokens per KV block (vLLM default)
+LLAMA_8B = dict(layers=32, hidden=4096, q_heads=32, kv_heads=8, head_dim=128, ffn=14336, vocab=128256)
+TINY = dict(layers=2, hidden=256, q_heads=4, kv_heads=2, head_dim=64, ffn=512, vocab=1000)
+
+
+# ---- in-memory store standing in for the sidecar client (same idea as test/integration/py/vllm_gpu_check.py) ----
+
+class MemClient:
+    def __init__(self, store, lock):
+        self.store, self.lock = store, lock
+
+    def namespace(self, desc, timeout_ms=None):
+        return namespace_id(desc)
+
+    def get_many(self, ns, keys, timeout_ms=None, **kw):
+        with self.lock:
+            return [memoryview(self.store[(ns, k)]) if (ns, k) in self.store else None for k in keys]
+
+
+class MemClients:
+    def __init__(self):
+        self.store, self.lock = {}, threading.Lock()
+
+    def get(self):
+        return MemClient(self.store, self.lock)
+
+    def close_current(self):
+        pass
+
+    def close_all(self):
+        pass
+
+
+# ---- minimal Llama-shaped decoder ----------------------------------------------------------------------------
+
+class Llama:
+    def __init__(self, c, device, dtype, seed=0):
+        g = torch.Generator(device=device).manual_seed(seed)
+        self.c, self.dev, self.dt = c, device, dtype
+        H, D, q, kv = c["hidden"], c["head_dim"], c["q_heads"], c["kv_heads"]
+
+        def w(*shape):
+            return (torch.randn(*shape, generator=g, device=device, dtype=torch.float32) * 0.02).to(dtype)
+
+        self.emb = w(c["vocab"], H)
+        self.layers = [dict(n1=torch.ones(H, device=device, dtype=dtype), qkv=w((q + 2 * kv) * D, H), o=w(H, q * D),
+                            n2=torch.ones(H, device=device, dtype=dtype), gu=w(2 * c["ffn"], H), down=w(H, c["ffn"]))
+                       for _ in range(c["layers"])]
+        self.norm = torch.ones(H, device=device, dtype=dtype)
+        self.head = w(c["vocab"], H)
+        inv = 1.0 / (500000.0 ** (torch.arange(0, D, 2, device=device, dtype=torch.float32) / D))
+        self.inv_freq = inv
+
+    def _rms(self, x, wt):
+        xf = x.float()
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + 1e-5)).to(x.dtype) * wt
+
+    def _rope(self, x, cos, sin):  # x (S, heads, D), rotate-half convention
+        h = x.shape[-1] // 2
+        x1, x2 = x[..., :h].float(), x[..., h:].float()
+        return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1).to(x.dtype)
+
+    def forward(self, ids, past=None, keep_kv=False):
+        """ids (S,) int64; past: list per layer of (k, v) each (P, kv_heads, D) or None.
+        Returns (final normed hidden (S, H), last-token logits, [(k, v)] of these S tokens if keep_kv)."""
+        c = self.c
+        S, q, kvh, D = ids.shape[0], c["q_heads"], c["kv_heads"], c["head_dim"]
+        off = past[0][0].shape[0] if past else 0
+        pos = torch.arange(off, off + S, device=self.dev, dtype=torch.float32)
+        ang = pos[:, None] * self.inv_freq[None, :]
+        cos, sin = ang.cos()[:, None, :], ang.sin()[:, None, :]
+        x = self.emb[ids]
+        kvs = []
+        for li, L in enumerate(self.layers):
+            h = self._rms(x, L["n1"]) @ L["qkv"].t()
+            qq, k, v = h.split([q * D, kvh * D, kvh * D], -1)
+            qq = self._rope(qq.view(S, q, D), cos, sin)
+            k = self._rope(k.view(S, kvh, D), cos, sin)
+            v = v.view(S, kvh, D)
+            if keep_kv:
+                kvs.append((k, v))
+            if past:
+                k = torch.cat([past[li][0], k], 0)
+                v = torch.cat([past[li][1], v], 0)
+            a = attention(qq, k, v)
+            x = x + a.reshape(S, q * D) @ L["o"].t()
+            gate, up = (self._rms(x, L["n2"]) @ L["gu"].t()).chunk(2, -1)
+            x = x + (F.silu(gate) * up) @ L["down"].t()
+        x = self._rms(x, self.norm)
+        return x, x[-1] @ self.head.t(), kvs
+
+
+PATHS = {}  # attention path -> how it ran (printed with the table)
+
+
+def _sdpa(path, q, k, v, **kw):
+    if PATHS.get(path, "sdpa enable_gqa") == "sdpa enable_gqa":
+        try:
+            out = F.scaled_dot_product_attention(q, k, v, enable_gqa=True, **kw)
+            PATHS[path] = "sdpa enable_gqa"
+            return out
+        except (TypeError, RuntimeError) as err:
+            PATHS[path] = f"sdpa, KV heads repeated (enable_gqa: {type(err).__name__})"
+    rep = q.shape[1] // k.shape[1]
+    return F.scaled_dot_product_attention(q, k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1), **kw)
+
+
+def attention(q, k, v):
+    """Causal attention of S queries over T >= S keys, the queries being the last S positions (lower-right causal).
+    q (S, Hq, D), k/v (T, Hkv, D) -> (S, Hq, D)."""
+    S, T = q.shape[0], k.shape[0]
+    qt, kt, vt = q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None]
+    if hasattr(F, "scaled_dot_product_attention"):
+        if S == T:
+            out = _sdpa("prefill: is_causal", qt, kt, vt, is_causal=True)
+        else:
+            try:
+                from torch.nn.attention.bias import causal_lower_right
+                mask, path = causal_lower_right(S, T), "suffix: causal_lower_right"
+            except ImportError:
+                mask, path = torch.ones(S, T, dtype=torch.bool, device=q.device).tril(T - S), "suffix: boolean mask"
+            out = _sdpa(path, qt, kt, vt, attn_mask=mask)
+        return out[0].transpose(0, 1)
+    PATHS["all"] = "matmul + softmax (torch has no scaled_dot_product_attention)"
+    rep = q.shape[1] // k.shape[1]
+    kt, vt = kt.repeat_interleave(rep, 1), vt.repeat_interleave(rep, 1)
+    s = (qt.float() @ kt.float().transpose(-1, -2)) / math.sqrt(q.shape[-1])
+    s = s.masked_fill(torch.ones(S, T, dtype=torch.bool, device=q.device).triu(T - S + 1), float("-inf"))
+    return (s.softmax(-1) @ vt.float()).to(q.dtype)[0].transpose(0, 1)
+
+
+# ---- helpers -------------------------------------------------------------------------------------------------
+
+def sync(dev):
+    if dev == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, dev, reps, warmup=1):
+    for _ in range(warmup):
+        fn()
+    ts = []
+    for _ in range(reps):
+        sync(dev)
+        t0 = time.perf_counter()
+        fn()
+        sync(dev)
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts) * 1e3
+
+
+def make_connector(c, nb, dev, clients):
+    L, H, D = c["layers"], c["kv_heads"], c["head_dim"]
+    ktc = SimpleNamespace(kv_role="kv_both", kv_connector_extra_config={
+        "endpoint": "ipc:///nonexistent", "load_timeout_ms": 120000, "save_timeout_ms": 120000, "model": "gpu-ttft"})
+    mc = SimpleNamespace(model="gpu-ttft", dtype="bfloat16", use_mla=False, hf_config=SimpleNamespace(num_hidden_layers=L),
+                         get_num_kv_heads=lambda pc: H, get_head_size=lambda: D)
+    vc = SimpleNamespace(kv_transfer_config=ktc, model_config=mc, cache_config=SimpleNamespace(block_size=BS, cache_dtype="auto"),
+                         parallel_config=SimpleNamespace(tensor_parallel_size=1, pipeline_parallel_size=1, rank=0))
+    kcc = SimpleNamespace(num_blocks=nb, kv_cache_groups=[SimpleNamespace(layer_names=[], kv_cache_spec=SimpleNamespace(
+        block_size=BS, num_kv_heads=H, head_size=D, dtype="bfloat16", use_mla=False))])
+    conn = KvstashConnector(vc, KVConnectorRole.WORKER, kcc)
+    conn._worker.clients = clients
+    names = [f"model.layers.{i}.self_attn.attn" for i in range(L)]
+    # vLLM >= 0.23 blocks_first layout, poisoned (not zeros) so unwritten blocks show
+    kv = {n: torch.full((nb, 2, BS, H, D), -7.0, dtype=torch.bfloat16, device=dev) for n in names}
+    conn.register_kv_caches(kv)
+    if conn._worker.disabled is not None:
+        raise SystemExit(f"connector disabled: {conn._worker.disabled}")
+    return conn, names, kv
+
+
+def bench_length(model, c, S, frac, dev, reps, verbose):
+    P = int(S * frac) // BS * BS
+    n = P // BS
+    gen = torch.Generator(device=dev).manual_seed(S)
+    ids = torch.randint(0, c["vocab"], (S,), device=dev, generator=gen)
+
+    def full():
+        return model.forward(ids)
+
+    t_prefill = timed(full, dev, reps)
+    ref_hidden, _, kvs = model.forward(ids, keep_kv=True)
+    # canonical stored blocks of the prefix: [block][layer][k,v][slot][kv head][dim]
+    per_layer = [torch.stack([k[:P], v[:P]]).view(2, n, BS, c["kv_heads"], c["head_dim"]).transpose(0, 1) for k, v in kvs]
+    blocks_dev = torch.stack(per_layer, 1).contiguous()  # (n, L, 2, BS, H, D)
+    del per_layer, kvs
+    blocks_cpu = blocks_dev.cpu()
+    nbytes = blocks_cpu.numel() * blocks_cpu.element_size()
+    block_bytes = nbytes // n
+    u8 = blocks_cpu.view(n, -1).view(torch.uint8)
+
+    # raw ceilings: one H2D copy of the same bytes, pinned and pageable
+    gpu_dst = torch.empty_like(blocks_dev)
+    pinned = blocks_cpu.pin_memory() if dev == "cuda" else blocks_cpu
+    t_h2d_pin = timed(lambda: gpu_dst.copy_(pinned, non_blocking=True), dev, reps)
+    t_h2d_page = timed(lambda: gpu_dst.copy_(blocks_cpu), dev, reps)
+    del gpu_dst, pinned
+
+    # kvstash worker path
+    clients = MemClients()
+    nb = n + max(64, n // 4)
+    conn, names, kv = make_connector(c, nb, dev, clients)
+    ns = namespace_id(conn._worker.desc)
+    keys = [int(i).to_bytes(4, "little") + S.to_bytes(4, "little") + bytes(24) for i in range(n)]
+    for i, k in enumerate(keys):
+        clients.store[(ns, k)] = u8[i].numpy().tobytes()
+    del u8, blocks_cpu
+    perm = torch.randperm(nb, generator=torch.Generator().manual_seed(7)).tolist()
+    block_ids = perm[:n]  # scattered, as a paged allocator hands them out
+
+    stats = {}
+
+    def load():
+        md = KvstashConnectorMetadata(loads=[LoadSpec("req-0", keys, block_ids, is_async=False)])
+        sync(dev)
+        t0 = time.perf_counter()
+        conn.bind_connector_metadata(md)
+        conn.start_load_kv(None)
+        for i, nm in enumerate(names):
+            conn.wait_for_layer_load(nm)
+            if i == 0:
+                sync(dev)
+                t1 = time.perf_counter()
+        conn.wait_for_save()
+        sync(dev)
+        t2 = time.perf_counter()
+        conn.clear_connector_metadata()
+        errs = conn.get_block_ids_with_load_errors()
+        if errs:
+            raise SystemExit(f"S={S}: {len(errs)} blocks failed to load")
+        stats.setdefault("staging", []).append((t1 - t0) * 1e3)
+        return (t2 - t0) * 1e3
+
+    t_cold = load()
+    t_loads = [load() for _ in range(reps)]
+    t_kvs = statistics.median(t_loads)
+    t_staging = statistics.median(stats["staging"][1:])
+
+    # check: the paged cache holds the model's KV bit for bit; unrelated blocks untouched
+    idx = torch.tensor(block_ids, device=dev)
+    got = torch.stack([kv[nm].index_select(0, idx) for nm in names], 1)
+    bad_bytes = not torch.equal(got.view(torch.int16), blocks_dev.view(torch.int16))
+    mask = torch.ones(nb, dtype=torch.bool, device=dev)
+    mask[idx] = False
+    untouched = all(bool((kv[nm][mask].float() == -7.0).all()) for nm in names)
+    del got, blocks_dev
+
+    # suffix prefill attending to the loaded prefix (read back from the paged cache as contiguous past KV)
+    past = []
+    for nm in names:
+        g = kv[nm].index_select(0, idx)  # (n, 2, BS, H, D)
+        past.append((g[:, 0].reshape(P, c["kv_heads"], c["head_dim"]), g[:, 1].reshape(P, c["kv_heads"], c["head_dim"])))
+    sfx = ids[P:]
+    t_suffix = timed(lambda: model.forward(sfx, past=past), dev, reps)
+    hid, _, _ = model.forward(sfx, past=past)
+    ref = ref_hidden[P:].float()
+    rel = float((hid.float() - ref).norm() / ref.norm())
+    conn.shutdown()
+    del past, kv, conn, clients
+    if dev == "cuda":
+        torch.cuda.empty_cache()
+
+    cut = (t_prefill - (t_kvs + t_suffix)) / t_prefill
+    row = dict(S=S, P=P, n=n, block_kib=block_bytes >> 10, gib=nbytes / 2 ** 30, prefill=t_prefill, suffix=t_suffix,
+               kvs=t_kvs, cold=t_cold, staging=t_staging, pin=t_h2d_pin, page=t_h2d_page, cut=cut, rel=rel,
+               ok=not bad_bytes and untouched and math.isfinite(rel) and rel < 0.05,
+               tflops=flops(c, S) / (t_prefill / 1e3) / 1e12)
+    if verbose:
+        print(f"  S={S}: {row}", flush=True)
+    return row
+
+
+def flops(c, S):
+    H, D, q, kv, f, L = c["hidden"], c["head_dim"], c["q_heads"], c["kv_heads"], c["ffn"], c["layers"]
+    per_tok = 2 * L * (H * (q + 2 * kv) * D + q * D * H + 3 * H * f)
+    attn = 2 * 2 * L * q * D * S * (S + 1) / 2  # QK^T and PV, causal
+    return per_tok * S + attn
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--tiny", action="store_true", help="2-layer toy model on CPU, 64/128-token prompts (smoke test)")
+    ap.add_argument("--lengths", default=None, help="comma-separated prompt lengths (default 2048,4096,8192,16384,32768)")
+    ap.add_argument("--cached", type=float, default=0.9, help="fraction of the prompt whose KV is cached (default 0.9)")
+    ap.add_argument("--reps", type=int, default=None, help="timed repetitions per measurement (median)")
+    ap.add_argument("--device", default=None)
+    ap.add_argument("-v", "--verbose", action="store_true")
+    a = ap.parse_args()
+    c = TINY if a.tiny else LLAMA_8B
+    dev = a.device or ("cpu" if a.tiny else "cuda")
+    if dev == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("no CUDA device (use --tiny for the CPU smoke test)")
+    lengths = [int(x) for x in (a.lengths or ("64,128" if a.tiny else "2048,4096,8192,16384,32768")).split(",")]
+    reps = a.reps or (2 if a.tiny else 3)
+    name = torch.cuda.get_device_name() if dev == "cuda" else "cpu"
+    print(f"gpu-ttft: torch {torch.__version__}, device {dev} ({name}), model {'tiny' if a.tiny else 'Llama-3.1-8B shape'} "
+          f"{c}, bf16, random weights, cached fraction {a.cached}", flush=True)
+    with torch.inference_mode():
+        t0 = time.perf_counter()
+        model = Llama(c, dev, torch.bfloat16)
+        print(f"model built in {time.perf_counter() - t0:.1f} s", flush=True)
+        rows = []
+        for S in lengths:
+            t0 = time.perf_counter()
+            try:
+                rows.append(bench_length(model, c, S, a.cached, dev, reps, a.verbose))
+            except (RuntimeError, MemoryError) as err:  # torch.cuda.OutOfMemoryError is a RuntimeError
+                if "out of memory" not in str(err).lower():
+                    raise
+                print(f"S={S}: out of memory ({str(err)[:120]}); dropped", flush=True)
+                if dev == "cuda":
+                    torch.cuda.empty_cache()
+                continue
+            print(f"S={S} done in {time.perf_counter() - t0:.1f} s", flush=True)
+    print()
+    print(f"{'tokens':>7} {'prefix':>7} {'MiB':>6} {'prefill':>9} {'TFLOP/s':>7} {'suffix':>8} {'kvstash':>8} {'cold':>8} "
+          f"{'staging':>8} {'H2D pin':>8} {'H2D unp':>8} {'kvs/pre':>7} {'kvs/pin':>7} {'GB/s':>6} {'TTFT cut':>8} {'rel err':>8} ok")
+    for r in rows:
+        gbs = r["gib"] * 2 ** 30 / 1e9 / (r["kvs"] / 1e3)
+        print(f"{r['S']:>7} {r['P']:>7} {r['gib'] * 1024:>6.1f} {r['prefill']:>9.1f} {r['tflops']:>7.0f} {r['suffix']:>8.1f} "
+              f"{r['kvs']:>8.1f} {r['cold']:>8.1f} {r['staging']:>8.1f} {r['pin']:>8.1f} {r['page']:>8.1f} "
+              f"{r['kvs'] / r['prefill']:>7.3f} {r['kvs'] / r['pin']:>7.1f} {gbs:>6.1f} {r['cut'] * 100:>7.1f}% {r['rel']:>8.1e} "
+              f"{'yes' if r['ok'] else 'NO'}")
+    print("times in ms (median); prefix = cached tokens (KV loaded), suffix = prefill of the rest attending to the loaded "
+          "prefix; kvstash = connector worker load of the prefix (in-memory store, no ZeroMQ transfer); TTFT cut = "
+          "(prefill - (kvstash + suffix)) / prefill")
+    print("attention: " + "; ".join(f"{k} -> {v}" for k, v in sorted(PATHS.items())))
+    sys.exit(0 if rows and all(r["ok"] for r in rows) else 1)
+
+
+if __name__ == "__main__":
+    main()
