@@ -82,6 +82,10 @@ class _Chain:
         return self.hashes[:n]
 
 
+# Steps a saved run is looked up again before its events are given up (saves are asynchronous).
+CONFIRM_STEPS = 20
+
+
 @dataclass
 class _Tracked:
     request: Any
@@ -267,7 +271,8 @@ class SchedulerSide:
 
     def take_events(self) -> List[Any]:
         """BlockStored events (vLLM's block hashes, medium per kvstash tier) for blocks saved in earlier
-        steps that the sidecar now holds. Runs not yet stored are retried for 3 steps, then forgotten."""
+        steps that the sidecar now holds. Runs not yet stored (the saver thread may lag behind the engine's steps)
+        are retried for CONFIRM_STEPS steps, then forgotten."""
         ready = [r for r in self._runs if r.step < self._step]
         if not ready or not self._available() or self._ns is None:
             return []
@@ -280,7 +285,7 @@ class SchedulerSide:
                 res = self.client.lookup(self._ns[0], r.keys, timeout_ms=left)
                 if res.hit:
                     out.extend(self._events(r, res.hit, res.tiers, left))
-                if res.hit < len(r.keys) and r.tries < 2:
+                if res.hit < len(r.keys) and r.tries < CONFIRM_STEPS:
                     self._runs.append(_Run(r.first + res.hit, r.keys[res.hit:], r.token_ids[res.hit * self.bs:],
                                            r.vllm_hashes[res.hit:], r.vllm_hashes[res.hit - 1] if res.hit and res.hit <= len(r.vllm_hashes) else r.parent,
                                            r.lora_name, r.step, r.tries + 1))

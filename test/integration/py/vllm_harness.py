@@ -211,7 +211,11 @@ class Engine:
                     else:
                         r.output_token_ids.append(next_token(r.all_token_ids))
             self.events.extend(conn.take_events())
-        for _ in range(sc.get("idle_steps", 2)):  # let the last saves land, then collect their events
+        # Let the last saves land, then collect their events: at least idle_steps, then until the scheduler
+        # connector has no run left to confirm (saves are asynchronous; a loaded machine delays them).
+        idle, deadline = 0, time.monotonic() + 20.0
+        while idle < sc.get("idle_steps", 2) or (getattr(conn._scheduler, "_runs", None) and time.monotonic() < deadline):
+            idle += 1
             time.sleep(0.2)
             so = type("SchedulerOutput", (), {})()
             so.scheduled_new_reqs, so.scheduled_cached_reqs, so.num_scheduled_tokens = [], CachedRequestData(), {}
