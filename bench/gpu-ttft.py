@@ -26,8 +26,9 @@ Per prompt length S (prefix P = the cached fraction of S rounded down to 16-toke
                ``cold`` is the first load of that size (pinned staging allocated), the others reuse it.
   H2D pin/unpin  the ceiling: one torch host->device copy of the same bytes from pinned / pageable memory.
   TTFT cut     (prefill(S) - (kvstash(P) + suffix)) / prefill(S), the estimated TTFT reduction.
-Checks (each run): the loaded blocks equal the model's own KV bit for bit, no load errors, and the suffix's final
-hidden states computed over the loaded KV match the full prefill's (relative error printed).
+Checks (each run; ``ok``): the loaded blocks equal the model's own KV bit for bit, blocks not loaded are untouched,
+no load errors, and the suffix's final hidden states computed over the loaded KV are close to the full prefill's
+(``rel err``; bf16 kernel differences alone give ~0.05 on an H200, so this only catches gross errors).
 """
 from __future__ import annotations
 
@@ -319,7 +320,9 @@ def bench_length(model, c, S, frac, dev, reps, verbose):
     cut = (t_prefill - (t_kvs + t_suffix)) / t_prefill
     row = dict(S=S, P=P, n=n, block_kib=block_bytes >> 10, gib=nbytes / 2 ** 30, prefill=t_prefill, suffix=t_suffix,
                kvs=t_kvs, cold=t_cold, staging=t_staging, pin=t_h2d_pin, page=t_h2d_page, cut=cut, rel=rel,
-               ok=not bad_bytes and untouched and math.isfinite(rel) and rel < 0.05,
+               # the byte check is the sharp one; on an H200 the suffix-vs-full hidden states differ by ~0.05 from
+               # bf16 kernel differences alone (0 on CPU), so rel only catches gross errors (no past at all: ~1.3)
+               ok=not bad_bytes and untouched and math.isfinite(rel) and rel < 0.1,
                tflops=flops(c, S) / (t_prefill / 1e3) / 1e12)
     if verbose:
         print(f"  S={S}: {row}", flush=True)
