@@ -19,6 +19,8 @@ export const BENCHES: { name: string; cmd: string[] }[] = [
   { name: 'lmcache', cmd: node('lmcache.js') },
   { name: 'sglang', cmd: [py, 'bench/sglang.py'] },
   { name: 'python-connector', cmd: [py, 'bench/python-connector.py'] },
+  { name: 'trace', cmd: node('trace.js') },
+  { name: 'drivers', cmd: node('drivers.js') },
 ];
 
 const args = process.argv.slice(2);

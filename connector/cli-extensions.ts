@@ -3,5 +3,6 @@ import type { CliExtension } from './cli-extension.js';
 import { vllmEventsExtension } from '../adapters/vllm/cli-extension.js';
 import { lmcacheExtension } from '../adapters/lmcache/cli-extension.js';
 import { controlExtension } from './control/cli.js';
+import { storageExtension } from './storage/cli-extension.js';
 
-export const EXTENSIONS: CliExtension[] = [vllmEventsExtension, lmcacheExtension, controlExtension];
+export const EXTENSIONS: CliExtension[] = [vllmEventsExtension, lmcacheExtension, storageExtension, controlExtension];

@@ -86,3 +86,49 @@ export function admissionFilter(spec: AdmissionSpec, halfLifeMs: number): Admiss
     admit: (b, now) => b.seen >= minSeen && b.size <= maxBytes && (minHeat <= 0 || decayedHeat(b, now, halfLifeMs) >= minHeat),
   };
 }
+
+/**
+ * AccessHistory — how often each key was accessed recently, remembered after its block left the stack: a count-min
+ * sketch with aging (as in TinyLFU). Admission filters need it: without it a block evicted before its second access
+ * starts again at one, and "only blocks seen twice" would admit almost nothing. 4 rows × `width` counters (1 byte,
+ * saturating at 15, 4 × width bytes); after 10 × width additions every counter is halved, so old popularity fades.
+ * Estimates never undercount; collisions can overcount slightly.
+ */
+export class AccessHistory {
+  private readonly rows: Uint8Array[];
+  private readonly mask: number;
+  private adds = 0;
+
+  constructor(readonly width = 1 << 20) {
+    if (width & (width - 1)) throw new RangeError('AccessHistory width must be a power of two');
+    this.rows = Array.from({ length: 4 }, () => new Uint8Array(width));
+    this.mask = width - 1;
+  }
+
+  /** Row r's counter for a storage key `<32 hex ns>/<64 hex hash>`: 32 hash bits per row, mixed with the namespace. */
+  private slot(key: string, r: number): number {
+    return (parseInt(key.substr(33 + 8 * r, 8), 16) ^ parseInt(key.substr(8 * r, 8), 16)) & this.mask;
+  }
+
+  /** Count one access; returns the estimate including it. */
+  add(key: string): number {
+    let est = 255;
+    for (let r = 0; r < 4; r++) {
+      const row = this.rows[r]!;
+      const i = this.slot(key, r);
+      if (row[i]! < 15) row[i]!++;
+      est = Math.min(est, row[i]!);
+    }
+    if (++this.adds >= 10 * this.width) {
+      this.adds = 0;
+      for (const row of this.rows) for (let i = 0; i < row.length; i++) row[i]! >>= 1;
+    }
+    return est;
+  }
+
+  estimate(key: string): number {
+    let est = 255;
+    for (let r = 0; r < 4; r++) est = Math.min(est, this.rows[r]![this.slot(key, r)]!);
+    return est;
+  }
+}

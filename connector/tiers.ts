@@ -16,7 +16,7 @@
  */
 import { EventEmitter } from 'node:events';
 import { checksum as computeChecksum } from './checksum.js';
-import { bumpHeat, type AdmissionFilter, type EvictionPolicy, type HeatState } from './policy.js';
+import { AccessHistory, bumpHeat, type AdmissionFilter, type EvictionPolicy, type HeatState } from './policy.js';
 import { SharedProbe, type SharedProbeOptions } from './shared-probe.js';
 import type { ListedValue, StorageDriver, StoredValue } from './storage/driver.js';
 import type { MemoryDriver } from './storage/memory.js';
@@ -109,6 +109,8 @@ export class TierStack extends EventEmitter {
   readonly probe: SharedProbe | undefined;
   /** Some write-through tier admits only later accesses: hits must offer it the block. */
   private readonly lateAdmission: boolean;
+  /** Access counts that outlive evictions, when some tier filters admission by them. */
+  private readonly history: AccessHistory | undefined;
 
   constructor(private readonly opts: TierStackOptions) {
     super();
@@ -122,6 +124,12 @@ export class TierStack extends EventEmitter {
     const shared = this.tiers.filter((t) => t.index > 0 && t.driver.shared);
     this.probe = shared.length ? new SharedProbe(shared, opts.probe, this.now) : undefined;
     this.lateAdmission = this.tiers.some((t) => t.index > 0 && t.writeMode === 'through' && (t.admitAfter > 1 || t.admit !== undefined));
+    this.history = this.tiers.some((t) => t.index > 0 && (t.admitAfter > 1 || t.admit !== undefined)) ? new AccessHistory() : undefined;
+  }
+
+  /** One more access of e: `seen` also remembers accesses from before the block was last evicted (AccessHistory). */
+  private countAccess(e: BlockEntry): void {
+    e.seen = this.history ? Math.max(e.seen + 1, this.history.add(e.key)) : e.seen + 1;
   }
 
   /** Does tier t take block e now? (admitAfter and the tier's AdmissionFilter) */
@@ -284,7 +292,7 @@ export class TierStack extends EventEmitter {
 
   private touch(e: BlockEntry, now: number): void {
     bumpHeat(e, now, this.opts.halfLifeMs);
-    e.seen++;
+    this.countAccess(e);
     for (const t of this.tiers) {
       if (e.where & (1 << t.index)) {
         t.lru.delete(e.key);
@@ -332,7 +340,7 @@ export class TierStack extends EventEmitter {
     };
     if (!existing) this.indexAdd(e);
     bumpHeat(e, now, this.opts.halfLifeMs);
-    e.seen++;
+    this.countAccess(e);
     const stored = this.insertDram(e, value);
     let queued = false;
     for (const t of this.tiers.slice(1)) {
