@@ -27,8 +27,10 @@ const key = () => `${randomBytes(16).toString('hex')}/${randomBytes(32).toString
 const SMALL_PARTS = { multipartThresholdBytes: 8 * MiB, partBytes: 5 * MiB, rangedReadThresholdBytes: 8 * MiB, maxValueBytes: 72 * MiB };
 
 let s3: S3rverProcess;
-test.before(async () => { s3 = await startS3rver(); });
-test.after.always(async () => { await s3?.stop(); });
+/** A second, quiet server behind the fault-injecting proxy: its timing must not depend on the conformance load. */
+let quiet: S3rverProcess;
+test.before(async () => { [s3, quiet] = await Promise.all([startS3rver(), startS3rver()]); });
+test.after.always(async () => { await s3?.stop(); await quiet?.stop(); });
 
 let n = 0;
 const cfg = (over: Record<string, unknown> = {}) => ({ ...s3.config, ...SMALL_PARTS, prefix: `t${n++}/`, ...over });
@@ -128,9 +130,9 @@ async function faultyProxy(target: number) {
 }
 
 test('s3 - 5xx/throttling and hung requests are retried with backoff under per-request deadlines', async (t) => {
-  const p = await faultyProxy(s3.port);
+  const p = await faultyProxy(quiet.port);
   t.teardown(() => p.close());
-  const d = new S3Driver(parseS3Config(cfg({ endpoint: p.endpoint, retries: 3, retryBaseMs: 20, retryMaxMs: 100, requestTimeoutMs: 1500 })));
+  const d = new S3Driver(parseS3Config(cfg({ endpoint: p.endpoint, retries: 3, retryBaseMs: 20, retryMaxMs: 100, requestTimeoutMs: 3000 })));
   await d.open();
   t.teardown(() => d.close());
   const k = key();
@@ -142,7 +144,7 @@ test('s3 - 5xx/throttling and hung requests are retried with backoff under per-r
   p.state.hangNext = 1;
   const t0 = Date.now();
   t.true((await d.get(k))!.value.equals(v));
-  t.true(Date.now() - t0 >= 1500, 'waited for the deadline of the hung request');
+  t.true(Date.now() - t0 >= 3000, 'waited for the deadline of the hung request');
   t.true(d.stats().timeouts >= 1);
   p.state.fail503 = 10;
   const err = await t.throwsAsync(d.get(k)) as { code?: string; message: string };
@@ -152,7 +154,7 @@ test('s3 - 5xx/throttling and hung requests are retried with backoff under per-r
 });
 
 test('s3 - the circuit opens after repeated failures, refuses at once, and a half-open probe closes it', async (t) => {
-  const p = await faultyProxy(s3.port);
+  const p = await faultyProxy(quiet.port);
   t.teardown(() => p.close());
   const d = new S3Driver(parseS3Config(cfg({ endpoint: p.endpoint, retries: 0, breakerFailures: 3, breakerCooldownMs: 300 })));
   await d.open();
@@ -175,7 +177,7 @@ test('s3 - the circuit opens after repeated failures, refuses at once, and a hal
 });
 
 test('s3 - conditional create: a 412 to If-None-Match means someone stored it first, which is success', async (t) => {
-  const p = await faultyProxy(s3.port);
+  const p = await faultyProxy(quiet.port);
   t.teardown(() => p.close());
   const d = new S3Driver(parseS3Config(cfg({ endpoint: p.endpoint, conditionalPut: true })));
   await d.open();
@@ -220,7 +222,7 @@ test('s3 - a sidecar keeps serving from DRAM and file while the S3 server is dow
   t.teardown(() => rmSync(fileRoot, { recursive: true, force: true }));
   const tiers = [
     { name: 'file', driver: 'file', budget: '64MiB', root: fileRoot },
-    { name: 's3', driver: 's3', budget: '1GiB', ...local.config, retries: 0, breakerFailures: 2, breakerCooldownMs: 500, requestTimeoutMs: 2000 },
+    { name: 's3', driver: 's3', budget: '1GiB', ...local.config, retries: 0, breakerFailures: 2, breakerCooldownMs: 3000, requestTimeoutMs: 2000 },
   ];
   const sc = await startSidecar({ dramBytes: '1MiB', tiers: JSON.stringify(tiers), logLevel: 'silent' });
   t.teardown(() => sc.stop());
@@ -242,7 +244,7 @@ test('s3 - a sidecar keeps serving from DRAM and file while the S3 server is dow
   t.true(got.every((g, i) => g?.equals(blocks[i]!)), 'every block served from DRAM or file');
   t.is((await c.lookup(ns, keys)).hit, 8);
   await local.restart();
-  await new Promise((r) => setTimeout(r, 600));
+  await new Promise((r) => setTimeout(r, 3100)); // the breaker's cooldown
   const probe = [randomBytes(32)];
   await c.put(ns, probe, [randomBytes(128 * 1024)]); // its S3 write is the half-open probe
   await sc.sidecar.tiers.drain();
