@@ -25,9 +25,12 @@ test('tiers-policy - prefix semantics: only the leading cached run counts; Belad
   t.is(beladyHits([req(5), req(4, 5)], 10).hits, 0);
 });
 
-/** Random prefix-structured traces: each request extends one of a few roots with a random-length chain. */
+/**
+ * Random prefix-structured traces: each request extends one of a few roots with one of a few chains. As in the real
+ * trace an id encodes its whole prefix, so it always sits at the same depth (the premise of Belady's optimality here).
+ */
 const traces = fc.array(fc.tuple(fc.integer({ min: 0, max: 5 }), fc.integer({ min: 1, max: 6 }), fc.integer({ min: 0, max: 3 })), { minLength: 1, maxLength: 60 })
-  .map((xs) => xs.map(([root, len, variant]) => req(...Array.from({ length: len }, (_, d) => (d === 0 ? root : root * 1000 + variant * 100 + d)))));
+  .map((xs) => xs.map(([root, len, variant]) => req(...Array.from({ length: len }, (_, d) => (d === 0 ? root : 10_000 + root * 1000 + variant * 100 + d)))));
 
 test('tiers-policy - Belady is an upper bound of LRU, monotone in capacity, and equals the unbounded cache at full size', (t) => {
   fc.assert(fc.property(traces, fc.integer({ min: 0, max: 30 }), (tr, cap) => {
