@@ -87,7 +87,9 @@ export class DataAuthPlugin implements SidecarPlugin {
       this.log.warn({ routingId: peer.routingId.toString('hex'), method: h.method }, `AUTH refused: ${msg}`);
       throw new KvstashError(ErrorCode.UNAUTHENTICATED, `AUTH: ${msg}`);
     };
-    const { method, key, ts, proof } = h;
+    const { method, key, proof } = h;
+    // A ms timestamp needs 41 bits: msgpack encoders other than JS's send it as int64/uint64, decoded as bigint.
+    const ts = typeof h.ts === 'bigint' ? Number(h.ts) : h.ts;
     if (method !== 'curve' && method !== 'token') throw new KvstashError(ErrorCode.BAD_FIELD, `AUTH: "method" must be "curve" or "token", got ${JSON.stringify(method)}`);
     if (typeof key !== 'string' || key.length === 0 || key.length > 128) throw new KvstashError(ErrorCode.BAD_FIELD, 'AUTH: "key" must be a non-empty string');
     if (typeof ts !== 'number' || !Number.isSafeInteger(ts)) throw new KvstashError(ErrorCode.BAD_FIELD, 'AUTH: "ts" must be an integer (ms since the epoch)');
