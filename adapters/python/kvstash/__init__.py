@@ -2,6 +2,7 @@
 
 Modules:
 - ``kvstash.client``  — wire protocol v1 client (ZeroMQ DEALER, msgpack header + raw frames)
+- ``kvstash.auth``    — data-socket authentication: tokens, CURVE keys, the AUTH proof (stdlib X25519)
 - ``kvstash.hashing`` — namespace ids and the canonical block hash v1 (same vectors as the TypeScript code)
 - ``kvstash.errors``  — stable error codes (mirror of protocol/errors.ts)
 - ``kvstash.vllm``    — ``KvstashConnector``, a vLLM ``KVConnectorBase_V1``

@@ -7,7 +7,8 @@ pyzmq keeps a reference to it). Received block frames are returned as memoryview
 
 Stable API (the vLLM and SGLang adapters build on it; keep it backwards compatible):
 
-``KvstashClient(endpoint, timeout_ms=5000, client_name="kvstash-py", context=None, configure=None)``
+``KvstashClient(endpoint, timeout_ms=5000, client_name="kvstash-py", context=None, configure=None,
+token=None, curve_server_key=None, curve_public_key=None, curve_secret_key=None)``
   - ``hello(desc) -> ns`` / ``namespace(desc) -> ns`` (HELLO once per descriptor, cached; ``desc`` is a dict
     with the NS_FIELDS of kvstash.hashing or a ``Namespace``)
   - ``lookup(ns, keys, prefetch=False) -> LookupResult(hit, tiers, load_ms)``
@@ -19,6 +20,8 @@ Stable API (the vLLM and SGLang adapters build on it; keep it backwards compatib
     sidecar's limits and keep a window of them in flight (pipelined ids)
   - low level: ``submit(header, blocks) -> id`` then ``wait(id) -> Reply``; ``request(header, blocks)``
   - every call takes ``timeout_ms=None`` (default: the client's) — the deadline of the whole call
+  - ``authenticate(timeout_ms=None) -> dict`` (principal, tenants): AUTH now (otherwise done before the first
+    request that needs it); ``principal`` / ``tenants`` attributes after it
   - ``close()``; the client is also a context manager
   ``keys`` is either bytes (n × 32, concatenated) or a sequence of 32-byte hashes.
 
@@ -26,6 +29,16 @@ Errors: everything raises ``KvstashError`` with a stable ``code`` (kvstash.error
 deadline → ``KVS_TIMEOUT`` (a late reply is dropped); no connection to send on before the deadline (sidecar
 absent) → ``KVS_UNAVAILABLE``; an ERR reply → the sidecar's code. ``KVS_NS_UNKNOWN`` from the sidecar (it
 restarted without persisting namespaces) triggers one re-HELLO and one retry, within the same deadline.
+
+Authentication (sidecars with ``authTokens`` / ``curveClients``; recipe and key formats in kvstash.auth): with a
+``token`` or CURVE client keys the client sets a random routing id, the CURVE options when ``curve_server_key`` is
+given, and sends one ``AUTH`` before its first request (not PING), again after every new connection (a reconnect:
+the sidecar may have restarted) and once more, then retrying the request, when an answer is ``KVS_UNAUTHENTICATED``.
+``curve_server_key`` alone (or with a token) encrypts with a throw-away key pair. Bad settings raise ``KVS_CONFIG``
+in the constructor. A refused key or proof raises ``KVS_UNAUTHENTICATED`` (a CURVE key refused at the handshake:
+as soon as the refusal is seen, not at the deadline; so does a handshake that fails for want of the right
+``curve_server_key`` or because one side speaks CURVE and the other not); a tenant not granted raises
+``KVS_PERMISSION_DENIED``. A sidecar with auth off answers AUTH with ``KVS_UNKNOWN_OP``: accepted (principal None).
 
 Thread-safety: a client is NOT thread-safe — ZeroMQ sockets must not be used from two threads at once. A
 client binds to the first thread that uses it and raises ``KVS_INTERNAL`` when another thread calls it. Use
@@ -39,6 +52,7 @@ cache miss and recompute.
 """
 from __future__ import annotations
 
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -49,6 +63,7 @@ import zmq
 
 from . import errors as E
 from .errors import KvstashError
+from .auth import AUTH_OP, Credentials, HandshakeMonitor
 from .hashing import NS_FIELDS, namespace_id
 
 PROTOCOL_VERSION = 1
@@ -78,6 +93,10 @@ class ExistsResult:
     prefix: int
 
 
+class _AuthRefused(KvstashError):
+    """KVS_UNAUTHENTICATED from this client's own AUTH or handshake: not retried by another AUTH."""
+
+
 def keys_field(keys: Keys) -> bytes:
     b = bytes(keys) if isinstance(keys, (bytes, bytearray, memoryview)) else b"".join(bytes(k) for k in keys)
     if len(b) % KEY_BYTES:
@@ -103,11 +122,18 @@ class KvstashClient:
         client_name: str = "kvstash-py",
         context: Optional[zmq.Context] = None,
         configure: Optional[Callable[[zmq.Socket], None]] = None,
+        token: Optional[str] = None,
+        curve_server_key: Optional[str] = None,
+        curve_public_key: Optional[str] = None,
+        curve_secret_key: Optional[str] = None,
     ) -> None:
         self.endpoint = endpoint
         self.timeout_ms = timeout_ms
         self.client_name = client_name
         self.limits: Dict[str, int] = {}
+        self.principal: Optional[str] = None
+        self.tenants: List[str] = []
+        self._creds = Credentials.resolve(token, curve_server_key, curve_public_key, curve_secret_key)
         self._ctx = context or zmq.Context.instance()
         s = self._ctx.socket(zmq.DEALER)
         s.setsockopt(zmq.LINGER, 0)
@@ -116,10 +142,17 @@ class KvstashClient:
         s.setsockopt(zmq.RCVHWM, 100_000)
         s.setsockopt(zmq.RECONNECT_IVL, 100)
         s.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+        self._mon: Optional[HandshakeMonitor] = None
+        if self._creds is not None:
+            s.setsockopt(zmq.ROUTING_ID, os.urandom(16).hex().encode("ascii"))
+            self._creds.configure(s)
+            self._mon = HandshakeMonitor(s, endpoint, self._creds)
         if configure is not None:
             configure(s)
+        self._routing_id: bytes = s.getsockopt(zmq.ROUTING_ID) if self._creds is not None else b""
         s.connect(endpoint)
         self._sock = s
+        self._auth_at: Optional[int] = None  # HandshakeMonitor.handshakes when AUTH last succeeded
         self._next_id = 1
         self._pending: Dict[int, str] = {}
         self._replies: Dict[int, Reply] = {}
@@ -145,6 +178,8 @@ class KvstashClient:
         """Send one request (``v`` and ``id`` are filled in); returns its id for ``wait``."""
         self._check()
         deadline = self._deadline(None) if deadline is None else deadline
+        if self._mon is not None and header.get("op") not in (AUTH_OP, "PING"):
+            self._ensure_auth(self._mon, deadline)
         rid = self._next_id
         self._next_id = 1 if rid >= 0xFFFFFFFF else rid + 1
         frames: List[Any] = [msgpack.packb({**header, "v": PROTOCOL_VERSION, "id": rid}, use_bin_type=True)]
@@ -154,6 +189,7 @@ class KvstashClient:
                 self._sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
                 break
             except zmq.Again:
+                self._refused_check()
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise KvstashError(E.UNAVAILABLE, f"{header.get('op')}: no connection to {self.endpoint} before the deadline") from None
@@ -199,19 +235,77 @@ class KvstashClient:
         deadline = self._deadline(timeout_ms)
         return self.wait(self.submit(header, blocks, deadline), deadline)
 
+    def _call(self, header: Mapping[str, Any], blocks: Sequence[Buffer], deadline: float) -> Reply:
+        """One request. ``KVS_UNAUTHENTICATED`` (the sidecar lost the binding: it restarted) → one AUTH, and
+        ``KVS_NS_UNKNOWN`` → one re-HELLO, each followed by a retry within the same deadline."""
+        reauth = self._creds is not None and self._creds.authenticates
+        rehello = True
+        while True:
+            try:
+                return self.wait(self.submit(header, blocks, deadline), deadline)
+            except KvstashError as err:
+                ns = header.get("ns")
+                if err.code == E.UNAUTHENTICATED and reauth and not isinstance(err, _AuthRefused):
+                    reauth = False
+                    self._authenticate(deadline)
+                elif err.code == E.NS_UNKNOWN and rehello and ns in self._hellos:
+                    rehello = False
+                    self._hello(self._hellos[str(ns)], deadline)
+                else:
+                    raise
+
     def _with_ns(self, ns: str, header: Dict[str, Any], blocks: Sequence[Buffer], deadline: float) -> Reply:
+        return self._call({**header, "ns": ns}, blocks, deadline)
+
+    # ---- authentication (kvstash.auth) ------------------------------------------------------------------
+
+    def _refused_check(self) -> None:
+        """Raised while no connection exists and the last handshake failed: no point waiting for the deadline."""
+        if self._mon is not None:
+            self._mon.poll()
+            if self._mon.error is not None:
+                raise _AuthRefused(E.UNAUTHENTICATED, self._mon.error)
+
+    def _ensure_auth(self, mon: HandshakeMonitor, deadline: float) -> None:
+        if mon.pending():
+            mon.poll()
+        if mon.creds.authenticates and self._auth_at != mon.handshakes:
+            self._authenticate(deadline)
+
+    def _authenticate(self, deadline: float) -> None:
+        creds = self._creds
+        assert creds is not None
         try:
-            return self.wait(self.submit({**header, "ns": ns}, blocks, deadline), deadline)
+            r = self.wait(self.submit(creds.auth_header(self._routing_id), (), deadline), deadline)
+        except _AuthRefused:
+            raise
         except KvstashError as err:
-            if err.code != E.NS_UNKNOWN or ns not in self._hellos:
+            if err.code == E.UNKNOWN_OP:  # this sidecar has auth off: nothing to prove, everything allowed
+                self.principal, self.tenants = None, ["*"]
+            elif err.code in (E.UNAUTHENTICATED, E.BAD_FIELD):
+                raise _AuthRefused(E.UNAUTHENTICATED, f"AUTH as {creds.principal_hint} refused by the sidecar at "
+                                   f"{self.endpoint}: {err.message}", cause=err) from None
+            else:
                 raise
-            self._hello(self._hellos[ns], deadline)
-            return self.wait(self.submit({**header, "ns": ns}, blocks, deadline), deadline)
+        else:
+            self.principal = r.header.get("principal")
+            self.tenants = [str(t) for t in r.header.get("tenants") or []]
+        if self._mon is not None:
+            self._mon.poll()
+            self._auth_at = self._mon.handshakes
+
+    def authenticate(self, timeout_ms: Optional[float] = None) -> Dict[str, Any]:
+        """Send AUTH now; returns ``{"principal", "tenants"}``. KVS_CONFIG without a token or CURVE client key."""
+        self._check()
+        if self._creds is None or not self._creds.authenticates:
+            raise KvstashError(E.CONFIG, "this client has no token and no CURVE client key to authenticate with")
+        self._authenticate(self._deadline(timeout_ms))
+        return {"principal": self.principal, "tenants": list(self.tenants)}
 
     # ---- operations -------------------------------------------------------------------------------------
 
     def _hello(self, desc: Dict[str, Any], deadline: float) -> str:
-        r = self.wait(self.submit({"op": "HELLO", "client": self.client_name, "namespace": desc}, (), deadline), deadline)
+        r = self._call({"op": "HELLO", "client": self.client_name, "namespace": desc}, (), deadline)
         ns = str(r.header["ns"])
         self._hellos[ns] = desc
         self.limits = dict(r.header.get("limits") or {})
@@ -252,7 +346,7 @@ class KvstashClient:
         return int(self._with_ns(ns, {"op": "DELETE", "keys": keys_field(keys)}, (), self._deadline(timeout_ms)).header["deleted"])
 
     def stats(self, timeout_ms: Optional[float] = None) -> Dict[str, Any]:
-        return dict(self.request({"op": "STATS"}, (), timeout_ms).header["stats"])
+        return dict(self._call({"op": "STATS"}, (), self._deadline(timeout_ms)).header["stats"])
 
     def ping(self, timeout_ms: Optional[float] = None) -> str:
         return str(self.request({"op": "PING"}, (), timeout_ms).header.get("server"))
@@ -303,7 +397,11 @@ class KvstashClient:
 
     def _windowed(self, ns: str, batches, send, deadline: float, window: int, take) -> None:
         inflight: List[tuple] = []
-        i, rehello = 0, True
+        i = 0
+        # A restarted sidecar refuses every batch in flight: the first refusal re-AUTHs (or re-HELLOs) once, and
+        # batches sent before that fix are simply sent again.
+        can_fix = {E.UNAUTHENTICATED: self._creds is not None and self._creds.authenticates, E.NS_UNKNOWN: ns in self._hellos}
+        sent_before_fix: Dict[str, set] = {E.UNAUTHENTICATED: set(), E.NS_UNKNOWN: set()}
         try:
             while i < len(batches) or inflight:
                 while i < len(batches) and len(inflight) < max(1, window):
@@ -314,15 +412,21 @@ class KvstashClient:
                 try:
                     take(a, b, self.wait(rid, deadline))
                 except KvstashError as err:
-                    ns_desc = self._hellos.get(ns)
-                    if err.code == E.BUSY:
+                    code = err.code
+                    if code == E.BUSY:
                         continue
-                    if err.code == E.NS_UNKNOWN and rehello and ns_desc is not None:
-                        rehello = False
-                        self._hello(ns_desc, deadline)
-                        inflight.append((send(a, b), a, b))
-                        continue
-                    raise
+                    if code not in sent_before_fix or isinstance(err, _AuthRefused):
+                        raise
+                    if rid not in sent_before_fix[code]:
+                        if not can_fix[code]:
+                            raise
+                        can_fix[code] = False
+                        if code == E.UNAUTHENTICATED:
+                            self._authenticate(deadline)
+                        else:
+                            self._hello(self._hellos[ns], deadline)
+                        sent_before_fix[code] = {r for r, _a, _b in inflight}
+                    inflight.append((send(a, b), a, b))
         finally:  # abandoned requests: forget them, and any reply that already came
             for rid, _a, _b in inflight:
                 self._pending.pop(rid, None)
@@ -334,6 +438,8 @@ class KvstashClient:
         self._closed = True
         self._pending.clear()
         self._replies.clear()
+        if self._mon is not None:
+            self._mon.close()
         self._sock.close(linger=0)
 
     def __enter__(self) -> "KvstashClient":
