@@ -20,6 +20,10 @@ key                 default                                      meaning
 ``tenant``          ``"default"``                                namespace tenant
 ``model``           ``storage_config.model_name``                namespace model id
 ``skip_existing``   true                                         batch_set*: one EXISTS first, send only missing
+``token``           ``$KVSTASH_TOKEN``                           bearer token for the data socket's AUTH
+``curve_*``         ``$KVSTASH_CURVE_SERVER_KEY``,               ``curve_server_key`` / ``curve_secret_key`` /
+                    ``$KVSTASH_CURVE_CLIENT_SECRET_KEY``,        ``curve_public_key``: CURVE keys (z85 or @file;
+                    ``$KVSTASH_CURVE_CLIENT_PUBLIC_KEY``         see kvstash.auth); checked here (KVS_CONFIG)
 ==================  ===========================================  ===============================================
 
 Base class: SGLang's ``HiCacheStorage`` when ``sglang`` is importable; otherwise a local stand-in with the same
@@ -59,6 +63,7 @@ import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from . import errors as E
+from .auth import Credentials, options_from_extra
 from .client import PUT_PRESENT, PUT_STORED, ThreadLocalClients
 from .errors import KvstashError
 
@@ -174,7 +179,9 @@ class KvstashHiCacheStorage(HiCacheStorage):
         self.page_size = 1
         self.dtype: Any = None
         self.fingerprint = "unregistered"
-        self._clients = ThreadLocalClients(self.endpoint, timeout_ms=self.timeout_ms, client_name="kvstash-sglang")
+        auth = options_from_extra(extra)
+        Credentials.resolve(**auth)  # bad keys or token: KVS_CONFIG here, not on every call
+        self._clients = ThreadLocalClients(self.endpoint, timeout_ms=self.timeout_ms, client_name="kvstash-sglang", **auth)
         self._lock = threading.Lock()
         self._local = threading.local()
         self._down_until = 0.0

@@ -125,7 +125,8 @@ class SchedulerSide:
         self.bs = block_size
         self.namespaces = namespaces
         self.can_load, self.can_save = can_load, can_save
-        self.client = KvstashClient(settings.endpoint, timeout_ms=settings.lookup_timeout_ms, client_name="kvstash-vllm-scheduler")
+        self.client = KvstashClient(settings.endpoint, timeout_ms=settings.lookup_timeout_ms, client_name="kvstash-vllm-scheduler",
+                                    **settings.client_auth())
         self._ns: Optional[List[str]] = None
         self._down_until = 0.0
         self._last_warn = 0.0

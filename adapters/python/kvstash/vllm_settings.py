@@ -22,15 +22,26 @@ max_pending_save_bytes   host bytes of saves waiting to be sent; beyond it new  
                          saves are dropped (it is a cache)
 kv_layout                ``kv_first`` / ``blocks_first``: only when a 5-D tensor
                          cannot be told apart (2 blocks)
+token                    bearer token (``authTokens``) for the data socket's     ``$KVSTASH_TOKEN``
+                         AUTH; ``@file`` reads it from a file
+curve_server_key         the sidecar's CURVE public key (z85, ``@file``):        ``$KVSTASH_CURVE_SERVER_KEY``
+                         encrypts the data socket
+curve_secret_key         this engine's CURVE secret key (z85, ``@file``, or a    ``$KVSTASH_CURVE_CLIENT_SECRET_KEY``
+                         ``kvstash keygen`` output file); listed in
+                         ``curveClients``, it authenticates too
+curve_public_key         its public key (optional: derived from the secret)      ``$KVSTASH_CURVE_CLIENT_PUBLIC_KEY``
 =======================  ======================================================  =============================
+
+Auth settings are checked when the settings are read (``KVS_CONFIG``); the recipe is in kvstash.auth.
 """
 from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
+from .auth import Credentials, options_from_extra
 from .kv_layout import LayoutError, LayoutSpec, dtype_name
 
 
@@ -61,6 +72,11 @@ class ConnectorSettings:
     save_generated: bool = True
     max_pending_save_bytes: int = 1 << 30
     kv_layout: Optional[str] = None
+    auth: Dict[str, Optional[str]] = field(default_factory=dict, repr=False)  # KvstashClient auth keywords
+
+    def client_auth(self) -> Dict[str, Optional[str]]:
+        """Keyword arguments for every KvstashClient of the connector (token, curve_* keys)."""
+        return dict(self.auth)
 
     @classmethod
     def from_extra(cls, extra: Optional[Dict[str, Any]]) -> "ConnectorSettings":
@@ -80,6 +96,8 @@ class ConnectorSettings:
             s.max_pending_save_bytes = int(e["max_pending_save_bytes"])
         if e.get("kv_layout"):
             s.kv_layout = str(e["kv_layout"])
+        s.auth = options_from_extra(e)
+        Credentials.resolve(**s.auth)  # bad keys or token: KVS_CONFIG now, not at the first lookup
         return s
 
 

@@ -76,7 +76,8 @@ class WorkerSide:
         self.layouts: Dict[str, TensorLayout] = {}
         self.cuda = False
         self.block_bytes = 0
-        self.clients = ThreadLocalClients(settings.endpoint, timeout_ms=settings.load_timeout_ms, client_name="kvstash-vllm-worker")
+        self.clients = ThreadLocalClients(settings.endpoint, timeout_ms=settings.load_timeout_ms, client_name="kvstash-vllm-worker",
+                                         **settings.client_auth())
         self.loader = ThreadPoolExecutor(1, thread_name_prefix="kvstash-load")
         self.saver = ThreadPoolExecutor(1, thread_name_prefix="kvstash-save")
         self._lock = threading.Lock()
