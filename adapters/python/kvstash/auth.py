@@ -121,11 +121,12 @@ def _read(path: str, what: str) -> str:
 def _key_from_text(text: str, which: str) -> Optional[str]:
     """The ``which`` ("public" / "secret") key in a keys file, or its single unlabeled key."""
     t = text.strip()
-    if t.startswith("{"):
-        try:
-            v = json.loads(t).get(f"{which}Key")
-        except (ValueError, AttributeError):
-            v = None
+    try:  # `kvstash keygen --json` (a bare z85 key may start with "{" too: only a JSON object counts)
+        doc = json.loads(t) if t.startswith("{") else None
+    except ValueError:
+        doc = None
+    if isinstance(doc, dict):
+        v = doc.get(f"{which}Key")
         return v if isinstance(v, str) else None
     m = re.search(rf"^\s*{which}(?:-key\s*=\s*\"(.{{40}})\"|\s+(\S{{40}})\s*$)", t, re.M)
     if m:
