@@ -9,7 +9,9 @@
  */
 import test from 'ava';
 import { randomBytes, createHash } from 'node:crypto';
+import { spawnSync } from 'node:child_process';
 import { rmSync } from 'node:fs';
+import path from 'node:path';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { fileURLToPath } from 'node:url';
@@ -19,7 +21,7 @@ import { driverConformance } from '../../connector/storage/conformance.js';
 import { S3Driver } from '../../connector/storage/s3.js';
 import { parseS3Config } from '../../connector/storage/s3-config.js';
 import { startS3rver, type S3rverProcess } from '../helpers/s3rver.js';
-import { NS, startSidecar } from '../helpers/sidecar.js';
+import { NS, repoRoot, startSidecar } from '../helpers/sidecar.js';
 
 const MiB = 2 ** 20;
 const s3module = fileURLToPath(new URL('../../connector/storage/s3.ts', import.meta.url));
@@ -75,6 +77,20 @@ test('s3 - an unknown access key is refused with KVS_UNAUTHENTICATED and a clear
   t.is(d.stats().retries, 0);
   t.is(d.breaker.state, 'closed', 'a refusal does not open the circuit');
   await d.close();
+});
+
+test('s3 - `kvstash driver-test s3` with credentials from the environment (AWS_ACCESS_KEY_ID/…) passes the kit', (t) => {
+  const noKeys: Record<string, unknown> = cfg({ maxValueBytes: 16 * MiB });
+  delete noKeys.accessKeyId;
+  delete noKeys.secretAccessKey;
+  const r = spawnSync(process.execPath, ['--import', 'tsx', path.join(repoRoot, 'connector', 'cli.ts'), 'driver-test', 's3', '--config', JSON.stringify(noKeys),
+    '--only', 'small,missing,batch,list,crash-mid-put'], { cwd: repoRoot, encoding: 'utf8', timeout: 100_000, env: { ...process.env, AWS_ACCESS_KEY_ID: 'S3RVER', AWS_SECRET_ACCESS_KEY: 'S3RVER' } });
+  t.is(r.status, 0, r.stdout + r.stderr);
+  t.regex(r.stdout, /5 passed, 0 failed, 0 skipped/);
+  const bad = spawnSync(process.execPath, ['--import', 'tsx', path.join(repoRoot, 'connector', 'cli.ts'), 'driver-test', 's3', '--config', JSON.stringify(noKeys), '--only', 'small'],
+    { cwd: repoRoot, encoding: 'utf8', timeout: 100_000, env: { ...process.env, AWS_ACCESS_KEY_ID: 'NOBODY', AWS_SECRET_ACCESS_KEY: 'x' } });
+  t.is(bad.status, 1);
+  t.regex(bad.stdout, /small\s+FAIL\s+\d+\s+KVS_UNAUTHENTICATED/);
 });
 
 test('s3 - virtual-hosted addressing (bucket in the host name) works against a server that routes by host', async (t) => {
