@@ -3,7 +3,7 @@
  * the backend is unhealthy (counts toward the circuit breaker). Misses (404) and refusals (403) are answers from a
  * healthy server: never retried, never trip the breaker.
  */
-import { ErrorCode } from '../../protocol/errors.js';
+import { ErrorCode, KvstashError } from '../../protocol/errors.js';
 
 export interface S3Failure {
   code: ErrorCode;
@@ -19,6 +19,8 @@ const THROTTLE = new Set(['SlowDown', 'Throttling', 'ThrottlingException', 'Requ
 const NET = new Set(['ECONNREFUSED', 'ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'EAI_AGAIN', 'ENOTFOUND', 'UND_ERR_SOCKET', 'ERR_STREAM_PREMATURE_CLOSE']);
 
 export function classifyS3Error(err: unknown): S3Failure {
+  // Our own refusals (an object over the limit) say nothing about the server's health.
+  if (err instanceof KvstashError) return { code: err.code, retryable: false, unhealthy: false, message: err.message };
   const e = err as { name?: string; code?: string; message?: string; $metadata?: { httpStatusCode?: number }; cause?: { code?: string } };
   const name = e?.name ?? '';
   const status = e?.$metadata?.httpStatusCode;
