@@ -16,92 +16,26 @@
  */
 import { EventEmitter } from 'node:events';
 import { checksum as computeChecksum } from './checksum.js';
-import { AccessHistory, bumpHeat, type AdmissionFilter, type EvictionPolicy, type HeatState } from './policy.js';
-import { SharedProbe, type SharedProbeOptions } from './shared-probe.js';
-import type { ListedValue, StorageDriver, StoredValue } from './storage/driver.js';
+import { AccessHistory, bumpHeat } from './policy.js';
+import { SharedProbe } from './shared-probe.js';
+import type { ListedValue, StoredValue } from './storage/driver.js';
 import type { MemoryDriver } from './storage/memory.js';
-import { WriteQueue, type WriteQueueOptions } from './write-queue.js';
+import { WriteQueue } from './write-queue.js';
+import { FastIndex } from './fast-index.js';
+import { PinBook } from './pin-book.js';
+import { clearBlocks, evictFrom, moveBlock } from './tier-control.js';
+import type { BlockEntry, LookupResult, Tier, TierStackOptions, TierStats } from './tier-types.js';
 import { PutResult } from '../protocol/wire.js';
 
-export interface TierSpec {
-  /** Tier name used in LOOKUP replies and stats: "dram", "file", "nfs", "s3", … */
-  name: string;
-  /** Medium announced in KV events: "CPU", "DISK", "NFS", "S3", … */
-  medium: string;
-  driver: StorageDriver;
-  budgetBytes: number;
-  /** through: every admitted block is written here; back: only when evicted from the tier above. */
-  writeMode: 'through' | 'back';
-  /** Accesses a block needs before this tier admits it (1 = admit everything). */
-  admitAfter: number;
-  /** Further admission rule (policy.ts AdmissionFilter); both it and admitAfter must agree. */
-  admit?: AdmissionFilter;
-  queue: WriteQueueOptions;
-  /** Read bandwidth assumed before any measurement, bytes/s. */
-  initialReadBps: number;
-}
-
-export interface TierStackOptions {
-  tiers: TierSpec[];
-  policy: EvictionPolicy;
-  halfLifeMs: number;
-  promoteOnHit: boolean;
-  /** Clock for heat and recency (default Date.now); trace replays pass the trace's time. */
-  now?: () => number;
-  /** Bounds of the index-miss probe of shared tiers (connector/shared-probe.ts). */
-  probe?: Partial<SharedProbeOptions>;
-}
-
-export interface BlockEntry extends HeatState {
-  key: string;
-  /** Hash bits 0–29 and 32–61 (big-endian), for the fast index; `nextFast` chains equal h1. */
-  h1?: number;
-  h2?: number;
-  nextFast?: BlockEntry;
-  size: number;
-  /** xxh64 of the bytes; '' until first needed (computed off the request path, before any lower-tier write). */
-  checksum: string;
-  /** Bit i set: tier i holds a complete copy. */
-  where: number;
-  /** Bit i set: a write to tier i is queued or running. */
-  pending: number;
-  seen: number;
-  pins: number;
-}
-
-interface Tier extends TierSpec {
-  index: number;
-  lru: Map<string, BlockEntry>;
-  used: number;
-  writes: WriteQueue;
-  readBps: number;
-  c: { hits: number; misses: number; evictions: number; checksumFailures: number; promotions: number; demotions: number; writeErrors: number; bytesWritten: number; readErrors: number };
-}
-
-export interface TierStats {
-  name: string; medium: string; bytes: number; blocks: number; budgetBytes: number; hits: number; misses: number;
-  evictions: number; queueDepth: number; droppedSaves: number; checksumFailures: number; promotions: number;
-  demotions: number; writeErrors: number; bytesWritten: number; readBps: number; readErrors: number; available: boolean;
-}
-
-export interface LookupResult {
-  hit: number;
-  tiers: Record<string, number>;
-  loadMs: Record<string, number>;
-}
+export type { BlockEntry, LookupResult, TierSpec, TierStackOptions, TierStats } from './tier-types.js';
 
 export class TierStack extends EventEmitter {
   /** Every block by storage key. Mutate only through indexAdd / indexDrop (they keep `fast` in step). */
   readonly index = new Map<string, BlockEntry>();
-  /**
-   * Fast index for LOOKUP/EXISTS of long chains: per namespace, 30 bits of the hash as a small-integer Map
-   * key (≈10× faster than string keys, no allocation) → entry, confirmed on 30 more bits. It is advisory:
-   * a false positive (two keys sharing 60 bits in one namespace) only makes a LOOKUP over-report, and the GET
-   * that follows — which always matches the full 256-bit key — answers a miss, so the engine recomputes.
-   */
-  private readonly fast = new Map<string, Map<number, BlockEntry>>();
+  /** LOOKUP/EXISTS on raw wire keys (advisory; see fast-index.ts). */
+  private readonly fast = new FastIndex();
   readonly tiers: Tier[];
-  private readonly dram: MemoryDriver;
+  /** @internal */ readonly dram: MemoryDriver;
   private readonly loading = new Map<string, Promise<Buffer | undefined>>();
   private closed = false;
   private readonly now: () => number;
@@ -202,52 +136,34 @@ export class TierStack extends EventEmitter {
 
   private indexAdd(e: BlockEntry): void {
     this.index.set(e.key, e);
-    const ns = e.key.slice(0, 32);
-    e.h1 = parseInt(e.key.substr(33, 8), 16) >>> 2;
-    e.h2 = parseInt(e.key.substr(41, 8), 16) >>> 2;
-    let m = this.fast.get(ns);
-    if (!m) this.fast.set(ns, (m = new Map()));
-    const head = m.get(e.h1);
-    if (head && head !== e) e.nextFast = head;
-    m.set(e.h1, e);
+    this.fast.add(e);
   }
 
   private indexDrop(key: string): void {
     const e = this.index.get(key);
     if (!e) return;
     this.index.delete(key);
-    const m = this.fast.get(key.slice(0, 32));
-    if (!m || e.h1 === undefined) return;
-    let cur = m.get(e.h1);
-    if (cur === e) {
-      if (e.nextFast) m.set(e.h1, e.nextFast);
-      else m.delete(e.h1);
-    } else {
-      while (cur && cur.nextFast !== e) cur = cur.nextFast;
-      if (cur) cur.nextFast = e.nextFast;
-    }
-    e.nextFast = undefined;
-  }
-
-  private fastGet(m: Map<number, BlockEntry> | undefined, keys: Buffer, i: number): BlockEntry | undefined {
-    if (!m) return undefined;
-    let e = m.get(keys.readUInt32BE(i * 32) >>> 2);
-    if (!e) return undefined;
-    const h2 = keys.readUInt32BE(i * 32 + 4) >>> 2;
-    while (e && e.h2 !== h2) e = e.nextFast;
-    return e;
+    this.fast.drop(e);
   }
 
   /** lookup() on raw wire keys (n × 32 bytes) without building key strings: the LOOKUP hot path. */
   lookupRaw(ns: string, keys: Buffer, prefetch = false): LookupResult {
-    const m = this.fast.get(ns);
-    const n = keys.length / 32;
+    const m = this.fast.namespace(ns);
+    return this.countPrefix(keys.length / 32, (i) => this.fast.get(m, keys, i), prefetch);
+  }
+
+  /** Longest present prefix of `keys`, split by the fastest tier holding each block. Does not change heat. */
+  lookup(keys: string[], prefetch = false): LookupResult {
+    return this.countPrefix(keys.length, (i) => this.index.get(keys[i]!), prefetch);
+  }
+
+  private countPrefix(n: number, entryAt: (i: number) => BlockEntry | undefined, prefetch: boolean): LookupResult {
     const count = new Array<number>(this.tiers.length).fill(0);
     const bytes = new Array<number>(this.tiers.length).fill(0);
     const avail = this.availableMask();
     let hit = 0;
     for (; hit < n; hit++) {
-      const e = this.fastGet(m, keys, hit);
+      const e = entryAt(hit);
       const w = e ? e.where & avail : 0; // copies in a tier that cannot serve now do not count
       if (!e || w === 0) break;
       const ti = 31 - Math.clz32(w & -w);
@@ -266,20 +182,20 @@ export class TierStack extends EventEmitter {
 
   /** exists() on raw wire keys. */
   existsRaw(ns: string, keys: Buffer): boolean[] {
-    const m = this.fast.get(ns);
+    const m = this.fast.namespace(ns);
     const out = new Array<boolean>(keys.length / 32);
-    for (let i = 0; i < out.length; i++) out[i] = (this.fastGet(m, keys, i)?.where ?? 0) !== 0;
+    for (let i = 0; i < out.length; i++) out[i] = (this.fast.get(m, keys, i)?.where ?? 0) !== 0;
     return out;
   }
 
-  private addTo(t: Tier, e: BlockEntry, emit = true): void {
+  /** @internal */ addTo(t: Tier, e: BlockEntry, emit = true): void {
     e.where |= 1 << t.index;
     t.lru.set(e.key, e);
     t.used += e.size;
     if (emit) this.emit('stored', { key: e.key, tier: t.name, medium: t.medium });
   }
 
-  private removeFrom(t: Tier, e: BlockEntry): void {
+  /** @internal */ removeFrom(t: Tier, e: BlockEntry): void {
     if (!(e.where & (1 << t.index))) return;
     e.where &= ~(1 << t.index);
     t.lru.delete(e.key);
@@ -299,27 +215,6 @@ export class TierStack extends EventEmitter {
         t.lru.set(e.key, e);
       }
     }
-  }
-
-  /** Longest present prefix of `keys`, split by the fastest tier holding each block. Does not change heat. */
-  lookup(keys: string[], prefetch = false): LookupResult {
-    const tiers: Record<string, number> = {};
-    const bytes = new Array<number>(this.tiers.length).fill(0);
-    for (const t of this.tiers) tiers[t.name] = 0;
-    const avail = this.availableMask();
-    let hit = 0;
-    for (; hit < keys.length; hit++) {
-      const e = this.index.get(keys[hit]!);
-      const w = e ? e.where & avail : 0;
-      if (!e || w === 0) break;
-      const ti = 31 - Math.clz32(w & -w);
-      tiers[this.tiers[ti]!.name]!++;
-      bytes[ti]! += e.size;
-      if (prefetch && ti > 0) void this.load(e);
-    }
-    const loadMs: Record<string, number> = {};
-    for (const t of this.tiers) loadMs[t.name] = (bytes[t.index]! / t.readBps) * 1000;
-    return { hit, tiers, loadMs };
   }
 
   exists(keys: string[]): boolean[] {
@@ -354,7 +249,7 @@ export class TierStack extends EventEmitter {
     return PutResult.STORED;
   }
 
-  private insertDram(e: BlockEntry, value: Buffer): boolean {
+  /** @internal */ insertDram(e: BlockEntry, value: Buffer): boolean {
     const t = this.tiers[0]!;
     if (e.size > t.budgetBytes) return false;
     while (t.used + e.size > t.budgetBytes) if (!this.evictOne(t)) return false;
@@ -392,7 +287,7 @@ export class TierStack extends EventEmitter {
     return ok;
   }
 
-  private enforceBudget(t: Tier): void {
+  /** @internal */ enforceBudget(t: Tier): void {
     while (t.used > t.budgetBytes) if (!this.evictOne(t)) break;
   }
 
@@ -510,7 +405,7 @@ export class TierStack extends EventEmitter {
   }
 
   /** Read one block from the lower tiers (deduplicated), verify it, promote it. */
-  private load(e: BlockEntry): Promise<Buffer | undefined> {
+  /** @internal */ load(e: BlockEntry): Promise<Buffer | undefined> {
     let p = this.loading.get(e.key);
     if (!p) {
       p = this.loadFromTiers(e).finally(() => this.loading.delete(e.key));
@@ -606,25 +501,17 @@ export class TierStack extends EventEmitter {
   }
 
   // ---- control-plane primitives ----
-  // Used by connector/control (gRPC Pin/Unpin/Evict/Clear/Move). Each tag pinning a block adds one to
-  // BlockEntry.pins, so evictOne never picks it; the pin budget bounds the bytes of distinct pinned blocks.
-  // When a pinned block leaves the index (DELETE, Clear, a lost or corrupt last copy) its pins go with it.
+  // Used by connector/control (gRPC Pin/Unpin/Evict/Clear/Move): pins in pin-book.ts, the rest in tier-control.ts.
 
-  private pinState: { tags: Map<string, Set<string>>; sizes: Map<string, number>; bytes: number; budget: number } | undefined;
+  private pinBook: PinBook | undefined;
 
-  private pins_(): NonNullable<TierStack['pinState']> {
-    if (!this.pinState) {
-      const st = { tags: new Map<string, Set<string>>(), sizes: new Map<string, number>(), bytes: 0, budget: Number.POSITIVE_INFINITY };
-      this.pinState = st;
-      this.on('removed', (ev: { key: string }) => queueMicrotask(() => {
-        const size = st.sizes.get(ev.key);
-        if (size === undefined || (this.index.get(ev.key)?.pins ?? 0) > 0) return;
-        st.sizes.delete(ev.key);
-        st.bytes -= size;
-        for (const [tag, keys] of st.tags) if (keys.delete(ev.key) && keys.size === 0) st.tags.delete(tag);
-      }));
+  private pins_(): PinBook {
+    if (!this.pinBook) {
+      const book = new PinBook((k) => this.index.get(k));
+      this.pinBook = book;
+      this.on('removed', (ev: { key: string }) => queueMicrotask(() => book.forgetIfUnpinned(ev.key)));
     }
-    return this.pinState;
+    return this.pinBook;
   }
 
   /** Bytes that distinct pinned blocks may occupy (default unbounded). */
@@ -632,153 +519,37 @@ export class TierStack extends EventEmitter {
     this.pins_().budget = bytes;
   }
 
-  /**
-   * Pin the present blocks among `keys` under `tag`. All or nothing: when the blocks not pinned yet would take
-   * the pinned bytes over the budget, nothing is pinned and `exhausted` is true. `pinned` counts the present
-   * blocks (now) pinned under the tag, `missing` the keys held by no tier.
-   */
+  /** Pin the present blocks among `keys` under `tag` (all or nothing; see PinBook.pin). */
   pin(keys: string[], tag: string): { pinned: number; missing: number; addedBytes: number; exhausted: boolean } {
-    const st = this.pins_();
-    const fresh = new Map<string, BlockEntry>();
-    const tagged = st.tags.get(tag);
-    let missing = 0;
-    let already = 0;
-    let added = 0;
-    for (const k of keys) {
-      const e = this.index.get(k);
-      if (!e || e.where === 0) { missing++; continue; }
-      if (tagged?.has(k)) { already++; continue; }
-      if (fresh.has(k)) continue;
-      fresh.set(k, e);
-      if (e.pins === 0) added += e.size;
-    }
-    if (st.bytes + added > st.budget) return { pinned: 0, missing, addedBytes: added, exhausted: true };
-    let set = tagged;
-    if (!set && fresh.size) st.tags.set(tag, (set = new Set()));
-    for (const e of fresh.values()) {
-      if (e.pins++ === 0) st.sizes.set(e.key, e.size);
-      set!.add(e.key);
-    }
-    st.bytes += added;
-    return { pinned: fresh.size + already, missing, addedBytes: added, exhausted: false };
+    return this.pins_().pin(keys, tag);
   }
 
   /** Remove `tag`'s pins from the keys it pins that pass `filter` (all when absent). Returns how many. */
   unpin(tag: string, filter?: (key: string) => boolean): number {
-    const st = this.pins_();
-    const set = st.tags.get(tag);
-    if (!set) return 0;
-    let n = 0;
-    for (const k of [...set]) {
-      if (filter && !filter(k)) continue;
-      set.delete(k);
-      n++;
-      const e = this.index.get(k);
-      if (e && e.pins > 0 && --e.pins === 0 && st.sizes.has(k)) {
-        st.bytes -= st.sizes.get(k)!;
-        st.sizes.delete(k);
-      }
-    }
-    if (set.size === 0) st.tags.delete(tag);
-    return n;
+    return this.pins_().unpin(tag, filter);
   }
 
   /** Tags pinning `key`. */
   pinTags(key: string): string[] {
-    const out: string[] = [];
-    for (const [tag, keys] of this.pins_().tags) if (keys.has(key)) out.push(tag);
-    return out;
+    return this.pins_().tagsOf(key);
   }
 
   pinStats(): { blocks: number; bytes: number; budgetBytes: number; tags: number } {
-    const st = this.pins_();
-    return { blocks: st.sizes.size, bytes: st.bytes, budgetBytes: st.budget, tags: st.tags.size };
+    return this.pins_().stats();
   }
 
-  /** Drop a block's copy in tier `tier` (in every tier when undefined) without demoting it. Pinned blocks stay. */
+  /** Drop a block's copy in tier `tier` (every tier when undefined) without demoting it. Pinned blocks stay. */
   evictFrom(key: string, tier?: number): 'evicted' | 'pinned' | 'missing' {
-    const e = this.index.get(key);
-    if (!e || e.where === 0 || (tier !== undefined && !(e.where & (1 << tier)))) return 'missing';
-    if (e.pins > 0) return 'pinned';
-    for (const t of this.tiers) if ((tier === undefined || t.index === tier) && e.where & (1 << t.index)) t.c.evictions++;
-    if (tier === undefined) this.delete([key]);
-    else this.removeFrom(this.tiers[tier]!, e);
-    return 'evicted';
+    return evictFrom(this, key, tier);
   }
 
-  /**
-   * Delete from every tier each block among `keys` (the whole index when absent) that passes `pred`.
-   * Pinned blocks are kept unless `includePinned`; their pins go with them.
-   */
+  /** Delete each block among `keys` (all when absent) that passes `pred` from every tier; see tier-control.ts. */
   clear(pred: (key: string, e: BlockEntry) => boolean, opts: { keys?: Iterable<string>; includePinned?: boolean } = {}): { removed: number; pinnedSkipped: number } {
-    let pinnedSkipped = 0;
-    const doomed: string[] = [];
-    for (const k of opts.keys ?? [...this.index.keys()]) {
-      const e = this.index.get(k);
-      if (!e || !pred(k, e)) continue;
-      if (e.pins > 0 && !opts.includePinned) { pinnedSkipped++; continue; }
-      e.pins = 0;
-      doomed.push(k);
-    }
-    return { removed: this.delete(doomed), pinnedSkipped };
+    return clearBlocks(this, pred, opts);
   }
 
-  /**
-   * Warm or demote one block: copy it into tier `to` (DRAM through the promotion path, a lower tier by a direct
-   * write of checksum-verified bytes), and when demoting drop its copies in the tiers above `to`.
-   * Pinned blocks are not demoted.
-   */
-  async move(key: string, to: number): Promise<'moved' | 'present' | 'missing' | 'pinned' | 'failed'> {
-    const t = this.tiers[to];
-    if (!t) throw new RangeError(`no tier ${to}`);
-    const e = this.index.get(key);
-    if (!e || e.where === 0) return 'missing';
-    const bit = 1 << to;
-    if (e.where & (bit - 1) && e.pins > 0) return 'pinned';
-    if (e.where & bit && !(e.where & (bit - 1))) return 'present';
-    if (!(e.where & bit)) {
-      if (e.pending & bit) return 'failed';
-      const value = e.where & 1 ? this.dram.getSync(key)?.value : to === 0 ? await this.load(e) : await this.readVerified(e);
-      if (this.index.get(key) !== e) return 'missing';
-      if (!value) return 'failed';
-      if (to === 0) {
-        if (!(e.where & 1) && !this.insertDram(e, value)) return 'failed';
-        return 'moved';
-      }
-      e.pending |= bit;
-      try {
-        if (!e.checksum) e.checksum = computeChecksum(value);
-        await t.driver.put(key, value, { checksum: e.checksum });
-        t.c.bytesWritten += e.size;
-        if (this.index.get(key) !== e) {
-          await t.driver.delete(key).catch(() => undefined);
-          return 'missing';
-        }
-        this.addTo(t, e);
-        this.enforceBudget(t);
-      } catch {
-        t.c.writeErrors++;
-        return 'failed';
-      } finally {
-        e.pending &= ~bit;
-      }
-      if (!(e.where & bit)) return 'failed';
-    }
-    for (const u of this.tiers.slice(0, to)) {
-      if (!(e.where & (1 << u.index))) continue;
-      u.c.demotions++;
-      this.removeFrom(u, e);
-    }
-    return 'moved';
-  }
-
-  /** Read a block from the fastest lower tier whose copy passes its checksum, without promoting it. */
-  private async readVerified(e: BlockEntry): Promise<Buffer | undefined> {
-    for (const t of this.tiers.slice(1)) {
-      if (!(e.where & (1 << t.index))) continue;
-      const got = await t.driver.get(e.key).catch(() => undefined);
-      if (got && got.value.length === e.size && computeChecksum(got.value) === e.checksum) return got.value;
-    }
-    return undefined;
+  /** Warm or demote one block to tier `to`; see tier-control.ts. */
+  move(key: string, to: number): Promise<'moved' | 'present' | 'missing' | 'pinned' | 'failed'> {
+    return moveBlock(this, key, to);
   }
 }

@@ -1,0 +1,94 @@
+/**
+ * Control-plane primitives of the TierStack (gRPC Evict / Clear / Move), kept out of tiers.ts.
+ * They use the stack's internal paths (promotion, direct writes, removal) so budgets, events and pins hold.
+ */
+import { checksum as computeChecksum } from './checksum.js';
+import type { BlockEntry } from './tier-types.js';
+import type { TierStack } from './tiers.js';
+
+/** Drop a block's copy in tier `tier` (in every tier when undefined) without demoting it. Pinned blocks stay. */
+export function evictFrom(s: TierStack, key: string, tier?: number): 'evicted' | 'pinned' | 'missing' {
+  const e = s.index.get(key);
+  if (!e || e.where === 0 || (tier !== undefined && !(e.where & (1 << tier)))) return 'missing';
+  if (e.pins > 0) return 'pinned';
+  for (const t of s.tiers) if ((tier === undefined || t.index === tier) && e.where & (1 << t.index)) t.c.evictions++;
+  if (tier === undefined) s.delete([key]);
+  else s.removeFrom(s.tiers[tier]!, e);
+  return 'evicted';
+}
+
+/**
+ * Delete from every tier each block among `keys` (the whole index when absent) that passes `pred`.
+ * Pinned blocks are kept unless `includePinned`; their pins go with them.
+ */
+export function clearBlocks(s: TierStack, pred: (key: string, e: BlockEntry) => boolean, opts: { keys?: Iterable<string>; includePinned?: boolean } = {}): { removed: number; pinnedSkipped: number } {
+  let pinnedSkipped = 0;
+  const doomed: string[] = [];
+  for (const k of opts.keys ?? [...s.index.keys()]) {
+    const e = s.index.get(k);
+    if (!e || !pred(k, e)) continue;
+    if (e.pins > 0 && !opts.includePinned) { pinnedSkipped++; continue; }
+    e.pins = 0;
+    doomed.push(k);
+  }
+  return { removed: s.delete(doomed), pinnedSkipped };
+}
+
+/**
+ * Warm or demote one block: copy it into tier `to` (DRAM through the promotion path, a lower tier by a direct
+ * write of checksum-verified bytes), and when demoting drop its copies in the tiers above `to`.
+ * Pinned blocks are not demoted.
+ */
+export async function moveBlock(s: TierStack, key: string, to: number): Promise<'moved' | 'present' | 'missing' | 'pinned' | 'failed'> {
+  const t = s.tiers[to];
+  if (!t) throw new RangeError(`no tier ${to}`);
+  const e = s.index.get(key);
+  if (!e || e.where === 0) return 'missing';
+  const bit = 1 << to;
+  if (e.where & (bit - 1) && e.pins > 0) return 'pinned';
+  if (e.where & bit && !(e.where & (bit - 1))) return 'present';
+  if (!(e.where & bit)) {
+    if (e.pending & bit) return 'failed';
+    const value = e.where & 1 ? s.dram.getSync(key)?.value : to === 0 ? await s.load(e) : await readVerified(s, e);
+    if (s.index.get(key) !== e) return 'missing';
+    if (!value) return 'failed';
+    if (to === 0) {
+      if (!(e.where & 1) && !s.insertDram(e, value)) return 'failed';
+      return 'moved';
+    }
+    e.pending |= bit;
+    try {
+      if (!e.checksum) e.checksum = computeChecksum(value);
+      await t.driver.put(key, value, { checksum: e.checksum });
+      t.c.bytesWritten += e.size;
+      if (s.index.get(key) !== e) {
+        await t.driver.delete(key).catch(() => undefined);
+        return 'missing';
+      }
+      s.addTo(t, e);
+      s.enforceBudget(t);
+    } catch {
+      t.c.writeErrors++;
+      return 'failed';
+    } finally {
+      e.pending &= ~bit;
+    }
+    if (!(e.where & bit)) return 'failed';
+  }
+  for (const u of s.tiers.slice(0, to)) {
+    if (!(e.where & (1 << u.index))) continue;
+    u.c.demotions++;
+    s.removeFrom(u, e);
+  }
+  return 'moved';
+}
+
+/** Read a block from the fastest lower tier whose copy passes its checksum, without promoting it. */
+async function readVerified(s: TierStack, e: BlockEntry): Promise<Buffer | undefined> {
+  for (const t of s.tiers.slice(1)) {
+    if (!(e.where & (1 << t.index))) continue;
+    const got = await t.driver.get(e.key).catch(() => undefined);
+    if (got && got.value.length === e.size && computeChecksum(got.value) === e.checksum) return got.value;
+  }
+  return undefined;
+}

@@ -1,0 +1,74 @@
+/** Types of the TierStack (connector/tiers.ts): tier specs, index entries, stats. */
+import type { AdmissionFilter, EvictionPolicy, HeatState } from './policy.js';
+import type { SharedProbeOptions } from './shared-probe.js';
+import type { StorageDriver } from './storage/driver.js';
+import type { WriteQueue, WriteQueueOptions } from './write-queue.js';
+
+export interface TierSpec {
+  /** Tier name used in LOOKUP replies and stats: "dram", "file", "nfs", "s3", … */
+  name: string;
+  /** Medium announced in KV events: "CPU", "DISK", "NFS", "S3", … */
+  medium: string;
+  driver: StorageDriver;
+  budgetBytes: number;
+  /** through: every admitted block is written here; back: only when evicted from the tier above. */
+  writeMode: 'through' | 'back';
+  /** Accesses a block needs before this tier admits it (1 = admit everything). */
+  admitAfter: number;
+  /** Further admission rule (policy.ts AdmissionFilter); both it and admitAfter must agree. */
+  admit?: AdmissionFilter;
+  queue: WriteQueueOptions;
+  /** Read bandwidth assumed before any measurement, bytes/s. */
+  initialReadBps: number;
+}
+
+export interface TierStackOptions {
+  tiers: TierSpec[];
+  policy: EvictionPolicy;
+  halfLifeMs: number;
+  promoteOnHit: boolean;
+  /** Clock for heat and recency (default Date.now); trace replays pass the trace's time. */
+  now?: () => number;
+  /** Bounds of the index-miss probe of shared tiers (connector/shared-probe.ts). */
+  probe?: Partial<SharedProbeOptions>;
+}
+
+export interface BlockEntry extends HeatState {
+  key: string;
+  /** Hash bits 0–29 and 32–61 (big-endian), for the fast index; `nextFast` chains equal h1. */
+  h1?: number;
+  h2?: number;
+  nextFast?: BlockEntry;
+  size: number;
+  /** xxh64 of the bytes; '' until first needed (computed off the request path, before any lower-tier write). */
+  checksum: string;
+  /** Bit i set: tier i holds a complete copy. */
+  where: number;
+  /** Bit i set: a write to tier i is queued or running. */
+  pending: number;
+  seen: number;
+  pins: number;
+}
+
+/** A tier as the TierStack runs it (internal). */
+export interface Tier extends TierSpec {
+  index: number;
+  lru: Map<string, BlockEntry>;
+  used: number;
+  writes: WriteQueue;
+  readBps: number;
+  c: { hits: number; misses: number; evictions: number; checksumFailures: number; promotions: number; demotions: number; writeErrors: number; bytesWritten: number; readErrors: number };
+}
+
+export interface TierStats {
+  name: string; medium: string; bytes: number; blocks: number; budgetBytes: number; hits: number; misses: number;
+  evictions: number; queueDepth: number; droppedSaves: number; checksumFailures: number; promotions: number;
+  demotions: number; writeErrors: number; bytesWritten: number; readBps: number; readErrors: number; available: boolean;
+}
+
+export interface LookupResult {
+  hit: number;
+  tiers: Record<string, number>;
+  loadMs: Record<string, number>;
+}
+
