@@ -60,7 +60,8 @@ export const SETTINGS: Setting[] = [
   s('fileBytes', 'bytes', () => diskShare(path.join(cacheDir(), 'kvstash')), 'half the free disk space, at most 100 GiB', 'File tier byte budget.'),
   s('fileFsync', 'bool', () => false, 'false', 'fsync each block before publishing it (survives power loss, slower). Without it a block survives a sidecar crash, not a host crash.'),
   s('fileWriteMode', 'string', () => 'through', 'through', '`through`: every stored block is also queued for the file tier; `back`: only blocks evicted from DRAM are.'),
-  s('policy', 'string', () => 'heat', 'heat', 'Eviction policy: `heat` (coldest of the 8 least recently used) or `lru`.'),
+  s('policy', 'string', () => 'heat', 'heat', 'Eviction policy: `heat` (the coldest of the `heatWindow` least recently used blocks) or `lru`.'),
+  s('heatWindow', 'int', () => 256, '256', 'How many of the least recently used blocks the `heat` policy compares (1 = LRU). Larger keeps reused blocks in DRAM longer against a flood of new ones (bench trace, first 4,000 requests: 256 instead of 8 gives 1.4× the DRAM hits, same overall hit ratio).'),
   s('heatHalfLifeMs', 'int', () => 300_000, '300000', 'Half-life of the decayed access count (heat), ms.'),
   s('maxMessageBytes', 'bytes', () => 1024 * 2 ** 20, '1 GiB', 'Largest request message (all frames) accepted.'),
   s('maxBlockBytes', 'bytes', () => 512 * 2 ** 20, '512 MiB', 'Largest single block accepted.'),
@@ -82,6 +83,7 @@ export interface Config {
   fileWriteMode: 'through' | 'back';
   policy: 'heat' | 'lru';
   heatHalfLifeMs: number;
+  heatWindow: number;
   maxMessageBytes: number;
   maxBlockBytes: number;
   maxInflightBytes: number;

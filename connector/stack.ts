@@ -97,6 +97,6 @@ export function buildTierStack(config: Config, registry: DriverRegistry): TierSt
       budgetBytes: config.fileBytes, writeMode: config.fileWriteMode, admitAfter: 1, queue, initialReadBps: READ_BPS.file!,
     });
   }
-  const policy = config.policy === 'lru' ? lruPolicy : heatPolicy(config.heatHalfLifeMs);
+  const policy = config.policy === 'lru' ? lruPolicy : heatPolicy(config.heatHalfLifeMs, config.heatWindow ?? 256);
   return new TierStack({ tiers, policy, halfLifeMs: config.heatHalfLifeMs, promoteOnHit: true, probe });
 }

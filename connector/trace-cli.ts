@@ -19,7 +19,7 @@ export const DEFAULT_TRACE = path.resolve(repoRoot, '..', 'shared', 'traces', 'm
 
 export interface TraceFlags {
   trace: string; dram: string; ssd: string; blockBytes: string; modelBlockBytes: string; ssdWriteMode: string;
-  ssdAdmitAfter: string; halfLifeMs: string; limit: string; json?: boolean;
+  ssdAdmitAfter: string; halfLifeMs: string; heatWindow?: string; limit: string; json?: boolean;
 }
 
 export function traceOptions(f: TraceFlags): TraceBenchOptions {
@@ -33,7 +33,7 @@ export function traceOptions(f: TraceFlags): TraceBenchOptions {
   const o: TraceBenchOptions = {
     trace: f.trace, dramBytes: parseBytes(f.dram, '--dram'), ssdBytes: parseBytes(f.ssd, '--ssd'),
     blockBytes: parseBytes(f.blockBytes, '--block-bytes'), modelBlockBytes: parseBytes(f.modelBlockBytes, '--model-block-bytes'),
-    ssdWriteMode: f.ssdWriteMode, ssdAdmitAfter: int(f.ssdAdmitAfter, '--ssd-admit-after', 1), halfLifeMs: int(f.halfLifeMs, '--half-life-ms', 1),
+    ssdWriteMode: f.ssdWriteMode, ssdAdmitAfter: int(f.ssdAdmitAfter, '--ssd-admit-after', 1), halfLifeMs: int(f.halfLifeMs, '--half-life-ms', 1), heatWindow: int(f.heatWindow ?? '256', '--heat-window', 1),
     limit: int(f.limit, '--limit', 0),
   };
   if (o.blockBytes < 8) throw new KvstashError(ErrorCode.INVALID_ARGUMENT, '--block-bytes must be at least 8');
@@ -52,7 +52,7 @@ export function formatTraceResult(r: TraceBenchResult, o: TraceBenchOptions): st
   return [
     `trace ${path.basename(o.trace)}: ${r.requests} requests, ${r.blocks} block accesses, ${r.uniqueBlocks} distinct blocks (512 tokens each)`,
     `model: ${humanBytes(o.modelBlockBytes)} per block (8B GQA bf16: 128 KiB/token); replayed with ${humanBytes(o.blockBytes)} per block`,
-    `capacity: DRAM ${humanBytes(o.dramBytes)} = ${r.dramBlocks} blocks, SSD ${humanBytes(o.ssdBytes)} = ${r.ssdBlocks} blocks (file tier, ${o.ssdWriteMode}, admit after ${o.ssdAdmitAfter}); heat half-life ${o.halfLifeMs / 1000} s of trace time`,
+    `capacity: DRAM ${humanBytes(o.dramBytes)} = ${r.dramBlocks} blocks, SSD ${humanBytes(o.ssdBytes)} = ${r.ssdBlocks} blocks (file tier, ${o.ssdWriteMode}, admit after ${o.ssdAdmitAfter}); heat half-life ${o.halfLifeMs / 1000} s of trace time, window ${o.heatWindow ?? 256}`,
     formatTable(['policy', 'capacity (blocks)', 'DRAM hit %', 'SSD hit %', 'hit %', 'vs Belady', 'SSD writes (blocks)', 'SSD written (model bytes)', 'bad reads', 's'], rows),
     'hit % = reused blocks / all blocks (prefix semantics). Offline rows are simulations at the distinct-block capacity of the stack',
     `(${o.ssdWriteMode === 'through' ? 'write-through keeps DRAM blocks on the SSD too: max(DRAM, SSD)' : 'write-back: DRAM + SSD'}); "Belady, DRAM size" bounds the DRAM hit ratio.`,
@@ -71,6 +71,7 @@ export function traceCommand(program: Command): void {
     .option('--ssd-write-mode <mode>', 'through | back', 'through')
     .option('--ssd-admit-after <n>', 'accesses before the SSD takes a block', '1')
     .option('--half-life-ms <ms>', 'heat half-life, in trace time', '300000')
+    .option('--heat-window <n>', 'least recently used blocks the heat policy compares', '256')
     .option('--limit <n>', 'replay only the first n requests (0 = all)', '0')
     .option('--json', 'print JSON')
     .action(async (f: TraceFlags) => {

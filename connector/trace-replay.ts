@@ -31,6 +31,8 @@ export interface TraceBenchOptions {
   ssdWriteMode: 'through' | 'back';
   ssdAdmitAfter: number;
   halfLifeMs: number;
+  /** Candidates the heat policy compares (config heatWindow). */
+  heatWindow?: number;
   /** Replay only the first n requests (0 = all). */
   limit: number;
   dir?: string;
@@ -156,7 +158,7 @@ export async function runTraceBench(o: TraceBenchOptions): Promise<TraceBenchRes
   for (const r of reqs) for (const id of r.hash_ids) { unique.add(id); blocks++; }
   const rows: PolicyRow[] = [];
   // Both real replays at once: they are I/O bound, each on its own stack, folder and clock.
-  rows.push(...await Promise.all([replay(reqs, o, 'kvstash (heat)', heatPolicy(o.halfLifeMs, 8)), replay(reqs, o, 'LRU', lruPolicy)]));
+  rows.push(...await Promise.all([replay(reqs, o, 'kvstash (heat)', heatPolicy(o.halfLifeMs, o.heatWindow ?? 256)), replay(reqs, o, 'LRU', lruPolicy)]));
   // Distinct blocks the stack can hold: write-through keeps DRAM's blocks on the SSD too (inclusive).
   const total = o.ssdWriteMode === 'through' ? Math.max(dramBlocks, ssdBlocks) : dramBlocks + ssdBlocks;
   rows.push(offline('LRU, offline, one level', total, lruHits).run(reqs));
