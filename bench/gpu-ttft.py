@@ -5,6 +5,8 @@ Run by hand on one CUDA GPU (not part of ``npm run bench``; CI has no GPU)::
 
     PYTHONPATH=adapters/python PYTHONUNBUFFERED=1 python3 bench/gpu-ttft.py            # Llama-3.1-8B shape
     PYTHONPATH=adapters/python /usr/bin/python3 bench/gpu-ttft.py --tiny               # CPU smoke test
+    ... bench/gpu-ttft.py --loads-only      # no model, loads of random KV only (also runs an older worker:
+                                            # PYTHONPATH=<older adapters/python>)
 
 Model: a hand-written Llama-3.1-8B-shaped decoder in plain torch with RANDOM weights (no download): 32 layers of
 RMSNorm, GQA attention (32 query / 8 KV heads x 128, RoPE, causal), SwiGLU MLP 4096 -> 14336, bf16, batch 1,
@@ -21,8 +23,8 @@ Per prompt length S (prefix P = the cached fraction of S rounded down to 16-toke
                wait_for_layer_load for each of the 32 layers, synchronize. The blocks (2 MiB each for the 8B
                shape) sit in host memory as bytes - as they arrive from the sidecar's DRAM tier - in an in-memory
                store that replaces the sidecar client (the ZeroMQ transfer itself is NOT included; see
-               bench/python-connector.py for that). The worker copies them into pinned layer-major staging
-               (``staging`` column: until the first layer is scattered) and scatters layer by layer.
+               bench/python-connector.py for that). The worker copies them into pinned layer-major staging and
+               scatters layer by layer. ``layer 0``: until layer 0 is in the paged cache (mostly staging).
                ``cold`` is the first load of that size (pinned staging allocated), the others reuse it.
   H2D pin/unpin  the ceiling: one torch host->device copy of the same bytes from pinned / pageable memory.
   TTFT cut     (prefill(S) - (kvstash(P) + suffix)) / prefill(S), the estimated TTFT reduction.
@@ -44,7 +46,15 @@ from types import SimpleNamespace
 try:
     import zmq  # noqa: F401
 except ImportError:  # GPU machines have no pyzmq; the transport is replaced by an in-memory store below
-    sys.modules["zmq"] = types.ModuleType("zmq")
+    _zmq = types.ModuleType("zmq")
+
+    def _zmq_constant(name):  # kvstash.auth reads socket constants at import
+        if name.isupper():
+            return 0
+        raise AttributeError(name)
+
+    _zmq.__getattr__ = _zmq_constant
+    sys.modules["zmq"] = _zmq
 
 import torch
 import torch.nn.functional as F
@@ -226,6 +236,82 @@ def make_connector(c, nb, dev, clients):
     return conn, names, kv
 
 
+class LoadRig:
+    """A connector worker with blocks_dev (n, L, 2, BS, H, D) in its (in-memory) store, ready to load them."""
+
+    def __init__(self, c, blocks_dev, S, dev):
+        n = blocks_dev.shape[0]
+        self.dev, self.S, self.blocks_dev = dev, S, blocks_dev
+        u8 = blocks_dev.cpu().view(n, -1).view(torch.uint8)
+        self.clients = MemClients()
+        self.nb = n + max(64, n // 4)
+        self.conn, self.names, self.kv = make_connector(c, self.nb, dev, self.clients)
+        ns = namespace_id(self.conn._worker.desc)
+        self.keys = [int(i).to_bytes(4, "little") + S.to_bytes(4, "little") + bytes(24) for i in range(n)]
+        for i, k in enumerate(self.keys):
+            self.clients.store[(ns, k)] = u8[i].numpy().tobytes()
+        del u8
+        perm = torch.randperm(self.nb, generator=torch.Generator().manual_seed(7)).tolist()
+        self.block_ids = perm[:n]  # scattered, as a paged allocator hands them out
+        self.idx = torch.tensor(self.block_ids, device=dev)
+
+    def load(self):
+        """One step's load; returns (ms until layer 0 is in the cache, ms until every layer is)."""
+        conn, dev = self.conn, self.dev
+        md = KvstashConnectorMetadata(loads=[LoadSpec("req-0", self.keys, self.block_ids, is_async=False)])
+        sync(dev)
+        t0 = time.perf_counter()
+        conn.bind_connector_metadata(md)
+        conn.start_load_kv(None)
+        for i, nm in enumerate(self.names):
+            conn.wait_for_layer_load(nm)
+            if i == 0:
+                sync(dev)
+                t1 = time.perf_counter()
+        conn.wait_for_save()
+        sync(dev)
+        t2 = time.perf_counter()
+        conn.clear_connector_metadata()
+        errs = conn.get_block_ids_with_load_errors()
+        if errs:
+            raise SystemExit(f"S={self.S}: {len(errs)} blocks failed to load")
+        return (t1 - t0) * 1e3, (t2 - t0) * 1e3
+
+    def measure(self, reps):
+        """Cold load, then the median of reps loads; the paged cache is then checked."""
+        t_cold = self.load()[1]
+        runs = [self.load() for _ in range(reps)]
+        return dict(kvs=statistics.median(r[1] for r in runs), cold=t_cold, first=statistics.median(r[0] for r in runs),
+                    bytes_ok=self.check())
+
+    def check(self):
+        """The paged cache holds the stored KV bit for bit; unrelated blocks are untouched."""
+        kv, names, idx = self.kv, self.names, self.idx
+        got = torch.stack([kv[nm].index_select(0, idx) for nm in names], 1)
+        same = torch.equal(got.view(torch.int16), self.blocks_dev.view(torch.int16))
+        mask = torch.ones(self.nb, dtype=torch.bool, device=self.dev)
+        mask[idx] = False
+        return same and all(bool((kv[nm][mask].float() == -7.0).all()) for nm in names)
+
+
+def measure_load(c, blocks_dev, S, dev, reps):
+    """Timings and checks of loading blocks_dev, plus the paged cache, layer names and block ids it went to."""
+    rig = LoadRig(c, blocks_dev, S, dev)
+    out = rig.measure(reps)
+    rig.conn.shutdown()
+    return out, rig.kv, rig.names, rig.idx
+
+
+def h2d_ceiling(blocks_dev, dev, reps):
+    """One torch host->device copy of the same bytes, from pinned and from pageable memory."""
+    blocks_cpu = blocks_dev.cpu()
+    gpu_dst = torch.empty_like(blocks_dev)
+    pinned = blocks_cpu.pin_memory() if dev == "cuda" else blocks_cpu
+    t_pin = timed(lambda: gpu_dst.copy_(pinned, non_blocking=True), dev, reps)
+    t_page = timed(lambda: gpu_dst.copy_(blocks_cpu), dev, reps)
+    return t_pin, t_page
+
+
 def bench_length(model, c, S, frac, dev, reps, verbose):
     P = int(S * frac) // BS * BS
     n = P // BS
@@ -241,66 +327,10 @@ def bench_length(model, c, S, frac, dev, reps, verbose):
     per_layer = [torch.stack([k[:P], v[:P]]).view(2, n, BS, c["kv_heads"], c["head_dim"]).transpose(0, 1) for k, v in kvs]
     blocks_dev = torch.stack(per_layer, 1).contiguous()  # (n, L, 2, BS, H, D)
     del per_layer, kvs
-    blocks_cpu = blocks_dev.cpu()
-    nbytes = blocks_cpu.numel() * blocks_cpu.element_size()
-    block_bytes = nbytes // n
-    u8 = blocks_cpu.view(n, -1).view(torch.uint8)
-
-    # raw ceilings: one H2D copy of the same bytes, pinned and pageable
-    gpu_dst = torch.empty_like(blocks_dev)
-    pinned = blocks_cpu.pin_memory() if dev == "cuda" else blocks_cpu
-    t_h2d_pin = timed(lambda: gpu_dst.copy_(pinned, non_blocking=True), dev, reps)
-    t_h2d_page = timed(lambda: gpu_dst.copy_(blocks_cpu), dev, reps)
-    del gpu_dst, pinned
-
-    # kvstash worker path
-    clients = MemClients()
-    nb = n + max(64, n // 4)
-    conn, names, kv = make_connector(c, nb, dev, clients)
-    ns = namespace_id(conn._worker.desc)
-    keys = [int(i).to_bytes(4, "little") + S.to_bytes(4, "little") + bytes(24) for i in range(n)]
-    for i, k in enumerate(keys):
-        clients.store[(ns, k)] = u8[i].numpy().tobytes()
-    del u8, blocks_cpu
-    perm = torch.randperm(nb, generator=torch.Generator().manual_seed(7)).tolist()
-    block_ids = perm[:n]  # scattered, as a paged allocator hands them out
-
-    stats = {}
-
-    def load():
-        md = KvstashConnectorMetadata(loads=[LoadSpec("req-0", keys, block_ids, is_async=False)])
-        sync(dev)
-        t0 = time.perf_counter()
-        conn.bind_connector_metadata(md)
-        conn.start_load_kv(None)
-        for i, nm in enumerate(names):
-            conn.wait_for_layer_load(nm)
-            if i == 0:
-                sync(dev)
-                t1 = time.perf_counter()
-        conn.wait_for_save()
-        sync(dev)
-        t2 = time.perf_counter()
-        conn.clear_connector_metadata()
-        errs = conn.get_block_ids_with_load_errors()
-        if errs:
-            raise SystemExit(f"S={S}: {len(errs)} blocks failed to load")
-        stats.setdefault("staging", []).append((t1 - t0) * 1e3)
-        return (t2 - t0) * 1e3
-
-    t_cold = load()
-    t_loads = [load() for _ in range(reps)]
-    t_kvs = statistics.median(t_loads)
-    t_staging = statistics.median(stats["staging"][1:])
-
-    # check: the paged cache holds the model's KV bit for bit; unrelated blocks untouched
-    idx = torch.tensor(block_ids, device=dev)
-    got = torch.stack([kv[nm].index_select(0, idx) for nm in names], 1)
-    bad_bytes = not torch.equal(got.view(torch.int16), blocks_dev.view(torch.int16))
-    mask = torch.ones(nb, dtype=torch.bool, device=dev)
-    mask[idx] = False
-    untouched = all(bool((kv[nm][mask].float() == -7.0).all()) for nm in names)
-    del got, blocks_dev
+    nbytes = blocks_dev.numel() * blocks_dev.element_size()
+    t_h2d_pin, t_h2d_page = h2d_ceiling(blocks_dev, dev, reps)
+    ld, kv, names, idx = measure_load(c, blocks_dev, S, dev, reps)
+    del blocks_dev
 
     # suffix prefill attending to the loaded prefix (read back from the paged cache as contiguous past KV)
     past = []
@@ -312,21 +342,39 @@ def bench_length(model, c, S, frac, dev, reps, verbose):
     hid, _, _ = model.forward(sfx, past=past)
     ref = ref_hidden[P:].float()
     rel = float((hid.float() - ref).norm() / ref.norm())
-    conn.shutdown()
-    del past, kv, conn, clients
+    del past, kv
     if dev == "cuda":
         torch.cuda.empty_cache()
 
-    cut = (t_prefill - (t_kvs + t_suffix)) / t_prefill
-    row = dict(S=S, P=P, n=n, block_kib=block_bytes >> 10, gib=nbytes / 2 ** 30, prefill=t_prefill, suffix=t_suffix,
-               kvs=t_kvs, cold=t_cold, staging=t_staging, pin=t_h2d_pin, page=t_h2d_page, cut=cut, rel=rel,
+    cut = (t_prefill - (ld["kvs"] + t_suffix)) / t_prefill
+    row = dict(S=S, P=P, n=n, gib=nbytes / 2 ** 30, prefill=t_prefill, suffix=t_suffix, kvs=ld["kvs"], cold=ld["cold"],
+               first=ld["first"], pin=t_h2d_pin, page=t_h2d_page, cut=cut, rel=rel,
                # the byte check is the sharp one; on an H200 the suffix-vs-full hidden states differ by ~0.05 from
                # bf16 kernel differences alone (0 on CPU), so rel only catches gross errors (no past at all: ~1.3)
-               ok=not bad_bytes and untouched and math.isfinite(rel) and rel < 0.1,
+               ok=ld["bytes_ok"] and math.isfinite(rel) and rel < 0.1,
                tflops=flops(c, S) / (t_prefill / 1e3) / 1e12)
     if verbose:
         print(f"  S={S}: {row}", flush=True)
     return row
+
+
+def random_blocks(c, S, frac, dev):
+    n = int(S * frac) // BS
+    shape = (n, c["layers"], 2, BS, c["kv_heads"], c["head_dim"])
+    g = torch.Generator(device=dev).manual_seed(S)
+    return torch.randint(-30000, 30000, shape, dtype=torch.int16, device=dev, generator=g).view(torch.bfloat16)
+
+
+def loads_only(c, S, frac, dev, reps):
+    """No model: random KV blocks, the load and its ceiling only (also runs against an older worker)."""
+    blocks_dev = random_blocks(c, S, frac, dev)
+    nbytes = blocks_dev.numel() * blocks_dev.element_size()
+    t_pin, t_page = h2d_ceiling(blocks_dev, dev, reps)
+    ld, kv, _names, _idx = measure_load(c, blocks_dev, S, dev, reps)
+    del kv, blocks_dev
+    if dev == "cuda":
+        torch.cuda.empty_cache()
+    return dict(S=S, P=int(S * frac) // BS * BS, gib=nbytes / 2 ** 30, pin=t_pin, page=t_page, ok=ld["bytes_ok"], **ld)
 
 
 def flops(c, S):
@@ -336,6 +384,51 @@ def flops(c, S):
     return per_tok * S + attn
 
 
+def run_lengths(fn, lengths, dev):
+    rows = []
+    for S in lengths:
+        t0 = time.perf_counter()
+        try:
+            rows.append(fn(S))
+        except (RuntimeError, MemoryError) as err:  # torch.cuda.OutOfMemoryError is a RuntimeError
+            if "out of memory" not in str(err).lower():
+                raise
+            print(f"S={S}: out of memory ({str(err)[:120]}); dropped", flush=True)
+            if dev == "cuda":
+                torch.cuda.empty_cache()
+            continue
+        print(f"S={S} done in {time.perf_counter() - t0:.1f} s", flush=True)
+    return rows
+
+
+def print_loads(rows):
+    print(f"{'tokens':>7} {'prefix':>7} {'MiB':>6} {'kvstash':>8} {'cold':>8} {'layer 0':>8} {'H2D pin':>8} {'H2D unp':>8} "
+          f"{'kvs/pin':>7} {'GB/s':>6} ok")
+    for r in rows:
+        gbs = r["gib"] * 2 ** 30 / 1e9 / (r["kvs"] / 1e3)
+        print(f"{r['S']:>7} {r['P']:>7} {r['gib'] * 1024:>6.1f} {r['kvs']:>8.1f} {r['cold']:>8.1f} {r['first']:>8.1f} "
+              f"{r['pin']:>8.1f} {r['page']:>8.1f} {r['kvs'] / r['pin']:>7.1f} {gbs:>6.1f} {'yes' if r['ok'] else 'NO'}")
+
+
+def print_ttft(rows):
+    print(f"{'tokens':>7} {'prefix':>7} {'MiB':>6} {'prefill':>9} {'TFLOP/s':>7} {'suffix':>8} {'kvstash':>8} {'cold':>8} "
+          f"{'layer 0':>8} {'H2D pin':>8} {'H2D unp':>8} {'kvs/pre':>7} {'kvs/pin':>7} {'GB/s':>6} {'TTFT cut':>8} {'rel err':>8} ok")
+    for r in rows:
+        gbs = r["gib"] * 2 ** 30 / 1e9 / (r["kvs"] / 1e3)
+        print(f"{r['S']:>7} {r['P']:>7} {r['gib'] * 1024:>6.1f} {r['prefill']:>9.1f} {r['tflops']:>7.0f} {r['suffix']:>8.1f} "
+              f"{r['kvs']:>8.1f} {r['cold']:>8.1f} {r['first']:>8.1f} {r['pin']:>8.1f} {r['page']:>8.1f} "
+              f"{r['kvs'] / r['prefill']:>7.3f} {r['kvs'] / r['pin']:>7.1f} {gbs:>6.1f} {r['cut'] * 100:>7.1f}% {r['rel']:>8.1e} "
+              f"{'yes' if r['ok'] else 'NO'}")
+    print("times in ms (median); prefix = cached tokens (KV loaded), suffix = prefill of the rest attending to the loaded "
+          "prefix; kvstash = connector worker load of the prefix (in-memory store, no ZeroMQ transfer); layer 0 = until "
+          "layer 0 is in the paged cache; TTFT cut = (prefill - (kvstash + suffix)) / prefill")
+    print("attention: " + "; ".join(f"{k} -> {v}" for k, v in sorted(PATHS.items())))
+
+
+def ints(x):
+    return [int(v) for v in x.split(",")]
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tiny", action="store_true", help="2-layer toy model on CPU, 64/128-token prompts (smoke test)")
@@ -343,47 +436,32 @@ def main():
     ap.add_argument("--cached", type=float, default=0.9, help="fraction of the prompt whose KV is cached (default 0.9)")
     ap.add_argument("--reps", type=int, default=None, help="timed repetitions per measurement (median)")
     ap.add_argument("--device", default=None)
+    ap.add_argument("--loads-only", action="store_true", help="no model: time the loads of random KV (any worker version)")
     ap.add_argument("-v", "--verbose", action="store_true")
     a = ap.parse_args()
     c = TINY if a.tiny else LLAMA_8B
     dev = a.device or ("cpu" if a.tiny else "cuda")
     if dev == "cuda" and not torch.cuda.is_available():
         raise SystemExit("no CUDA device (use --tiny for the CPU smoke test)")
-    lengths = [int(x) for x in (a.lengths or ("64,128" if a.tiny else "2048,4096,8192,16384,32768")).split(",")]
+    lengths = ints(a.lengths or ("64,128" if a.tiny else "2048,4096,8192,16384,32768"))
     reps = a.reps or (2 if a.tiny else 3)
     name = torch.cuda.get_device_name() if dev == "cuda" else "cpu"
+    worker = sys.modules["kvstash.vllm_worker"].__file__
     print(f"gpu-ttft: torch {torch.__version__}, device {dev} ({name}), model {'tiny' if a.tiny else 'Llama-3.1-8B shape'} "
-          f"{c}, bf16, random weights, cached fraction {a.cached}", flush=True)
+          f"{c}, bf16, random weights, cached fraction {a.cached}; worker {worker}", flush=True)
     with torch.inference_mode():
-        t0 = time.perf_counter()
-        model = Llama(c, dev, torch.bfloat16)
-        print(f"model built in {time.perf_counter() - t0:.1f} s", flush=True)
-        rows = []
-        for S in lengths:
+        if a.loads_only:
+            rows = run_lengths(lambda S: loads_only(c, S, a.cached, dev, reps), lengths, dev)
+            print()
+            print_loads(rows)
+        else:
             t0 = time.perf_counter()
-            try:
-                rows.append(bench_length(model, c, S, a.cached, dev, reps, a.verbose))
-            except (RuntimeError, MemoryError) as err:  # torch.cuda.OutOfMemoryError is a RuntimeError
-                if "out of memory" not in str(err).lower():
-                    raise
-                print(f"S={S}: out of memory ({str(err)[:120]}); dropped", flush=True)
-                if dev == "cuda":
-                    torch.cuda.empty_cache()
-                continue
-            print(f"S={S} done in {time.perf_counter() - t0:.1f} s", flush=True)
-    print()
-    print(f"{'tokens':>7} {'prefix':>7} {'MiB':>6} {'prefill':>9} {'TFLOP/s':>7} {'suffix':>8} {'kvstash':>8} {'cold':>8} "
-          f"{'staging':>8} {'H2D pin':>8} {'H2D unp':>8} {'kvs/pre':>7} {'kvs/pin':>7} {'GB/s':>6} {'TTFT cut':>8} {'rel err':>8} ok")
-    for r in rows:
-        gbs = r["gib"] * 2 ** 30 / 1e9 / (r["kvs"] / 1e3)
-        print(f"{r['S']:>7} {r['P']:>7} {r['gib'] * 1024:>6.1f} {r['prefill']:>9.1f} {r['tflops']:>7.0f} {r['suffix']:>8.1f} "
-              f"{r['kvs']:>8.1f} {r['cold']:>8.1f} {r['staging']:>8.1f} {r['pin']:>8.1f} {r['page']:>8.1f} "
-              f"{r['kvs'] / r['prefill']:>7.3f} {r['kvs'] / r['pin']:>7.1f} {gbs:>6.1f} {r['cut'] * 100:>7.1f}% {r['rel']:>8.1e} "
-              f"{'yes' if r['ok'] else 'NO'}")
-    print("times in ms (median); prefix = cached tokens (KV loaded), suffix = prefill of the rest attending to the loaded "
-          "prefix; kvstash = connector worker load of the prefix (in-memory store, no ZeroMQ transfer); TTFT cut = "
-          "(prefill - (kvstash + suffix)) / prefill")
-    print("attention: " + "; ".join(f"{k} -> {v}" for k, v in sorted(PATHS.items())))
+            model = Llama(c, dev, torch.bfloat16)
+            print(f"model built in {time.perf_counter() - t0:.1f} s", flush=True)
+            rows = run_lengths(lambda S: bench_length(model, c, S, a.cached, dev, reps, a.verbose), lengths, dev)
+            del model
+            print()
+            print_ttft(rows)
     sys.exit(0 if rows and all(r["ok"] for r in rows) else 1)
 
 

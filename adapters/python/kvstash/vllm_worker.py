@@ -12,7 +12,8 @@ Loading (``start_load_kv`` → ``wait_for_layer_load`` per layer):
   or did not arrive in time fails together with every later block of that request's load; failed block
   ids are reported by ``get_block_ids_with_load_errors`` in the same step, and the request's saves of this
   step are dropped (its other tokens were computed over unloaded KV). With ``load_kv_async`` the loader
-  thread also scatters (on a side CUDA stream on GPUs), and the request is reported by ``get_finished``,
+  thread also scatters (on a side CUDA stream on GPUs, in inference mode: that mode is per thread, and
+  in-place writes to inference tensors outside it fail), and the request is reported by ``get_finished``,
   with its failed blocks reported in that same pass.
 
 Saving (``save_kv_layer`` per layer → ``wait_for_save``):
@@ -241,7 +242,7 @@ class WorkerSide:
         if ld.ok:
             import torch
 
-            with self._scatter_lock:
+            with self._scatter_lock, torch.inference_mode():  # per thread; the KV tensors may be inference tensors
                 if ld.cancelled:
                     ld.ok = 0
                     return list(ld.spec.block_ids)
