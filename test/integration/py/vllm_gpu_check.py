@@ -20,7 +20,15 @@ from types import SimpleNamespace
 try:
     import zmq  # noqa: F401
 except ImportError:  # the transport is replaced below; kvstash.client only needs the name at import
-    sys.modules["zmq"] = types.ModuleType("zmq")
+    _zmq = types.ModuleType("zmq")
+
+    def _zmq_constant(name):  # kvstash.auth reads socket constants at import
+        if name.isupper():
+            return 0
+        raise AttributeError(name)
+
+    _zmq.__getattr__ = _zmq_constant  # type: ignore[attr-defined]
+    sys.modules["zmq"] = _zmq
 
 import torch
 
