@@ -78,7 +78,7 @@ export class Sidecar {
   private readonly plugins: SidecarPlugin[] = [];
   private readonly extraOps = new Map<string, OpHandler>();
   private readonly extraOpNames = new Set<string>();
-  private readonly outbox: Buffer[][] = [];
+  private readonly outbox: { frames: Buffer[]; peer: string | undefined; bytes: number }[] = [];
   private sending = false;
   private readonly inflight = new Map<string, number>();
   private boundEndpoints: string[] = [];
@@ -224,10 +224,10 @@ export class Sidecar {
       return;
     }
     this.counters.byOp[req.op] = (this.counters.byOp[req.op] ?? 0) + 1;
-    this.inflight.set(peerKey, held + size);
+    this.hold(peerKey, size);
     const t0 = this.observe ? performance.now() : 0;
     const done = (reply: Buffer[] | undefined, code?: string) => {
-      this.inflight.set(peerKey, (this.inflight.get(peerKey) ?? size) - size);
+      this.hold(peerKey, -size);
       this.observe?.(req, t0, frames, reply, code);
       if (reply) this.enqueue(routingId, reply, peerKey);
     };
@@ -341,16 +341,21 @@ export class Sidecar {
     this.enqueue(routingId, encodeError(id, code, message));
   }
 
-  private enqueue(routingId: Buffer, frames: Buffer[], peerKey?: string): void {
+  /** Count bytes a peer has in flight (negative to release); a peer at zero is forgotten. */
+  private hold(peer: string, n: number): void {
+    const v = (this.inflight.get(peer) ?? 0) + n;
+    if (v > 0) this.inflight.set(peer, v);
+    else this.inflight.delete(peer);
+  }
+
+  private enqueue(routingId: Buffer, frames: Buffer[], peer?: string): void {
     if (this.stopped) return;
     let bytes = 0;
-    if (peerKey) {
+    if (peer) {
       for (const f of frames) bytes += f.length;
-      this.inflight.set(peerKey, (this.inflight.get(peerKey) ?? 0) + bytes);
+      this.hold(peer, bytes);
     }
-    this.outbox.push([routingId, ...frames]);
-    if (peerKey && bytes) (this.outbox[this.outbox.length - 1] as Buffer[] & { peer?: string; bytes?: number }).peer = peerKey;
-    if (peerKey && bytes) (this.outbox[this.outbox.length - 1] as Buffer[] & { peer?: string; bytes?: number }).bytes = bytes;
+    this.outbox.push({ frames: [routingId, ...frames], peer, bytes });
     if (!this.sending) void this.pump();
   }
 
@@ -360,13 +365,13 @@ export class Sidecar {
     this.sending = true;
     try {
       while (this.outbox.length > 0 && !this.stopped) {
-        const msg = this.outbox.shift()! as Buffer[] & { peer?: string; bytes?: number };
+        const msg = this.outbox.shift()!;
         try {
-          await router.send(msg);
+          await router.send(msg.frames);
         } catch (err) {
           if (!this.stopped) this.log.warn({ err }, 'send failed');
         } finally {
-          if (msg.peer) this.inflight.set(msg.peer, (this.inflight.get(msg.peer) ?? 0) - (msg.bytes ?? 0));
+          if (msg.peer) this.hold(msg.peer, -msg.bytes);
         }
       }
     } finally {

@@ -132,6 +132,10 @@ test('sidecar - a client that disconnects mid-request does not disturb others', 
   const keys = chain(2, 99);
   t.deepEqual(await good.put(ns, keys, keys.map((k) => blockFor(k, 100))), [0, 0]);
   t.is((await good.lookup(ns, keys)).hit, 2);
+  // Nothing is held for peers that are gone: the per-peer in-flight accounting drains to empty.
+  const inflight = (r.sidecar as unknown as { inflight: Map<string, number> }).inflight;
+  for (let i = 0; i < 100 && inflight.size > 0; i++) await new Promise((res) => setTimeout(res, 20));
+  t.is(inflight.size, 0);
 });
 
 test('sidecar - a client over its in-flight byte limit gets KVS_BUSY, others are served', async (t) => {
