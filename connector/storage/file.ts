@@ -177,18 +177,7 @@ export class FileDriver implements StorageDriver {
     const base = path.join(this.config.root, 'v1');
     for (const ns of await readdirSafe(base)) {
       if (!/^[0-9a-f]{32}$/.test(ns)) continue;
-      for (const fan of await readdirSafe(path.join(base, ns))) {
-        const dir = path.join(base, ns, fan);
-        const names = (await readdirSafe(dir)).filter((n) => /^[0-9a-f]{64}\.kvb$/.test(n));
-        // Read headers a few at a time: rebuild is I/O bound on open+read of 32 bytes.
-        for (let i = 0; i < names.length; i += 64) {
-          const batch = await Promise.all(names.slice(i, i + 64).map((n) => readHeader(path.join(dir, n))));
-          for (let j = 0; j < batch.length; j++) {
-            const h = batch[j];
-            if (h) yield { key: `${ns}/${names[i + j]!.slice(0, 64)}`, size: h.size, meta: { checksum: h.checksum } };
-          }
-        }
-      }
+      for (const fan of await readdirSafe(path.join(base, ns))) yield* listBlockFolder(path.join(base, ns, fan), ns);
     }
   }
 
@@ -227,19 +216,32 @@ async function readdirSafe(dir: string): Promise<string[]> {
   }
 }
 
-async function readHeader(file: string): Promise<{ size: number; checksum: string } | undefined> {
-  let fh;
+/** Header of a published block file, or undefined if it is not one (damaged, foreign). ENOENT/ESTALE propagate. */
+export async function readHeader(file: string): Promise<{ size: number; checksum: string } | undefined> {
+  const fh = await fs.open(file, 'r');
   try {
-    fh = await fs.open(file, 'r');
     const buf = Buffer.alloc(HEADER_BYTES);
     const { bytesRead } = await fh.read(buf, 0, HEADER_BYTES, 0);
     const st = await fh.stat();
     const h = bytesRead === HEADER_BYTES ? decodeHeader(buf) : undefined;
     return h && h.size === st.size - HEADER_BYTES ? h : undefined;
-  } catch {
-    return undefined;
   } finally {
-    await fh?.close();
+    await fh.close();
+  }
+}
+
+/**
+ * The complete block files of one fan-out folder with their headers, for rebuilding an index. Headers are read
+ * `batch` at a time (rebuild is I/O bound on open + 32-byte read); a file that vanishes or is not a block is skipped.
+ */
+export async function* listBlockFolder(dir: string, ns: string, batch = 64): AsyncIterable<ListedValue> {
+  const names = (await readdirSafe(dir)).filter((n) => /^[0-9a-f]{64}\.kvb$/.test(n));
+  for (let i = 0; i < names.length; i += batch) {
+    const hs = await Promise.all(names.slice(i, i + batch).map((n) => readHeader(path.join(dir, n)).catch(() => undefined)));
+    for (let j = 0; j < hs.length; j++) {
+      const h = hs[j];
+      if (h) yield { key: `${ns}/${names[i + j]!.slice(0, 64)}`, size: h.size, meta: { checksum: h.checksum } };
+    }
   }
 }
 

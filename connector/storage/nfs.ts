@@ -26,7 +26,7 @@ import {
   assertKey, assertValueSize, getManyBySingle, putManyBySingle, type BlockMeta, type DriverFactory, type DriverLimits,
   type ListedValue, type StorageDriver, type StoredValue,
 } from './driver.js';
-import { HEADER_BYTES, decodeHeader, encodeHeader, parseFileConfig } from './file.js';
+import { HEADER_BYTES, decodeHeader, encodeHeader, listBlockFolder, parseFileConfig, readHeader } from './file.js';
 import { registerBuiltinDriver } from './registry.js';
 
 export interface NfsDriverConfig {
@@ -249,17 +249,7 @@ export class NfsDriver implements StorageDriver {
     for (const ns of await ls(base)) {
       if (!/^[0-9a-f]{32}$/.test(ns)) continue;
       for (const a of await ls(path.join(base, ns))) {
-        for (const b of await ls(path.join(base, ns, a))) {
-          const dir = path.join(base, ns, a, b);
-          const names = (await ls(dir)).filter((n) => /^[0-9a-f]{64}\.kvb$/.test(n));
-          for (let i = 0; i < names.length; i += 32) {
-            const hs = await Promise.all(names.slice(i, i + 32).map((n) => readHeader(path.join(dir, n)).catch(() => undefined)));
-            for (let j = 0; j < hs.length; j++) {
-              const h = hs[j];
-              if (h) yield { key: `${ns}/${names[i + j]!.slice(0, 64)}`, size: h.size, meta: { checksum: h.checksum } };
-            }
-          }
-        }
+        for (const b of await ls(path.join(base, ns, a))) yield* listBlockFolder(path.join(base, ns, a, b), ns, 32);
       }
     }
   }
@@ -271,20 +261,6 @@ export class NfsDriver implements StorageDriver {
   async close(): Promise<void> {
     this.closed = true;
     clearInterval(this.sweeper);
-  }
-}
-
-/** Header of a published block file, or undefined if it is not one (damaged, foreign). ENOENT/ESTALE propagate. */
-async function readHeader(file: string): Promise<{ size: number; checksum: string } | undefined> {
-  const fh = await fs.open(file, 'r');
-  try {
-    const buf = Buffer.alloc(HEADER_BYTES);
-    const { bytesRead } = await fh.read(buf, 0, HEADER_BYTES, 0);
-    const st = await fh.stat();
-    const h = bytesRead === HEADER_BYTES ? decodeHeader(buf) : undefined;
-    return h && h.size === st.size - HEADER_BYTES ? h : undefined;
-  } finally {
-    await fh.close();
   }
 }
 
