@@ -12,7 +12,8 @@
  *   never wait for writes.
  * - Every value read from a lower tier is verified against its checksum; a mismatch is a miss, the copy is
  *   quarantined and counted, and the next tier is tried.
- * - Emits 'stored' and 'removed' ({ key, tier, medium }) and 'cleared' for tier-aware KV events.
+ * - Emits 'stored' and 'removed' ({ key, tier, medium }) for tier-aware KV events, and 'corrupt' ({ key, tier })
+ *   when a lower-tier copy fails its checksum.
  */
 import { EventEmitter } from 'node:events';
 import { checksum as computeChecksum } from './checksum.js';
@@ -139,6 +140,11 @@ export class TierStack extends EventEmitter {
     this.fast.add(e);
   }
 
+  /** Drop e from the index once no tier holds it and no write of it is pending. */
+  private dropIfGone(e: BlockEntry): void {
+    if (e.where === 0 && e.pending === 0 && this.index.get(e.key) === e) this.indexDrop(e.key);
+  }
+
   private indexDrop(key: string): void {
     const e = this.index.get(key);
     if (!e) return;
@@ -197,13 +203,9 @@ export class TierStack extends EventEmitter {
 
   /** @internal */ removeFrom(t: Tier, e: BlockEntry): void {
     if (!(e.where & (1 << t.index))) return;
-    e.where &= ~(1 << t.index);
-    t.lru.delete(e.key);
-    t.used -= e.size;
     if (t.index === 0) this.dram.deleteSync(e.key);
     else t.driver.delete(e.key).catch(() => undefined);
-    this.emit('removed', { key: e.key, tier: t.name, medium: t.medium });
-    if (e.where === 0 && e.pending === 0 && this.index.get(e.key) === e) this.indexDrop(e.key);
+    this.forget(t, e);
   }
 
   private touch(e: BlockEntry, now: number): void {
@@ -280,7 +282,7 @@ export class TierStack extends EventEmitter {
         throw err;
       } finally {
         e.pending &= ~bit;
-        if (e.where === 0 && e.pending === 0 && this.index.get(e.key) === e) this.indexDrop(e.key);
+        this.dropIfGone(e);
       }
     });
     if (!ok) e.pending &= ~bit;
@@ -335,7 +337,7 @@ export class TierStack extends EventEmitter {
       } finally {
         e.pending &= ~bit;
         await t.driver.delete(e.key).catch(() => undefined);
-        if (e.where === 0 && e.pending === 0 && this.index.get(e.key) === e) this.indexDrop(e.key);
+        this.dropIfGone(e);
       }
     });
     if (!ok) {
@@ -459,7 +461,7 @@ export class TierStack extends EventEmitter {
     t.lru.delete(e.key);
     t.used -= e.size;
     this.emit('removed', { key: e.key, tier: t.name, medium: t.medium });
-    if (e.where === 0 && e.pending === 0 && this.index.get(e.key) === e) this.indexDrop(e.key);
+    this.dropIfGone(e);
   }
 
   /** Delete blocks from every tier. Returns how many were present. */
