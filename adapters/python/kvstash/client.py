@@ -53,6 +53,7 @@ cache miss and recompute.
 from __future__ import annotations
 
 import os
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -95,6 +96,15 @@ class ExistsResult:
 
 class _AuthRefused(KvstashError):
     """KVS_UNAUTHENTICATED from this client's own AUTH or handshake: not retried by another AUTH."""
+
+
+def default_endpoint() -> str:
+    """``$KVSTASH_ENDPOINT``, else the sidecar's default ipc socket ``ipc://$XDG_RUNTIME_DIR/kvstash.sock`` (or the temp dir)."""
+    env = os.environ.get("KVSTASH_ENDPOINT")
+    if env:
+        return env
+    run = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
+    return f"ipc://{os.path.join(run, 'kvstash.sock')}"
 
 
 def keys_field(keys: Keys) -> bytes:

@@ -56,16 +56,15 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import logging
-import os
-import tempfile
 import threading
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from . import errors as E
 from .auth import Credentials, options_from_extra
-from .client import PUT_PRESENT, PUT_STORED, ThreadLocalClients
+from .client import PUT_PRESENT, PUT_STORED, ThreadLocalClients, default_endpoint
 from .errors import KvstashError
+from .kv_layout import dtype_name
 
 log = logging.getLogger("kvstash.sglang")
 
@@ -116,11 +115,6 @@ except Exception:  # sglang absent (or broken): same method names, no behaviour
             return None
 
 
-def default_endpoint() -> str:
-    run = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
-    return os.environ.get("KVSTASH_ENDPOINT") or f"ipc://{os.path.join(run, 'kvstash.sock')}"
-
-
 def page_key(key: Any) -> bytes:
     """SGLang page key (64 hex chars) → 32 raw bytes; anything else → its SHA-256."""
     if isinstance(key, (bytes, bytearray)) and len(key) == 32:
@@ -132,10 +126,6 @@ def page_key(key: Any) -> bytes:
         except ValueError:
             pass
     return hashlib.sha256(s.encode("utf-8")).digest()
-
-
-def _dtype_name(dtype: Any) -> str:
-    return str(dtype).replace("torch.", "")
 
 
 def _address(buf: Any) -> Tuple[int, Any]:
@@ -201,7 +191,7 @@ class KvstashHiCacheStorage(HiCacheStorage):
         self.layout = str(getattr(p, "layout", "layer_first"))
         self.page_size = int(getattr(p, "page_size", 1))
         self.dtype = getattr(p, "dtype", None)
-        parts = [f"sglang-hicache;layout={self.layout}", f"page={self.page_size}", f"dtype={_dtype_name(self.dtype)}",
+        parts = [f"sglang-hicache;layout={self.layout}", f"page={self.page_size}", f"dtype={dtype_name(self.dtype)}",
                  "mla" if self.is_mla else "mha", f"L={getattr(p, 'layer_num', '?')}"]
         if self.is_mla:
             parts.append(f"D={getattr(p, 'kv_lora_rank', '?')}+{getattr(p, 'qk_rope_head_dim', '?')}")

@@ -36,21 +36,12 @@ Auth settings are checked when the settings are read (``KVS_CONFIG``); the recip
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
 from .auth import Credentials, options_from_extra
+from .client import default_endpoint
 from .kv_layout import LayoutError, LayoutSpec, dtype_name
-
-
-def default_endpoint() -> str:
-    env = os.environ.get("KVSTASH_ENDPOINT")
-    if env:
-        return env
-    run = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
-    return f"ipc://{os.path.join(run, 'kvstash.sock')}"
 
 
 def _bool(v: Any) -> bool:
