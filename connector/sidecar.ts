@@ -17,7 +17,7 @@ import path from 'node:path';
 import { Router } from 'zeromq';
 import { decodeRequest, encodeError, encodeReply, ProtocolError } from '../protocol/codec.js';
 import { ErrorCode, KvstashError, toKvstashError } from '../protocol/errors.js';
-import { PROTOCOL_VERSION, PutResult, type Limits, type NamespaceDescriptor, type Request } from '../protocol/wire.js';
+import { ALL_OPS, KEY_BYTES, PROTOCOL_VERSION, PutResult, type Limits, type NamespaceDescriptor, type Request } from '../protocol/wire.js';
 import { checksum } from './checksum.js';
 import type { Config } from './config.js';
 import { namespaceId } from './keys.js';
@@ -45,22 +45,29 @@ export interface PeerContext {
 
 /**
  * A plugin-registered op on the data socket (e.g. ENGINES from the vLLM events index). It receives the raw
- * header map (v, id, op already checked), validates its own fields (throw KvstashError KVS_BAD_FIELD), and
- * returns the reply header fields (id/status are added).
+ * header map (v, id, op and message size already checked; binary frames are refused with KVS_FRAME_MISMATCH),
+ * validates its own fields (throw KvstashError KVS_BAD_FIELD), and returns the reply header fields (id/status
+ * are added). The guard runs before it, with no namespace.
  */
 export type OpHandler = (header: Record<string, unknown>, peer: PeerContext) => Record<string, unknown> | Promise<Record<string, unknown>>;
 
-/** Called before every data op; throw a KvstashError (PERMISSION_DENIED…) to refuse. */
+/**
+ * Called before every op but PING: with the HELLO's descriptor, the data op's registered namespace, or undefined
+ * (STATS, plugin ops). Throw a KvstashError (PERMISSION_DENIED…) to refuse.
+ */
 export type RequestGuard = (peer: PeerContext, op: string, ns: NamespaceDescriptor | undefined) => void;
 
-/** Called once per decoded request when it is answered: its reply frames, or the error code (metrics). */
+/**
+ * Called once per decoded request that was admitted (not for KVS_BUSY refusals), when it is answered: its reply
+ * frames, or the error code (metrics). `startedAt` is performance.now() at admission.
+ */
 export type RequestObserver = (req: Request, startedAt: number, frames: Buffer[], reply: Buffer[] | undefined, errorCode: string | undefined) => void;
 
 export function storageKeys(ns: string, keys: Buffer): string[] {
   const hex = keys.toString('hex');
-  const n = keys.length / 32;
+  const n = keys.length / KEY_BYTES;
   const out = new Array<string>(n);
-  for (let i = 0; i < n; i++) out[i] = ns + '/' + hex.substr(i * 64, 64);
+  for (let i = 0; i < n; i++) out[i] = ns + '/' + hex.substr(i * 2 * KEY_BYTES, 2 * KEY_BYTES);
   return out;
 }
 
@@ -101,7 +108,7 @@ export class Sidecar {
 
   /** Register a plugin op (name in capitals, not a core op). */
   registerOp(name: string, handler: OpHandler): void {
-    if (!/^[A-Z][A-Z_]*$/.test(name) || this.extraOps.has(name) || ['HELLO', 'LOOKUP', 'PUT', 'GET', 'EXISTS', 'DELETE', 'STATS', 'PING'].includes(name)) {
+    if (!/^[A-Z][A-Z_]*$/.test(name) || this.extraOps.has(name) || ALL_OPS.has(name)) {
       throw new KvstashError(ErrorCode.CONFIG, `cannot register op "${name}"`);
     }
     this.extraOps.set(name, handler);
@@ -283,7 +290,7 @@ export class Sidecar {
         const r = this.tiers.lookupRaw(req.ns, req.keys, req.prefetch === true);
         const reply = (x: typeof r) => encodeReply({ id: req.id, hit: x.hit, tiers: x.tiers, load_ms: x.loadMs });
         // A miss with a shared tier (nfs, s3): ask it about blocks other hosts wrote (rate-limited; shared-probe.ts).
-        if (this.tiers.probe && r.hit < req.keys.length / 32) return this.tiers.lookupShared(req.ns, req.keys, r, req.prefetch === true).then(reply);
+        if (this.tiers.probe && r.hit < req.keys.length / KEY_BYTES) return this.tiers.lookupShared(req.ns, req.keys, r, req.prefetch === true).then(reply);
         return reply(r);
       }
       case 'EXISTS': {
