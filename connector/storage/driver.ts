@@ -13,8 +13,9 @@
  * Values
  * - A value is a byte string of 0 .. `limits.maxValueBytes` bytes with a `BlockMeta` (its xxh64 checksum).
  *   Over the limit → KVS_TOO_LARGE, before any I/O.
- * - The driver stores meta with the value and returns both from `get`. It does NOT verify checksums: that is
- *   the job of the checksum decorator (connector/storage/verify.ts) which wraps every tier.
+ * - The driver stores meta with the value and returns both from `get`. It does NOT verify checksums: the tier
+ *   stack (connector/tiers.ts) checks every lower-tier read against the checksum it indexed, and quarantines
+ *   (or deletes) a copy that fails.
  *
  * Results and errors
  * - `get` of a missing key resolves `undefined`; `has` resolves false; `delete` resolves false. Misses are
