@@ -348,7 +348,7 @@ class WorkerSide:
             torch.cuda.current_stream().synchronize()  # the gathers are done: vLLM may reuse the blocks
         if len(st.gathered) != len(self.layers):
             self._warn_once("partial-save", "kvstash: save_kv_layer ran for %d of %d layers; not saving", len(st.gathered), len(self.layers))
-            self._release(st.host.shape[0] * self.block_bytes)
+            self._release(st.idx.numel() * self.block_bytes)  # the step's blocks (host.shape[0] is the layers on GPUs)
             return
         deadline = time.monotonic() + self.s.save_timeout_ms / 1000.0
         fut = self.saver.submit(self._put_step, st, deadline)

@@ -140,6 +140,26 @@ class Worker(unittest.TestCase):
         self.assertTrue(all(torch.count_nonzero(t) == 0 for t in kv.values()), "nothing was written")
         w.shutdown()
 
+    def test_dropped_partial_step_returns_exactly_its_reservation_gpu_path(self):
+        from unittest import mock
+
+        from kvstash.vllm_metadata import SaveSpec
+
+        vc, kcc = make_configs(SPEC, NOWHERE)
+        w = KvstashConnector(vc, KVConnectorRole.WORKER, kcc)
+        names = [f"model.layers.{i}.attn" for i in range(2)]
+        w.register_kv_caches({n: torch.zeros(2, 6, 4, 2, 8, dtype=torch.bfloat16) for n in names})
+        ws = w._worker
+        ws.cuda = True  # the GPU path (layer-major staging) on CPU: no pinning, no streams
+        ws._host = lambda n, layer_major: torch.empty((2, n, 2, 4, 2, 8) if layer_major else (n, 2, 2, 4, 2, 8), dtype=torch.bfloat16)
+        md = KvstashConnectorMetadata(saves=[SaveSpec("r", [bytes(32)], [0])])
+        w.bind_connector_metadata(md)
+        w.save_kv_layer(names[0], None, None)  # 1 of 2 layers: the step is not saved
+        with mock.patch.object(torch.cuda, "current_stream", lambda: SimpleNamespace(synchronize=lambda: None)):
+            w.wait_for_save()
+        self.assertEqual(ws._pending_bytes, 0)
+        w.shutdown()
+
 
 if __name__ == "__main__":
     r = unittest.main(exit=False, verbosity=1).result
