@@ -213,7 +213,8 @@ export async function readWhole(file: string): Promise<Buffer> {
   }
 }
 
-async function readdirSafe(dir: string): Promise<string[]> {
+/** A folder's entries; [] when it cannot be read (vanished folders are simply skipped). */
+export async function readdirSafe(dir: string): Promise<string[]> {
   try {
     return await fs.readdir(dir);
   } catch {

@@ -26,7 +26,7 @@ import {
   assertKey, assertValueSize, getManyBySingle, putManyBySingle, type BlockMeta, type DriverFactory, type DriverLimits,
   type ListedValue, type StorageDriver, type StoredValue,
 } from './driver.js';
-import { HEADER_BYTES, decodeHeader, encodeHeader, listBlockFolder, parseFileConfig, readHeader } from './file.js';
+import { HEADER_BYTES, decodeHeader, encodeHeader, listBlockFolder, parseFileConfig, readdirSafe, readHeader } from './file.js';
 import { registerBuiltinDriver } from './registry.js';
 
 export interface NfsDriverConfig {
@@ -245,11 +245,10 @@ export class NfsDriver implements StorageDriver {
   async *list(): AsyncIterable<ListedValue> {
     this.check();
     const base = path.join(this.config.root, 'nfs-v1');
-    const ls = (d: string) => fs.readdir(d).catch(() => [] as string[]); // vanished folders are simply skipped
-    for (const ns of await ls(base)) {
+    for (const ns of await readdirSafe(base)) {
       if (!/^[0-9a-f]{32}$/.test(ns)) continue;
-      for (const a of await ls(path.join(base, ns))) {
-        for (const b of await ls(path.join(base, ns, a))) yield* listBlockFolder(path.join(base, ns, a, b), ns, 32);
+      for (const a of await readdirSafe(path.join(base, ns))) {
+        for (const b of await readdirSafe(path.join(base, ns, a))) yield* listBlockFolder(path.join(base, ns, a, b), ns, 32);
       }
     }
   }
