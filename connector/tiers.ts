@@ -240,7 +240,8 @@ export class TierStack extends EventEmitter {
     this.countAccess(e);
     const stored = this.insertDram(e, value);
     let queued = false;
-    for (const t of this.tiers.slice(1)) {
+    for (let i = 1; i < this.tiers.length; i++) {
+      const t = this.tiers[i]!;
       if (t.writeMode === 'through' && this.admits(t, e, now)) queued = this.queueWrite(t, e, value) || queued;
       if (!stored) break; // too big for DRAM: write through to the first lower tier only
     }
