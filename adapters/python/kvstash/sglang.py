@@ -259,7 +259,7 @@ class KvstashHiCacheStorage(HiCacheStorage):
             deadline = time.monotonic() + left / 1000.0
             have = self._existing(c, ns, kb, left)
             todo = [i for i in range(n) if not have[i]]
-            ok = list(have)
+            ok, written = list(have), 0
             if todo:
                 blocks = [gather(i) for i in todo]
                 left = max(1.0, (deadline - time.monotonic()) * 1000)
@@ -267,8 +267,9 @@ class KvstashHiCacheStorage(HiCacheStorage):
                 for i, r, b in zip(todo, res, blocks):
                     ok[i] = r in (PUT_STORED, PUT_PRESENT)
                     if ok[i]:
-                        self.stats["bytes_written"] += len(b)
+                        written += len(b)
             with self._lock:
+                self.stats["bytes_written"] += written
                 self.stats["set_pages"] += n
                 self.stats["set_skipped"] += n - len(todo)
                 self.stats["set_stored"] += sum(1 for i in todo if ok[i])
@@ -276,7 +277,8 @@ class KvstashHiCacheStorage(HiCacheStorage):
             return ok
         except Exception as err:  # never raise into SGLang's backup thread
             self._failed(what, err)
-            self.stats["set_failed"] += n
+            with self._lock:
+                self.stats["set_failed"] += n
             return [False] * n
 
     def _get(self, what: str, keys: Sequence[Any]) -> List[Optional[memoryview]]:
@@ -318,14 +320,14 @@ class KvstashHiCacheStorage(HiCacheStorage):
         try:
             ptrs, sizes, per = self._pages_meta(n, host_indices)
             vals = self._get("batch_get_v1", keys)
-            out = [False] * n
+            out, read, wrong = [False] * n, 0, 0
             for i, v in enumerate(vals):
                 if v is None:
                     continue
                 want = sum(sizes[i * per:(i + 1) * per])
                 if v.nbytes != want:
                     log.warning("kvstash page %s has %d bytes, the host pool expects %d: treated as a miss", keys[i], v.nbytes, want)
-                    self.stats["errors"] += 1
+                    wrong += 1
                     continue
                 src, keep = _address(v)
                 off = 0
@@ -334,7 +336,10 @@ class KvstashHiCacheStorage(HiCacheStorage):
                     off += sizes[j]
                 del keep
                 out[i] = True
-                self.stats["bytes_read"] += want
+                read += want
+            with self._lock:
+                self.stats["bytes_read"] += read
+                self.stats["errors"] += wrong
             return out
         except Exception as err:  # never raise into SGLang's prefetch thread
             self._failed("batch_get_v1", err)
@@ -410,7 +415,8 @@ class KvstashHiCacheStorage(HiCacheStorage):
         if flat.numel() != src.numel():
             raise KvstashError(E.FRAME_MISMATCH, f"page has {src.numel()} bytes, target holds {flat.numel()}")
         flat.copy_(src)
-        self.stats["bytes_read"] += src.numel()
+        with self._lock:
+            self.stats["bytes_read"] += src.numel()
         return target
 
     def get(self, key: str, target_location: Any = None, target_sizes: Any = None) -> Any:
