@@ -4,14 +4,13 @@
  * plane add theirs through CliExtension (connector/cli-extensions.ts).
  * Exit codes: 0 success, 1 operational error (sidecar unreachable, request failed), 2 bad usage/config.
  */
-import { readFileSync } from 'node:fs';
 import { Command, CommanderError, Option } from 'commander';
 import { KvstashError, ErrorCode } from '../protocol/errors.js';
 import { KvstashClient } from './client.js';
 import { SETTINGS, loadConfig, settingsMarkdown, type Setting } from './config.js';
 import { EXTENSIONS } from './cli-extensions.js';
 import { grpcLookup, grpcStats } from './control/cli.js';
-import { addConnectionOptions, type CommonOpts, type SelOpts } from './control/cli-support.js';
+import { addConnectionOptions, parseTokens, type CommonOpts, type SelOpts } from './control/cli-support.js';
 import { printEnginesLookup } from '../adapters/vllm/engines-cli.js';
 import { blockHashes } from './keys.js';
 import { rootLogger } from './log.js';
@@ -139,16 +138,6 @@ export function buildProgram(): Command {
 
   for (const ext of EXTENSIONS) ext.commands?.(program);
   return program;
-}
-
-export function parseTokens(spec: string): number[] {
-  const text = spec.startsWith('@') ? readFileSync(spec.slice(1), 'utf8') : spec;
-  const t = text.trim();
-  const arr: unknown[] = t.startsWith('[') ? JSON.parse(t) : t.split(/[\s,]+/).filter(Boolean).map(Number);
-  if (!arr.every((x) => typeof x === 'number' && Number.isInteger(x) && x >= 0 && x < 2 ** 32)) {
-    throw new KvstashError(ErrorCode.INVALID_ARGUMENT, 'tokens must be non-negative integers below 2^32');
-  }
-  return arr as number[];
 }
 
 export async function main(argv: string[]): Promise<void> {

@@ -52,6 +52,13 @@ test('cli - bad usage exits 2, an unreachable sidecar exits 1 with a coded messa
   t.regex(help.stdout, /--dram-bytes/);
 });
 
+test('cli - lookup with a broken JSON token list is bad usage (exit 2, KVS_INVALID_ARGUMENT)', async (t) => {
+  t.timeout(60_000);
+  const r = await cli(['lookup', '--data-endpoint', 'ipc:///tmp/kvstash-nobody-here.sock', '--tokens', '[1,']);
+  t.is(r.code, 2);
+  t.regex(r.stderr, /KVS_INVALID_ARGUMENT/);
+});
+
 test('cli - config --markdown prints the settings table that docs/configuration.md embeds', async (t) => {
   const r = await cli(['config', '--markdown']);
   t.is(r.code, 0);
