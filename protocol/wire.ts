@@ -108,6 +108,8 @@ export interface ReplyBase {
 export interface HelloReply extends ReplyBase {
   ns: string;
   server: string;
+  /** Protocol version the sidecar speaks (1). */
+  protocol: number;
   tiers: string[];
   limits: { max_message_bytes: number; max_block_bytes: number; max_inflight_bytes: number };
 }
