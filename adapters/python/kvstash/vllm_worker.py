@@ -83,6 +83,7 @@ class WorkerSide:
         self.saver = ThreadPoolExecutor(1, thread_name_prefix="kvstash-save")
         self._lock = threading.Lock()
         self._scatter_lock = threading.Lock()
+        self._counter_lock = threading.Lock()  # counters are bumped from the forward, loader and saver threads
         self._pending_bytes = 0
         self._save_futures: List[Future] = []
         self._sync: List[_Load] = []
@@ -98,6 +99,10 @@ class WorkerSide:
         self._last_report, self._reported = time.monotonic(), {}  # counters are logged at most once a minute
         self.counters = {"loaded_blocks": 0, "failed_blocks": 0, "saved_blocks": 0, "present_blocks": 0,
                          "dropped_blocks": 0, "save_errors": 0}
+
+    def _count(self, name: str, n: int) -> None:
+        with self._counter_lock:
+            self.counters[name] += n
 
     def _warn_once(self, key: str, msg: str, *args: Any) -> None:
         if key not in self._warned:
@@ -218,9 +223,9 @@ class WorkerSide:
             except Exception as err:
                 self._warn_once("load-" + type(err).__name__, "kvstash: load failed (%s); recomputing", err)
             failed = self._failed(ld)
-            self.counters["loaded_blocks"] += ld.ok
+            self._count("loaded_blocks", ld.ok)
             if failed:
-                self.counters["failed_blocks"] += len(failed)
+                self._count("failed_blocks", len(failed))
                 self._errors.update(failed)
                 self._failed_reqs.add(ld.spec.req_id)
 
@@ -269,8 +274,8 @@ class WorkerSide:
                 failed = ld.future.result()  # type: ignore[union-attr]
             except Exception:
                 failed = list(ld.spec.block_ids)
-            self.counters["loaded_blocks"] += len(ld.spec.block_ids) - len(failed)
-            self.counters["failed_blocks"] += len(failed)
+            self._count("loaded_blocks", len(ld.spec.block_ids) - len(failed))
+            self._count("failed_blocks", len(failed))
             self._errors.update(failed)
             done.add(rid)
             del self._async[rid]
@@ -307,11 +312,11 @@ class WorkerSide:
             if n == 0:
                 return
             if time.monotonic() < self._down_until:
-                self.counters["dropped_blocks"] += n
+                self._count("dropped_blocks", n)
                 return
             with self._lock:
                 if self._pending_bytes + n * self.block_bytes > self.s.max_pending_save_bytes:
-                    self.counters["dropped_blocks"] += n
+                    self._count("dropped_blocks", n)
                     self._warn_once("backlog", "kvstash: save backlog over %d bytes; dropping saves", self.s.max_pending_save_bytes)
                     return
                 self._pending_bytes += n * self.block_bytes
@@ -381,14 +386,14 @@ class WorkerSide:
             c = self.clients.get()
             ns = c.namespace(self.desc, timeout_ms=left)
             res = c.put_many(ns, keys, blocks, timeout_ms=max(0.0, (deadline - time.monotonic()) * 1000.0))
-            self.counters["saved_blocks"] += sum(1 for r in res if r == PUT_STORED)
-            self.counters["present_blocks"] += sum(1 for r in res if r == PUT_PRESENT)
-            self.counters["dropped_blocks"] += sum(1 for r in res if r not in (PUT_STORED, PUT_PRESENT))
+            self._count("saved_blocks", sum(1 for r in res if r == PUT_STORED))
+            self._count("present_blocks", sum(1 for r in res if r == PUT_PRESENT))
+            self._count("dropped_blocks", sum(1 for r in res if r not in (PUT_STORED, PUT_PRESENT)))
         except Exception as err:
             if getattr(err, "code", None) in ("KVS_UNAVAILABLE", "KVS_TIMEOUT"):
                 self._down_until = time.monotonic() + self.s.retry_interval_ms / 1000.0
-            self.counters["save_errors"] += 1
-            self.counters["dropped_blocks"] += len(keys)
+            self._count("save_errors", 1)
+            self._count("dropped_blocks", len(keys))
             self._warn_once("save-" + type(err).__name__, "kvstash: save failed (%s); dropped (it is a cache)", err)
         finally:
             self._release(len(keys) * self.block_bytes)
