@@ -56,7 +56,14 @@ export async function startSidecar(over: Record<string, unknown> = {}): Promise<
 }
 
 /** Start `kvstash serve` as a child process (through tsx); resolves once it prints its endpoints. */
-export function spawnSidecar(args: string[], env: NodeJS.ProcessEnv = {}, deadlineMs = 20_000): Promise<{ proc: ChildProcess; output: () => string }> {
+export interface SpawnedSidecar {
+  proc: ChildProcess;
+  output: () => string;
+  /** Resolves with the first match of `re` in stdout+stderr (log lines on stderr may trail stdout), or rejects at the deadline. */
+  waitFor: (re: RegExp, deadlineMs?: number) => Promise<RegExpExecArray>;
+}
+
+export function spawnSidecar(args: string[], env: NodeJS.ProcessEnv = {}, deadlineMs = 20_000): Promise<SpawnedSidecar> {
   // gRPC and metrics default to fixed loopback ports: off unless a test asks for them (later flags win).
   const proc = spawn(process.execPath, ['--import=tsx', path.join(repoRoot, 'connector', 'cli.ts'), 'serve', '--grpc', '', '--metrics', '', ...args], {
     cwd: repoRoot, env: { ...process.env, KVSTASH_LOG_LEVEL: 'warn', ...env }, stdio: ['ignore', 'pipe', 'pipe'],
@@ -69,7 +76,16 @@ export function spawnSidecar(args: string[], env: NodeJS.ProcessEnv = {}, deadli
     proc.stdout!.on('data', () => {
       if (out.includes('index rebuilt from disk')) {
         clearTimeout(timer);
-        resolve({ proc, output: () => out });
+        const waitFor = async (re: RegExp, ms = 10_000): Promise<RegExpExecArray> => {
+          const until = Date.now() + ms;
+          for (;;) {
+            const m = re.exec(out);
+            if (m) return m;
+            if (Date.now() > until) throw new Error(`no ${re} in the sidecar's output within ${ms} ms:\n${out}`);
+            await new Promise((r) => setTimeout(r, 25));
+          }
+        };
+        resolve({ proc, output: () => out, waitFor });
       }
     });
     proc.on('exit', (code) => { clearTimeout(timer); reject(new Error(`sidecar exited with ${code}:\n${out}`)); });

@@ -23,7 +23,7 @@ test('control cli - stats, lookup, pin, move, clear, evict, health over gRPC: ex
   const s = await spawnSidecar(['--endpoints', sock, '--file-root', path.join(dir, 'tier'), '--dram-bytes', '32MiB', '--file-bytes', '64MiB', '--file-write-mode', 'back',
     '--grpc', '127.0.0.1:0', '--metrics', '', '--auth-tokens', JSON.stringify({ [OPS]: '*', [TOK_A]: ['a'] })], { KVSTASH_LOG_LEVEL: 'info' });
   t.teardown(async () => { await killAndWait(s.proc); rmSync(dir, { recursive: true, force: true }); });
-  const grpc = /"address":"(127\.0\.0\.1:\d+)","tls"/.exec(s.output())?.[1];
+  const grpc = (await s.waitFor(/"address":"(127\.0\.0\.1:\d+)","tls"/))[1];
   t.truthy(grpc, s.output());
   const a = await connectAuthenticated(sock, { token: TOK_A });
   t.teardown(() => a.client.close());
