@@ -35,10 +35,8 @@ export interface TierStackOptions {
 
 export interface BlockEntry extends HeatState {
   key: string;
-  /** Hash bits 0–29 and 32–61 (big-endian), for the fast index; `nextFast` chains equal h1. */
-  h1?: number;
-  h2?: number;
-  nextFast?: BlockEntry;
+  /** Slot in the FastIndex table (fast-index.ts) while the block is indexed. */
+  fslot?: number;
   size: number;
   /** xxh64 of the bytes; '' until first needed (computed off the request path, before any lower-tier write). */
   checksum: string;

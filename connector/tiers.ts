@@ -154,28 +154,33 @@ export class TierStack extends EventEmitter {
 
   /** lookup() on raw wire keys (n × 32 bytes) without building key strings: the LOOKUP hot path. */
   lookupRaw(ns: string, keys: Buffer, prefetch = false): LookupResult {
-    const m = this.fast.namespace(ns);
-    return this.countPrefix(keys.length / 32, (i) => this.fast.get(m, keys, i), prefetch);
+    const f = this.fast;
+    const nsSlot = f.namespace(ns);
+    const find = (i: number) => (nsSlot === undefined ? -1 : f.find(nsSlot, keys, i));
+    return this.countPrefix(keys.length / 32, find, (s) => f.where(s), (s) => f.size(s), (s) => f.entry(s), prefetch);
   }
 
   /** Longest present prefix of `keys`, split by the fastest tier holding each block. Does not change heat. */
   lookup(keys: string[], prefetch = false): LookupResult {
-    return this.countPrefix(keys.length, (i) => this.index.get(keys[i]!), prefetch);
+    const find = (i: number) => this.index.get(keys[i]!) ?? -1;
+    return this.countPrefix(keys.length, find, (e) => e.where, (e) => e.size, (e) => e, prefetch);
   }
 
-  private countPrefix(n: number, entryAt: (i: number) => BlockEntry | undefined, prefetch: boolean): LookupResult {
+  /** Count the leading present blocks; `find` gives a handle (an entry, or a FastIndex slot) or -1. */
+  private countPrefix<H>(n: number, find: (i: number) => H | -1, where: (h: H) => number, size: (h: H) => number,
+    entry: (h: H) => BlockEntry, prefetch: boolean): LookupResult {
     const count = new Array<number>(this.tiers.length).fill(0);
     const bytes = new Array<number>(this.tiers.length).fill(0);
     const avail = this.availableMask();
     let hit = 0;
     for (; hit < n; hit++) {
-      const e = entryAt(hit);
-      const w = e ? e.where & avail : 0; // copies in a tier that cannot serve now do not count
-      if (!e || w === 0) break;
+      const h = find(hit);
+      const w = h === -1 ? 0 : where(h) & avail; // copies in a tier that cannot serve now do not count
+      if (w === 0) break;
       const ti = 31 - Math.clz32(w & -w);
       count[ti]!++;
-      bytes[ti]! += e.size;
-      if (prefetch && ti > 0) void this.load(e);
+      bytes[ti]! += size(h as H);
+      if (prefetch && ti > 0) void this.load(entry(h as H));
     }
     const tiers: Record<string, number> = {};
     const loadMs: Record<string, number> = {};
@@ -188,14 +193,18 @@ export class TierStack extends EventEmitter {
 
   /** exists() on raw wire keys. */
   existsRaw(ns: string, keys: Buffer): boolean[] {
-    const m = this.fast.namespace(ns);
+    const nsSlot = this.fast.namespace(ns);
     const out = new Array<boolean>(keys.length / 32);
-    for (let i = 0; i < out.length; i++) out[i] = (this.fast.get(m, keys, i)?.where ?? 0) !== 0;
+    for (let i = 0; i < out.length; i++) {
+      const slot = nsSlot === undefined ? -1 : this.fast.find(nsSlot, keys, i);
+      out[i] = slot !== -1 && this.fast.where(slot) !== 0;
+    }
     return out;
   }
 
   /** @internal */ addTo(t: Tier, e: BlockEntry, emit = true): void {
     e.where |= 1 << t.index;
+    this.fast.sync(e);
     t.lru.set(e.key, e);
     t.used += e.size;
     if (emit) this.emit('stored', { key: e.key, tier: t.name, medium: t.medium });
@@ -459,6 +468,7 @@ export class TierStack extends EventEmitter {
   private forget(t: Tier, e: BlockEntry): void {
     if (!(e.where & (1 << t.index))) return;
     e.where &= ~(1 << t.index);
+    this.fast.sync(e);
     t.lru.delete(e.key);
     t.used -= e.size;
     this.emit('removed', { key: e.key, tier: t.name, medium: t.medium });
