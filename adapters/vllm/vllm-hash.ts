@@ -9,8 +9,9 @@
  *   LoRA name (every block), multimodal keys of items overlapping the block, cache_salt (block 0 only).
  * - KV events carry the digest's last 8 bytes as a big-endian uint64 (`eventInt`) by default.
  *
- * Verified against every `sha256_cbor` vector in the shared fixtures (hash-vectors.json). Not implemented:
- * the default `sha256` algorithm (pickle protocol 5 bytes), the xxhash variants, and `prompt_embeds` keys.
+ * Verified against every `sha256_cbor` vector in the shared fixtures (hash-vectors.json). Out of scope (run vLLM with
+ * `--prefix-caching-hash-algo sha256_cbor`): the default `sha256` algorithm (pickle protocol 5 bytes), the xxhash
+ * variants, and `prompt_embeds` keys.
  * Multimodal keys are best-effort: their form changed across vLLM versions and no vector exists.
  */
 import * as crypto from 'node:crypto';
