@@ -32,6 +32,12 @@ test('python-hash - kvstash.hashing passes the shared vectors', (t) => {
   t.regex(r.stderr, /Ran [1-9]\d* tests/);
 });
 
+test('python-hash - Python msgpack reads the wire protocol golden examples and re-encodes requests byte for byte', (t) => {
+  const r = spawnSync(py, [path.join(repo, 'adapters', 'python', 'tests', 'test_golden.py')], { cwd: repo, env, encoding: 'utf8', timeout: 30_000 });
+  t.is(r.status, 0, `${r.stdout}\n${r.stderr}`);
+  t.regex(r.stderr, /Ran [1-9]\d* tests/);
+});
+
 const PY_RANDOM = `
 import json, sys
 from kvstash.hashing import MultimodalItem, block_hashes, namespace_id
