@@ -306,9 +306,16 @@ export class TierStack extends EventEmitter {
   /** Evict one unpinned block from tier t. Returns false if nothing can be evicted. */
   private evictOne(t: Tier): boolean {
     const cands: BlockEntry[] = [];
+    const pinned: BlockEntry[] = [];
     for (const e of t.lru.values()) {
       if (e.pins === 0) cands.push(e);
+      else pinned.push(e);
       if (cands.length >= this.opts.policy.window) break;
+    }
+    // Pinned blocks passed on the way move to the recent end, so later evictions do not scan them again.
+    for (const e of pinned) {
+      t.lru.delete(e.key);
+      t.lru.set(e.key, e);
     }
     if (cands.length === 0) return false;
     const victim = cands[this.opts.policy.pick(cands, this.now())] ?? cands[0]!;

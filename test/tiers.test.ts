@@ -210,3 +210,15 @@ test('tiers - the checksum of a stored block is computed before it reaches a low
   const { checksum } = await import('../connector/checksum.js');
   t.is(s.entry(key(1))!.checksum, checksum(block(1)));
 });
+
+test('tiers - pinned blocks at the old end are skipped once, then no longer scanned by every eviction', async (t) => {
+  const { s } = stack({ dram: 64 * MiB });
+  await s.open();
+  for (let i = 0; i < 40; i++) s.put(key(i), block(i));
+  for (let i = 0; i < 30; i++) s.entry(key(i))!.pins = 1; // the 30 oldest are pinned
+  for (let i = 40; i < 80; i++) s.put(key(i), block(i));
+  const dram = s.tiers[0]!;
+  t.true(dram.used <= 64 * MiB);
+  for (let i = 0; i < 30; i++) t.true(s.exists([key(i)])[0], `pinned block ${i} kept`);
+  t.is(dram.lru.values().next().value!.pins, 0, 'the least recent end holds an evictable block, not the pinned ones');
+});
