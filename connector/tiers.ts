@@ -377,15 +377,16 @@ export class TierStack extends EventEmitter {
 
   /** If every key is in DRAM or absent everywhere, read them synchronously; else undefined (use get). */
   getResident(keys: string[]): (Buffer | undefined)[] | undefined {
-    for (const k of keys) {
-      const e = this.index.get(k);
+    const entries = new Array<BlockEntry | undefined>(keys.length);
+    for (let i = 0; i < keys.length; i++) {
+      const e = (entries[i] = this.index.get(keys[i]!));
       if (e && e.where !== 0 && !(e.where & 1)) return undefined;
     }
     const out: (Buffer | undefined)[] = new Array(keys.length);
     const touched: BlockEntry[] = [];
     const t0 = this.tiers[0]!;
     for (let i = 0; i < keys.length; i++) {
-      const e = this.index.get(keys[i]!);
+      const e = entries[i];
       if (!e || e.where === 0) { t0.c.misses++; continue; }
       t0.c.hits++;
       touched.push(e);
