@@ -33,7 +33,7 @@ export function bumpHeat(s: HeatState, now: number, halfLifeMs: number): void {
 export const lruPolicy: EvictionPolicy = { name: 'lru', window: 1, pick: () => 0 };
 
 /** Among the `window` least recently used blocks, evict the coldest (lowest decayed heat); ties → older. */
-export function heatPolicy(halfLifeMs: number, window = 8): EvictionPolicy {
+export function heatPolicy(halfLifeMs: number, window = 256): EvictionPolicy {
   return {
     name: 'heat',
     window,
