@@ -27,6 +27,8 @@ import { defaultRegistry, type DriverRegistry } from './storage/registry.js';
 import type { TierStack } from './tiers.js';
 
 export const SERVER_VERSION = 'kvstash/0.1.0';
+/** Namespaces one sidecar registers at most (each HELLO of a new descriptor adds one; they are persisted). */
+export const MAX_NAMESPACES = 65_536;
 
 export interface SidecarPlugin {
   readonly name: string;
@@ -83,6 +85,7 @@ export class Sidecar {
   principalOf: ((routingId: Buffer, frames: Buffer[]) => string | undefined) | undefined;
   private router: Router | undefined;
   private readonly plugins: SidecarPlugin[] = [];
+  private nsTimer: NodeJS.Timeout | undefined;
   private readonly extraOps = new Map<string, OpHandler>();
   private readonly extraOpNames = new Set<string>();
   private readonly outbox: { frames: Buffer[]; peer: string | undefined; bytes: number }[] = [];
@@ -141,6 +144,10 @@ export class Sidecar {
   async stop(): Promise<void> {
     if (this.stopped) return;
     this.stopped = true;
+    if (this.nsTimer) {
+      clearTimeout(this.nsTimer);
+      this.writeNamespaces();
+    }
     for (const p of [...this.plugins].reverse()) await p.stop().catch((err) => this.log.warn({ err }, `plugin ${p.name} stop failed`));
     this.router?.close();
     await this.tiers.close();
@@ -155,6 +162,9 @@ export class Sidecar {
     };
     const id = namespaceId(desc);
     if (!this.namespaces.has(id)) {
+      if (this.namespaces.size >= MAX_NAMESPACES) {
+        throw new KvstashError(ErrorCode.RESOURCE_EXHAUSTED, `this sidecar already holds ${MAX_NAMESPACES} namespaces`);
+      }
       this.namespaces.set(id, desc);
       this.saveNamespaces();
     }
@@ -174,7 +184,14 @@ export class Sidecar {
       /* first start */
     }
   }
+  /** Persist soon: a burst of HELLOs (an engine fleet starting) is written once, off the request path. */
   private saveNamespaces(): void {
+    if (!this.nsFile() || this.nsTimer) return;
+    this.nsTimer = setTimeout(() => this.writeNamespaces(), 50);
+    this.nsTimer.unref();
+  }
+  private writeNamespaces(): void {
+    this.nsTimer = undefined;
     const f = this.nsFile();
     if (!f) return;
     try {

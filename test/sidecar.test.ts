@@ -199,3 +199,32 @@ for (const transport of ['ipc', 'tcp', 'inproc'] as const) {
     got.forEach((g, i) => t.true(g!.equals(blocks[i]!)));
   });
 }
+
+test('sidecar - namespaces are persisted: after a restart, data ops work without a new HELLO', async (t) => {
+  const r = await startSidecar();
+  t.teardown(r.stop);
+  const c = r.client();
+  const ns = await c.hello(NS);
+  const keys = chain(2, 5);
+  await c.put(ns, keys, keys.map((k) => blockFor(k, 1000)));
+  await r.sidecar.stop(); // flushes namespaces.json and the write-behind queue
+  const { Sidecar } = await import('../connector/sidecar.js');
+  const again = new Sidecar({ ...r.sidecar.config });
+  await again.start();
+  t.teardown(() => again.stop());
+  const raw = new KvstashClient(again.endpoints[0]!, { timeoutMs: 5000 });
+  t.teardown(() => raw.close());
+  const reply = await raw.request({ op: 'LOOKUP', ns, keys: Buffer.concat(keys) }); // no HELLO on this client
+  t.is(reply.header.hit, 2);
+});
+
+test('sidecar - namespaces are bounded: past the cap a HELLO is refused with KVS_RESOURCE_EXHAUSTED', async (t) => {
+  const r = await startSidecar({ fileRoot: '' });
+  t.teardown(r.stop);
+  const { MAX_NAMESPACES } = await import('../connector/sidecar.js');
+  for (let i = r.sidecar.namespaces.size; i < MAX_NAMESPACES; i++) r.sidecar.registerNamespace({ ...NS, model: `m${i}` });
+  const c = r.client();
+  const err = await t.throwsAsync(c.hello({ ...NS, model: 'one-too-many' }));
+  t.is((err as KvstashError).code, ErrorCode.RESOURCE_EXHAUSTED);
+  t.is(await c.hello({ ...NS, model: 'm7' }), namespaceId({ ...NS, model: 'm7' }), 'known namespaces still answer');
+});
