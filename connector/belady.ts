@@ -1,5 +1,5 @@
 /**
- * Offline references for trace replays (../shared/traces/README.md semantics): Belady's optimum and plain LRU
+ * Offline references for trace replays (bench/traces/README.md semantics): Belady's optimum and plain LRU
  * over a block cache of a given capacity, with prefix semantics — a request reuses only the leading run of its
  * blocks that are cached; then every block of the request is accessed (cached ones refreshed, the others offered
  * for caching).

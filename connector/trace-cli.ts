@@ -15,7 +15,7 @@ import { runTraceBench, type TraceBenchOptions, type TraceBenchResult } from './
 const here = path.dirname(fileURLToPath(import.meta.url));
 /** The repo root, from connector/ (sources) or dist/connector/ (built). */
 const repoRoot = existsSync(path.resolve(here, '..', 'package.json')) ? path.resolve(here, '..') : path.resolve(here, '..', '..');
-export const DEFAULT_TRACE = path.resolve(repoRoot, '..', 'shared', 'traces', 'mooncake-conversation.jsonl');
+export const DEFAULT_TRACE = path.resolve(repoRoot, 'bench', 'traces', 'mooncake-conversation.jsonl');
 
 export interface TraceFlags {
   trace: string; dram: string; ssd: string; blockBytes: string; modelBlockBytes: string; ssdWriteMode: string;

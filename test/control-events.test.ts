@@ -10,7 +10,7 @@ import { connectAuthenticated } from '../connector/control/auth-client.js';
 import { nsOf, startControl } from './helpers/control.js';
 import { blockFor, repoRoot } from './helpers/sidecar.js';
 
-const fixture = (f: string) => JSON.parse(readFileSync(path.resolve(repoRoot, '..', 'shared', 'fixtures', 'vllm-kv-events', f), 'utf8'));
+const fixture = (f: string) => JSON.parse(readFileSync(path.resolve(repoRoot, 'test', 'fixtures', 'vllm-kv-events', f), 'utf8'));
 const raw = new Unpackr({ int64AsType: 'bigint', useRecords: false, mapsAsObjects: true });
 const intForm = (h: Buffer) => h.readBigUInt64BE(24);
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));

@@ -1,5 +1,5 @@
 /**
- * lm:// codec tests, no network: LMCache's own recorded exchanges (../shared/fixtures/lmcache) and kvstash's
+ * lm:// codec tests, no network: LMCache's own recorded exchanges (test/fixtures/lmcache/upstream) and kvstash's
  * recorded exchanges (test/fixtures/lmcache, decoded by Python struct) parse and re-encode byte for byte;
  * split and partial frames; generation sniffing; the mismatch cases are caught instead of desyncing;
  * property-based round trips.
@@ -20,7 +20,7 @@ import { decodeStoredValue, encodeStoredValue } from '../adapters/lmcache/stored
 import { ErrorCode } from '../protocol/errors.js';
 
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
-const sharedFx = (f: string) => path.resolve(repoRoot, '..', 'shared', 'fixtures', 'lmcache', f);
+const sharedFx = (f: string) => path.resolve(repoRoot, 'test', 'fixtures', 'lmcache', 'upstream', f);
 const ownFx = (f: string) => path.join(repoRoot, 'test', 'fixtures', 'lmcache', f);
 
 // eslint-disable-next-line @typescript-eslint/no-explicit-any -- decoded fixture fields are numbers or strings by name

@@ -7,7 +7,7 @@ import { beladyHits, lruHits, type TraceRequest } from '../connector/belady.js';
 import { AccessHistory, lruPolicy } from '../connector/policy.js';
 import { MemoryDriver } from '../connector/storage/memory.js';
 import { TierStack } from '../connector/tiers.js';
-import { repoRoot, sharedDir } from './helpers/sidecar.js';
+import { repoRoot } from './helpers/sidecar.js';
 
 const req = (...ids: number[]): TraceRequest => ({ timestamp: 0, hash_ids: ids });
 
@@ -83,7 +83,7 @@ test('tiers-policy - `kvstash bench trace` replays the shared trace against the 
   t.is(r.status, 0, r.stderr);
   const out = JSON.parse(r.stdout) as { requests: number; rows: { policy: string; hits: number; blocks: number; badReads: number; dramHits: number; ssdHits: number }[] };
   t.is(out.requests, 300);
-  t.is(path.resolve(JSON.parse(r.stdout).options.trace), path.join(sharedDir, 'traces', 'mooncake-conversation.jsonl'), 'default trace path');
+  t.is(path.resolve(JSON.parse(r.stdout).options.trace), path.join(repoRoot, 'bench', 'traces', 'mooncake-conversation.jsonl'), 'default trace path');
   const by = Object.fromEntries(out.rows.map((x) => [x.policy, x]));
   const belady = by['Belady, offline, all tiers']!;
   for (const p of ['kvstash (heat)', 'LRU']) {

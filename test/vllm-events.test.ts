@@ -13,7 +13,7 @@ import { blockExtraKeys, canonicalCbor, eventInt, noneHash, vllmBlockDigests, vl
 import { ErrorCode, type KvstashError } from '../protocol/errors.js';
 
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
-const fixtures = path.resolve(repoRoot, '..', 'shared', 'fixtures', 'vllm-kv-events');
+const fixtures = path.resolve(repoRoot, 'test', 'fixtures', 'vllm-kv-events');
 const load = (f: string) => JSON.parse(readFileSync(path.join(fixtures, f), 'utf8'));
 const hex = (h: string) => Buffer.from(h, 'hex');
 

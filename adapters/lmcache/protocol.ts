@@ -1,6 +1,6 @@
 /**
  * LMCache `lm://` remote-server protocol — the contract between LMCache's `LMCServerConnector` (inside vLLM
- * or SGLang) and kvstash's drop-in `lm://` server. Byte-level recordings: ../shared/fixtures/lmcache/.
+ * or SGLang) and kvstash's drop-in `lm://` server. Byte-level recordings: test/fixtures/lmcache/upstream/.
  *
  * Whose format: LMCache's (`LMCache/LMCache`), three incompatible header generations, none versioned:
  *

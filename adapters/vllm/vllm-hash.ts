@@ -1,6 +1,6 @@
 /**
  * vLLM's prefix-cache block hash with `--prefix-caching-hash-algo sha256_cbor`, recomputed from token ids
- * (vllm/v1/core/kv_cache_utils.py, vllm/utils/hashing.py; rules in shared docs engine-interfaces.md §2).
+ * (vllm/v1/core/kv_cache_utils.py, vllm/utils/hashing.py; rules in docs/engine-interfaces.md §2).
  *
  * - `NONE_HASH` = sha256(canonical CBOR of the PYTHONHASHSEED value as a text string). vLLM with the seed unset
  *   uses random bytes: nothing outside that process can then reproduce its hashes.

@@ -2,7 +2,7 @@
  * TierEventsPublisher — republishes the tier stack's stored/removed events as vLLM KV events, so routers that
  * already consume vLLM's `ZmqEventPublisher` see which prefixes the sidecar holds, and in which medium.
  *
- * Same socket semantics as vLLM (docs: engine-interfaces §3.3–3.4), with the sidecar always binding:
+ * Same socket semantics as vLLM (docs/engine-interfaces.md §3.3–3.4), with the sidecar always binding:
  * - PUB: 3 frames [topic, seq u64 BE, payload]; seq starts at 0 when the sidecar starts, +1 per batch.
  *   Topic = `eventsTopic` + the 32-hex namespace id, so a subscriber can filter by namespace or take all.
  * - ROUTER replay: a DEALER sends ["", seq8]; every buffered batch with seq ≥ it comes back as ["", seq8, payload]

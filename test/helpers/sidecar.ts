@@ -10,7 +10,7 @@ import { Sidecar } from '../../connector/sidecar.js';
 import type { NamespaceDescriptor } from '../../protocol/wire.js';
 
 export const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
-export const sharedDir = path.resolve(repoRoot, '..', 'shared');
+export const fixturesDir = path.resolve(repoRoot, 'test', 'fixtures');
 
 let counter = 0;
 export function tempDir(prefix = 'kvstash-test-'): string {

@@ -15,7 +15,7 @@ import { encodeClientHeader, GENERATIONS, LAYOUTS, type Generation, type Shape }
 import { repoRoot, runPyClient, scenario, startLmSidecar, type PyOp } from '../fixtures/lmcache/record.js';
 import { killAndWait, spawnSidecar, tempDir } from '../helpers/sidecar.js';
 
-const sharedFx = (f: string) => path.resolve(repoRoot, '..', 'shared', 'fixtures', 'lmcache', f);
+const sharedFx = (f: string) => path.resolve(repoRoot, 'test', 'fixtures', 'lmcache', 'upstream', f);
 const ownFx = (f: string) => path.join(repoRoot, 'test', 'fixtures', 'lmcache', f);
 interface Exchange { op: string; client_hex: string; server_hex: string }
 const exchangesOf = (file: string) => (JSON.parse(readFileSync(file, 'utf8')) as { exchanges: Exchange[] }).exchanges;

@@ -11,7 +11,7 @@ import test from 'ava';
 import { loadConfig } from '../../connector/config.js';
 import { blockHashes } from '../../connector/keys.js';
 import { Sidecar } from '../../connector/sidecar.js';
-import { killAndWait, repoRoot, sharedDir, spawnSidecar, startSidecar, tempDir, uniqueIpc } from '../helpers/sidecar.js';
+import { killAndWait, repoRoot, fixturesDir, spawnSidecar, startSidecar, tempDir, uniqueIpc } from '../helpers/sidecar.js';
 
 const py = process.env.KVSTASH_PYTHON || '/usr/bin/python3';
 const harness = path.join(repoRoot, 'test', 'integration', 'py', 'vllm_harness.py');
@@ -127,7 +127,7 @@ test('vllm-connector - KV events announce saved blocks with vLLM hashes and the 
   t.teardown(() => sc.stop());
   const a = await runHarness({ endpoint: sc.endpoint, layout: 'blocks_first', seed: 3, prompts: A_PROMPTS, idle_steps: 3 });
   assertClean(t, a);
-  const vec = JSON.parse(readFileSync(path.join(sharedDir, 'fixtures', 'vllm-kv-events', 'hash-vectors.json'), 'utf8')) as {
+  const vec = JSON.parse(readFileSync(path.join(fixturesDir, 'vllm-kv-events', 'hash-vectors.json'), 'utf8')) as {
     vectors: { algorithm: string; blocks: { name: string; event_int: string }[] }[];
   };
   const cbor = vec.vectors.find((v) => v.algorithm === 'sha256_cbor')!.blocks;

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A stand-in for vLLM's ZmqEventPublisher, driven by JSON commands on stdin (one per line, one JSON reply
 line each on stdout), for kvstash's KV-events index tests. Written from the interface description in
-shared/docs/engine-interfaces.md §2-§3, not from vLLM's code.
+docs/engine-interfaces.md §2-§3, not from vLLM's code.
 
 Semantics kept from vLLM:
 - live stream: 3 frames [topic, seq as 8-byte big-endian, msgpack KVEventBatch]; seq starts at 0, +1 per batch;
