@@ -3,7 +3,7 @@
  * Precedence: command-line flag > environment variable > config file (JSON) > default.
  * docs/configuration.md is generated from SETTINGS by `kvstash config --markdown` and checked by a test.
  */
-import { readFileSync, statfsSync } from 'node:fs';
+import { readFileSync, statfsSync, statSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { ErrorCode, KvstashError } from '../protocol/errors.js';
@@ -47,6 +47,15 @@ const s = (key: string, kind: Kind, def: () => unknown, defDoc: string, describe
   flag: '--' + key.replace(/([A-Z])/g, '-$1').toLowerCase(),
 });
 
+/** /dev/shm where this host has it (Linux): the DRAM tier then lives in shared memory engines map. */
+function defaultArenaDir(): string {
+  try {
+    return process.platform === 'linux' && statSync('/dev/shm').isDirectory() ? '/dev/shm' : '';
+  } catch {
+    return '';
+  }
+}
+
 /** The default data-socket endpoints (ipc first). */
 export function defaultEndpoints(): string[] {
   return [`ipc://${path.join(runtimeDir(), 'kvstash.sock')}`, 'tcp://127.0.0.1:5599'];
@@ -63,6 +72,11 @@ export const SETTINGS: Setting[] = [
   s('policy', 'string', () => 'heat', 'heat', 'Eviction policy: `heat` (the coldest of the `heatWindow` least recently used blocks) or `lru`.'),
   s('heatWindow', 'int', () => 256, '256', 'How many of the least recently used blocks the `heat` policy compares (1 = LRU). Larger keeps reused blocks in DRAM longer against a flood of new ones (bench trace, first 4,000 requests: 256 instead of 8 gives 1.4× the DRAM hits, same overall hit ratio).'),
   s('heatHalfLifeMs', 'int', () => 300_000, '300000', 'Half-life of the decayed access count (heat), ms.'),
+  s('arenaDir', 'string', defaultArenaDir, '`/dev/shm` where it exists, else empty', 'Folder (tmpfs or hugetlbfs) of the shared-memory DRAM arena: same-host engines map it and load and save blocks in place (protocol/README.md "Same-host arena"). Empty: DRAM blocks live in the sidecar heap and every client gets bytes inline.'),
+  s('arenaLeaseMs', 'int', () => 5000, '5000', 'How long a same-host reader may hold the slots a GET described before they can be reused (it RELEASEs them sooner; a reader that copies later sees a generation change and treats the block as a miss).'),
+  s('arenaCommitMs', 'int', () => 10_000, '10000', 'How long a same-host writer has between ALLOC and COMMIT; an uncommitted slot is reclaimed after twice this.'),
+  s('arenaFileMode', 'string', () => '0600', '0600', 'File mode of each tenant\'s arena file (octal). Engines must run as the sidecar\'s user, or as a group named in arenaTenantGroups.'),
+  s('arenaTenantGroups', 'json', () => ({}), '{}', 'JSON map tenant → numeric group id: that tenant\'s arena file is given to the group (mode | 0060), so engines of that tenant running as another user in the group can map it.'),
   s('maxMessageBytes', 'bytes', () => 1024 * 2 ** 20, '1 GiB', 'Largest request message (all frames) accepted.'),
   s('maxBlockBytes', 'bytes', () => 512 * 2 ** 20, '512 MiB', 'Largest single block accepted.'),
   s('maxInflightBytes', 'bytes', () => 2 * 2 ** 30, '2 GiB', 'Bytes of requests one client may have in flight; beyond it requests get KVS_BUSY.'),
@@ -93,6 +107,11 @@ export interface Config {
   writeConcurrency: number;
   tiers: Record<string, unknown>[] | null;
   logLevel: string;
+  arenaDir: string;
+  arenaLeaseMs: number;
+  arenaCommitMs: number;
+  arenaFileMode: string;
+  arenaTenantGroups: Record<string, number>;
   [extra: string]: unknown;
 }
 

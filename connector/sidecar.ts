@@ -22,7 +22,9 @@ import { checksum } from './checksum.js';
 import type { Config } from './config.js';
 import { namespaceId } from './keys.js';
 import { logger } from './log.js';
+import { ArenaOps } from './arena-ops.js';
 import { buildTierStack } from './stack.js';
+import { ArenaStore } from './storage/arena.js';
 import { defaultRegistry, type DriverRegistry } from './storage/registry.js';
 import type { TierStack } from './tiers.js';
 
@@ -75,6 +77,8 @@ export function storageKeys(ns: string, keys: Buffer): string[] {
 
 export class Sidecar {
   readonly tiers: TierStack;
+  /** Same-host arena ops, when the DRAM tier lives in shared memory (arenaDir set). */
+  readonly arena: ArenaOps | undefined;
   readonly namespaces = new Map<string, NamespaceDescriptor>();
   readonly limits: Limits;
   readonly counters = { requests: 0, errors: 0, byOp: {} as Record<string, number>, byCode: {} as Record<string, number> };
@@ -97,6 +101,11 @@ export class Sidecar {
 
   constructor(readonly config: Config, readonly registry: DriverRegistry = defaultRegistry()) {
     this.tiers = buildTierStack(config, registry);
+    const dram = this.tiers.dram;
+    if (dram instanceof ArenaStore) {
+      dram.tenantOf = (ns) => this.namespaces.get(ns)?.tenant ?? 'default';
+      this.arena = new ArenaOps(dram, this.tiers);
+    }
     this.limits = {
       maxMessageBytes: config.maxMessageBytes, maxBlockBytes: config.maxBlockBytes,
       maxInflightBytes: config.maxInflightBytes, maxKeysPerRequest: config.maxKeysPerRequest,
@@ -297,6 +306,7 @@ export class Sidecar {
         return encodeReply({
           id: req.id, ns, server: SERVER_VERSION, protocol: PROTOCOL_VERSION, tiers: this.tiers.tiers.map((t) => t.name),
           limits: { max_message_bytes: this.limits.maxMessageBytes, max_block_bytes: this.limits.maxBlockBytes, max_inflight_bytes: this.limits.maxInflightBytes },
+          ...(req.shm && this.arena ? { arena: this.arena.describe(ns) } : {}),
         });
       }
       case 'STATS':
@@ -336,9 +346,22 @@ export class Sidecar {
         }
         return encodeReply({ id: req.id, results });
       }
+      case 'ATTACH':
+        this.nsOf(peer, req.op, req.ns);
+        return encodeReply({ id: req.id, ...this.needArena().attach(peer.routingId.toString('hex'), req.ns, req.token) });
+      case 'RELEASE':
+        return encodeReply({ id: req.id, released: this.needArena().release(peer.routingId.toString('hex'), req.leases) });
+      case 'ALLOC':
+        this.nsOf(peer, req.op, req.ns);
+        return encodeReply({ id: req.id, ...this.needArena().alloc(peer.routingId.toString('hex'), req.ns, storageKeys(req.ns, req.keys), req.sizes) });
+      case 'COMMIT':
+        this.nsOf(peer, req.op, req.ns);
+        return encodeReply({ id: req.id, ...this.needArena().commit(peer.routingId.toString('hex'), req.ns, req.alloc, req.written) });
       case 'GET': {
         this.nsOf(peer, req.op, req.ns);
         const keys = getKeys ?? storageKeys(req.ns, req.keys);
+        const peerKey = peer.routingId.toString('hex');
+        if (req.lease && this.arena?.isAttached(peerKey, req.ns)) return this.arena.get(peerKey, req.id, keys);
         const finish = (vals: (Buffer | undefined)[]): Buffer[] => {
           const sizes = Array.from(vals, (v) => (v ? v.length : -1)); // Array.from: vals may be sparse (misses are holes)
           return encodeReply({ id: req.id, sizes }, vals.filter((v): v is Buffer => v !== undefined));
@@ -348,6 +371,11 @@ export class Sidecar {
         return resident ? finish(resident) : this.tiers.get(keys).then(finish);
       }
     }
+  }
+
+  private needArena(): ArenaOps {
+    if (!this.arena) throw new KvstashError(ErrorCode.ARENA, 'this sidecar has no shared-memory DRAM arena (arenaDir is empty); use inline GET/PUT');
+    return this.arena;
   }
 
   stats(): Record<string, unknown> {

@@ -12,6 +12,8 @@ import { parseBytes, type Config } from './config.js';
 import { admissionFilter, heatPolicy, lruPolicy, type AdmissionFilter, type AdmissionSpec } from './policy.js';
 import type { SharedProbeOptions } from './shared-probe.js';
 import type { DriverRegistry } from './storage/registry.js';
+import { ArenaStore } from './storage/arena.js';
+import type { DramStore } from './storage/driver.js';
 import { MemoryDriver } from './storage/memory.js';
 import { TierStack, type TierSpec } from './tiers.js';
 import type { WriteQueueOptions } from './write-queue.js';
@@ -76,10 +78,26 @@ export function parseTier(raw: unknown, i: number, config: Config, registry: Dri
   };
 }
 
+const ARENA_CHUNK = 64 * 2 ** 20;
+
+/** The DRAM tier's store: a shared-memory arena when arenaDir is set, else the heap. */
+function dramStore(config: Config): DramStore {
+  if (!config.arenaDir) return new MemoryDriver({ maxValueBytes: config.maxBlockBytes });
+  const mode = /^0?[0-7]{3}$/.test(config.arenaFileMode) ? parseInt(config.arenaFileMode, 8) : fail('arenaFileMode', `must be an octal mode like "0600", got ${JSON.stringify(config.arenaFileMode)}`);
+  const groups = config.arenaTenantGroups ?? {};
+  if (typeof groups !== 'object' || Array.isArray(groups) || !Object.values(groups).every((g) => Number.isSafeInteger(g) && g >= 0)) {
+    fail('arenaTenantGroups', 'must be a JSON map of tenant → numeric group id');
+  }
+  return new ArenaStore({
+    dir: config.arenaDir, bytes: Math.ceil(config.dramBytes * 1.25) + 2 * ARENA_CHUNK + config.maxBlockBytes, chunkBytes: ARENA_CHUNK,
+    maxValueBytes: config.maxBlockBytes, leaseMs: config.arenaLeaseMs, commitMs: config.arenaCommitMs, fileMode: mode, tenantGroups: groups,
+  });
+}
+
 export function buildTierStack(config: Config, registry: DriverRegistry): TierStack {
   const queue = { maxItems: config.writeQueueItems, maxBytes: config.writeQueueBytes, concurrency: config.writeConcurrency };
   const tiers: TierSpec[] = [{
-    name: 'dram', medium: 'CPU', driver: new MemoryDriver({ maxValueBytes: config.maxBlockBytes }), budgetBytes: config.dramBytes,
+    name: 'dram', medium: 'CPU', driver: dramStore(config), budgetBytes: config.dramBytes,
     writeMode: 'through', admitAfter: 1, queue, initialReadBps: READ_BPS.memory!,
   }];
   let probe: Partial<SharedProbeOptions> | undefined;

@@ -19,8 +19,7 @@ import { EventEmitter } from 'node:events';
 import { checksum as computeChecksum } from './checksum.js';
 import { AccessHistory, bumpHeat } from './policy.js';
 import { SharedProbe } from './shared-probe.js';
-import type { ListedValue, StoredValue } from './storage/driver.js';
-import type { MemoryDriver } from './storage/memory.js';
+import type { DramStore, ListedValue, StoredValue } from './storage/driver.js';
 import { WriteQueue } from './write-queue.js';
 import { FastIndex } from './fast-index.js';
 import { PinBook } from './pin-book.js';
@@ -30,13 +29,16 @@ import { PutResult } from '../protocol/wire.js';
 
 export type { BlockEntry, LookupResult, TierSpec, TierStackOptions, TierStats } from './tier-types.js';
 
+/** What get(keys, true) answers for a block that is in DRAM (compare by identity). */
+export const IN_DRAM = Buffer.alloc(0);
+
 export class TierStack extends EventEmitter {
   /** Every block by storage key. Mutate only through indexAdd / indexDrop (they keep `fast` in step). */
   readonly index = new Map<string, BlockEntry>();
   /** LOOKUP/EXISTS on raw wire keys (advisory; see fast-index.ts). */
   private readonly fast = new FastIndex();
   readonly tiers: Tier[];
-  /** @internal */ readonly dram: MemoryDriver;
+  /** @internal */ readonly dram: DramStore;
   private readonly loading = new Map<string, Promise<Buffer | undefined>>();
   private closed = false;
   private readonly now: () => number;
@@ -54,7 +56,7 @@ export class TierStack extends EventEmitter {
       ...t, index, lru: new Map(), used: 0, writes: new WriteQueue(t.queue), readBps: t.initialReadBps,
       c: { hits: 0, misses: 0, evictions: 0, checksumFailures: 0, promotions: 0, demotions: 0, writeErrors: 0, bytesWritten: 0, readErrors: 0 },
     }));
-    this.dram = opts.tiers[0]!.driver as MemoryDriver;
+    this.dram = opts.tiers[0]!.driver as DramStore;
     this.now = opts.now ?? Date.now;
     const shared = this.tiers.filter((t) => t.index > 0 && t.driver.shared);
     this.probe = shared.length ? new SharedProbe(shared, opts.probe, this.now) : undefined;
@@ -234,6 +236,18 @@ export class TierStack extends EventEmitter {
 
   /** Store a block. The buffer is kept as is (not copied): callers hand over ownership. */
   put(key: string, value: Buffer, sum?: string): PutResult {
+    return this.putWith(key, value.length, sum, (e) => this.dram.putSync(e.key, value, { checksum: e.checksum }), () => value);
+  }
+
+  /**
+   * Index a block whose bytes a same-host writer already put into a DRAM arena slot (ALLOC / COMMIT): like put(),
+   * but DRAM takes it by `publish()` instead of a copy; lower write-through tiers read it back from DRAM.
+   */
+  putInPlace(key: string, size: number, publish: () => void): PutResult {
+    return this.putWith(key, size, undefined, () => (publish(), true), () => this.dram.getSync(key)?.value);
+  }
+
+  private putWith(key: string, size: number, sum: string | undefined, store: (e: BlockEntry) => boolean, bytes: () => Buffer | undefined): PutResult {
     const now = this.now();
     const existing = this.index.get(key);
     if (existing && existing.where !== 0) {
@@ -242,16 +256,17 @@ export class TierStack extends EventEmitter {
       return PutResult.PRESENT;
     }
     const e: BlockEntry = existing ?? {
-      key, size: value.length, checksum: sum ?? '', where: 0, pending: 0, seen: 0, pins: 0, heat: 0, heatAt: now,
+      key, size, checksum: sum ?? '', where: 0, pending: 0, seen: 0, pins: 0, heat: 0, heatAt: now,
     };
     if (!existing) this.indexAdd(e);
     bumpHeat(e, now, this.opts.halfLifeMs);
     this.countAccess(e);
-    const stored = this.insertDram(e, value);
+    const stored = this.insertDramWith(e, store);
     let queued = false;
+    let value: Buffer | undefined;
     for (let i = 1; i < this.tiers.length; i++) {
       const t = this.tiers[i]!;
-      if (t.writeMode === 'through' && this.admits(t, e, now)) queued = this.queueWrite(t, e, value) || queued;
+      if (t.writeMode === 'through' && this.admits(t, e, now) && (value ??= bytes())) queued = this.queueWrite(t, e, value) || queued;
       if (!stored) break; // too big for DRAM: write through to the first lower tier only
     }
     if (!stored && !queued && e.where === 0 && e.pending === 0) {
@@ -262,10 +277,15 @@ export class TierStack extends EventEmitter {
   }
 
   /** @internal */ insertDram(e: BlockEntry, value: Buffer): boolean {
+    return this.insertDramWith(e, () => this.dram.putSync(e.key, value, { checksum: e.checksum }));
+  }
+
+  /** Make room in DRAM's budget for e, then store it; an arena without a free slot for it evicts more first. */
+  private insertDramWith(e: BlockEntry, store: (e: BlockEntry) => boolean): boolean {
     const t = this.tiers[0]!;
     if (e.size > t.budgetBytes) return false;
     while (t.used + e.size > t.budgetBytes) if (!this.evictOne(t)) return false;
-    this.dram.putSync(e.key, value, { checksum: e.checksum });
+    while (!store(e)) if (!this.evictOne(t)) return false;
     this.addTo(t, e);
     return true;
   }
@@ -375,8 +395,11 @@ export class TierStack extends EventEmitter {
     return this.dram.getSync(key)?.value;
   }
 
-  /** If every key is in DRAM or absent everywhere, read them synchronously; else undefined (use get). */
-  getResident(keys: string[]): (Buffer | undefined)[] | undefined {
+  /**
+   * If every key is in DRAM or absent everywhere, read them synchronously; else undefined (use get). With `inPlace`
+   * (same-host readers served from the DRAM arena) a DRAM hit is answered IN_DRAM instead of a copy of its bytes.
+   */
+  getResident(keys: string[], inPlace = false): (Buffer | undefined)[] | undefined {
     const entries = new Array<BlockEntry | undefined>(keys.length);
     for (let i = 0; i < keys.length; i++) {
       const e = (entries[i] = this.index.get(keys[i]!));
@@ -390,7 +413,7 @@ export class TierStack extends EventEmitter {
       if (!e || e.where === 0) { t0.c.misses++; continue; }
       t0.c.hits++;
       touched.push(e);
-      out[i] = this.dram.getSync(e.key)?.value;
+      out[i] = inPlace ? IN_DRAM : this.dram.getSync(e.key)?.value;
     }
     const now = this.now();
     this.touchChain(touched, now);
@@ -399,7 +422,7 @@ export class TierStack extends EventEmitter {
   }
 
   /** Read blocks from the fastest tier holding each; misses are undefined. Lower-tier hits are promoted. */
-  async get(keys: string[]): Promise<(Buffer | undefined)[]> {
+  async get(keys: string[], inPlace = false): Promise<(Buffer | undefined)[]> {
     const now = this.now();
     const out: (Buffer | undefined)[] = new Array(keys.length);
     const waits: Promise<void>[] = [];
@@ -413,7 +436,7 @@ export class TierStack extends EventEmitter {
       touched.push(e);
       if (e.where & 1) {
         this.tiers[0]!.c.hits++;
-        out[i] = this.dram.getSync(e.key)?.value;
+        out[i] = inPlace ? IN_DRAM : this.dram.getSync(e.key)?.value;
       } else {
         waits.push(this.load(e).then((v) => { out[i] = v; }));
       }

@@ -69,6 +69,21 @@ export function decodeRequest(frames: Buffer[], limits: Limits, extraOps?: Reado
   if (op !== 'PUT' && blocks.length > 0) fail(ErrorCode.FRAME_MISMATCH, `${op} takes no binary frames, got ${blocks.length}`);
   if (op === 'HELLO') {
     validateDescriptor(h.namespace, fail);
+    optionalBool(h, 'shm', fail);
+  } else if (op === 'RELEASE') {
+    if (!Array.isArray(h.leases) || h.leases.length > limits.maxKeysPerRequest || !h.leases.every(isUint)) {
+      fail(ErrorCode.BAD_FIELD, `"leases" must be a list of lease ids (at most ${limits.maxKeysPerRequest})`);
+    }
+  } else if (op === 'ATTACH' || op === 'COMMIT') {
+    if (typeof h.ns !== 'string' || !NS_RE.test(h.ns)) fail(ErrorCode.NS_UNKNOWN, `"ns" must be a 32-hex-char namespace id from HELLO, got ${JSON.stringify(h.ns)}`);
+    if (op === 'ATTACH' && !(h.token instanceof Uint8Array && h.token.length === 16)) fail(ErrorCode.BAD_FIELD, '"token" must be the 16 bytes at offset 16 of the arena file');
+    if (op === 'ATTACH') h.token = Buffer.from(h.token as Uint8Array);
+    if (op === 'COMMIT') {
+      if (!isUint(h.alloc)) fail(ErrorCode.BAD_FIELD, '"alloc" must be the id an ALLOC reply gave');
+      if (h.written !== undefined && !(Array.isArray(h.written) && h.written.length <= limits.maxKeysPerRequest && h.written.every((x) => typeof x === 'boolean'))) {
+        fail(ErrorCode.BAD_FIELD, '"written" must list one bool per key of the ALLOC');
+      }
+    }
   } else if (op !== 'STATS' && op !== 'PING') {
     if (typeof h.ns !== 'string' || !NS_RE.test(h.ns)) fail(ErrorCode.NS_UNKNOWN, `"ns" must be a 32-hex-char namespace id from HELLO, got ${JSON.stringify(h.ns)}`);
     const keys = h.keys;
@@ -79,6 +94,13 @@ export function decodeRequest(frames: Buffer[], limits: Limits, extraOps?: Reado
     if (n === 0 && op !== 'LOOKUP' && op !== 'EXISTS') fail(ErrorCode.KEY_LENGTH, `${op} needs at least one key`);
     if (n > limits.maxKeysPerRequest) fail(ErrorCode.TOO_LARGE, `${n} keys is over the limit of ${limits.maxKeysPerRequest} per request`);
     h.keys = Buffer.isBuffer(kb) ? kb : Buffer.from(kb.buffer, kb.byteOffset, kb.byteLength);
+    if (op === 'GET') optionalBool(h, 'lease', fail);
+    if (op === 'ALLOC') {
+      const sizes = h.sizes;
+      if (!Array.isArray(sizes) || sizes.length !== n || !sizes.every((x) => isUint(x) && x <= limits.maxBlockBytes)) {
+        fail(ErrorCode.BAD_FIELD, `"sizes" must list one byte length per key (${n}), each at most ${limits.maxBlockBytes}`);
+      }
+    }
     if (op === 'PUT') {
       const sizes = h.sizes;
       if (!Array.isArray(sizes) || sizes.length !== n || !sizes.every(isUint)) {
@@ -100,6 +122,10 @@ export function decodeRequest(frames: Buffer[], limits: Limits, extraOps?: Reado
     }
   }
   return { header: h as unknown as Request, blocks };
+}
+
+function optionalBool(h: Record<string, unknown>, f: string, fail: (c: ErrorCode, m: string) => never): void {
+  if (h[f] !== undefined && h[f] !== null && typeof h[f] !== 'boolean') fail(ErrorCode.BAD_FIELD, `"${f}" must be a bool`);
 }
 
 function validateDescriptor(d: unknown, fail: (c: ErrorCode, m: string) => never): void {

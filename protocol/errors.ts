@@ -48,6 +48,8 @@ export const ErrorCode = {
   RESOURCE_EXHAUSTED: 'KVS_RESOURCE_EXHAUSTED',
   /** Argument rejected by the control plane. */
   INVALID_ARGUMENT: 'KVS_INVALID_ARGUMENT',
+  /** Same-host arena op refused: no arena configured, the client has not attached, a wrong token, or an unknown allocation. */
+  ARENA: 'KVS_ARENA',
   /** A bug or an unexpected failure inside kvstash. */
   INTERNAL: 'KVS_INTERNAL',
 } as const;

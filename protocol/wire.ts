@@ -29,6 +29,13 @@ export const Op = {
   DELETE: 'DELETE',
   STATS: 'STATS',
   PING: 'PING',
+  /** Same-host arena (protocol/README.md "Same-host arena"): prove the arena file is mapped. */
+  ATTACH: 'ATTACH',
+  /** Same-host arena: end leases taken by GET with `lease`. */
+  RELEASE: 'RELEASE',
+  /** Same-host arena: slots to write blocks into, then COMMIT. */
+  ALLOC: 'ALLOC',
+  COMMIT: 'COMMIT',
 } as const;
 export type Op = (typeof Op)[keyof typeof Op];
 export const ALL_OPS: ReadonlySet<string> = new Set(Object.values(Op));
@@ -60,6 +67,8 @@ export interface HelloRequest extends RequestBase {
   /** Free-form client name for logs and stats. */
   client?: string;
   namespace: NamespaceDescriptor;
+  /** The client is on the sidecar's host and can map its DRAM arena: the reply names the tenant's arena. */
+  shm?: boolean;
 }
 export interface LookupRequest extends RequestBase {
   op: 'LOOKUP';
@@ -81,11 +90,36 @@ export interface KeysRequest extends RequestBase {
   op: 'GET' | 'EXISTS' | 'DELETE';
   ns: string;
   keys: Buffer;
+  /** GET from an attached same-host client: answer DRAM hits with slot descriptors under a lease, not bytes. */
+  lease?: boolean;
+}
+export interface AttachRequest extends RequestBase {
+  op: 'ATTACH';
+  ns: string;
+  /** The 16-byte token read from the arena file's header (offset 16). */
+  token: Buffer;
+}
+export interface ReleaseRequest extends RequestBase {
+  op: 'RELEASE';
+  leases: number[];
+}
+export interface AllocRequest extends RequestBase {
+  op: 'ALLOC';
+  ns: string;
+  keys: Buffer;
+  sizes: number[];
+}
+export interface CommitRequest extends RequestBase {
+  op: 'COMMIT';
+  ns: string;
+  alloc: number;
+  /** Per key of the ALLOC: true if its slot was written (default: every slot given). */
+  written?: boolean[];
 }
 export interface StatsRequest extends RequestBase {
   op: 'STATS' | 'PING';
 }
-export type Request = HelloRequest | LookupRequest | PutRequest | KeysRequest | StatsRequest;
+export type Request = HelloRequest | LookupRequest | PutRequest | KeysRequest | StatsRequest | AttachRequest | ReleaseRequest | AllocRequest | CommitRequest;
 
 /** Per-key result of a PUT. */
 export const PutResult = {
@@ -112,7 +146,11 @@ export interface HelloReply extends ReplyBase {
   protocol: number;
   tiers: string[];
   limits: { max_message_bytes: number; max_block_bytes: number; max_inflight_bytes: number };
+  /** When asked with `shm` and the DRAM tier is an arena: the namespace's tenant arena. */
+  arena?: { id: string; path: string; bytes: number };
 }
+/** A slot of the arena: [data offset, generation], or null (miss, or sent inline). */
+export type SlotDescriptor = [number, number] | null;
 export interface LookupReply extends ReplyBase {
   /** Leading blocks present in some tier. */
   hit: number;
@@ -127,6 +165,25 @@ export interface PutReply extends ReplyBase {
 export interface GetReply extends ReplyBase {
   /** Byte length per key, -1 for a miss. Frames follow for the hits only, in key order. */
   sizes: number[];
+  /** GET with `lease` from an attached client: per key, where it lies in the arena (hits with null come inline). */
+  slots?: SlotDescriptor[];
+  /** The lease holding those slots (0: none); RELEASE it after copying, or it ends after `lease_ms`. */
+  lease?: number;
+}
+export interface AttachReply extends ReplyBase {
+  arena: string;
+  lease_ms: number;
+  commit_ms: number;
+}
+export interface AllocReply extends ReplyBase {
+  alloc: number;
+  slots: SlotDescriptor[];
+  /** Per key: already stored (no slot needed). */
+  present: boolean[];
+}
+export interface CommitReply extends ReplyBase {
+  /** PutResult per key of the ALLOC (DROPPED for keys that got no slot or were not written). */
+  results: PutResult[];
 }
 export interface ExistsReply extends ReplyBase {
   exists: boolean[];

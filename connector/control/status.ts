@@ -33,6 +33,7 @@ export function grpcStatusOf(code: string): grpc.status {
     case ErrorCode.BUSY:
     case ErrorCode.UNAVAILABLE:
     case ErrorCode.STORAGE:
+    case ErrorCode.ARENA:
       return grpc.status.UNAVAILABLE;
     case ErrorCode.UNAUTHENTICATED:
       return grpc.status.UNAUTHENTICATED;

@@ -119,6 +119,18 @@ export interface StorageDriver {
   close(): Promise<void>;
 }
 
+/**
+ * The DRAM tier's store (tier 0): the StorageDriver calls plus synchronous ones for the TierStack's fast path.
+ * Two implementations: the heap MemoryDriver (memory.ts) and the shared-memory ArenaStore (arena.ts).
+ * `putSync` copies or keeps `value` and answers false when the store has no room for it right now (the TierStack
+ * then evicts and retries); `deleteSync` frees the block's memory once nobody reads it.
+ */
+export interface DramStore extends StorageDriver {
+  getSync(key: string): StoredValue | undefined;
+  putSync(key: string, value: Buffer, meta: BlockMeta): boolean;
+  deleteSync(key: string): boolean;
+}
+
 /** A factory building a driver from a parsed config. */
 export interface DriverFactory<C = unknown> {
   readonly name: string;

@@ -1,7 +1,7 @@
 /** In-process memory driver: the DRAM tier's store and the reference implementation of the contract. */
 import {
   assertKey, assertValueSize, type BlockMeta, type DriverFactory, type DriverLimits, type ListedValue,
-  type StorageDriver, type StoredValue,
+  type DramStore, type StoredValue,
 } from './driver.js';
 import { ErrorCode, KvstashError } from '../../protocol/errors.js';
 
@@ -9,7 +9,7 @@ export interface MemoryDriverConfig {
   maxValueBytes: number;
 }
 
-export class MemoryDriver implements StorageDriver {
+export class MemoryDriver implements DramStore {
   readonly name = 'memory';
   readonly durable = false;
   readonly limits: DriverLimits;
@@ -28,11 +28,12 @@ export class MemoryDriver implements StorageDriver {
   getSync(key: string): StoredValue | undefined {
     return this.map.get(key);
   }
-  putSync(key: string, value: Buffer, meta: BlockMeta): void {
+  putSync(key: string, value: Buffer, meta: BlockMeta): boolean {
     const old = this.map.get(key);
     if (old) this.bytes -= old.value.length;
     this.map.set(key, { value, meta: { checksum: meta.checksum } });
     this.bytes += value.length;
+    return true;
   }
   deleteSync(key: string): boolean {
     const old = this.map.get(key);

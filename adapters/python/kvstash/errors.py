@@ -30,6 +30,7 @@ STORAGE = "KVS_STORAGE"  #: a storage driver failed
 NOT_FOUND = "KVS_NOT_FOUND"  #: requested thing does not exist (control plane)
 RESOURCE_EXHAUSTED = "KVS_RESOURCE_EXHAUSTED"  #: a bounded resource is exhausted
 INVALID_ARGUMENT = "KVS_INVALID_ARGUMENT"  #: argument rejected
+ARENA = "KVS_ARENA"  #: same-host arena op refused (no arena, not attached, wrong token, unknown allocation)
 INTERNAL = "KVS_INTERNAL"  #: a bug or an unexpected failure inside kvstash
 
 ALL_CODES = frozenset(

@@ -1,0 +1,203 @@
+/**
+ * One shared-memory arena file and its slot allocator (the byte layout is the contract in arena-layout.ts).
+ *
+ * - The file is sparse (tmpfs pages are committed only when written) and sized once at creation.
+ * - The allocator carves `chunkBytes` chunks into slots of one stride each (a size class: data rounded up to
+ *   4 KiB below 64 KiB, else to 1/8 of its power of two, plus one header page). Slots handed out one after
+ *   another from a fresh chunk are consecutive, so a chain saved together lies at one stride and the engine
+ *   side copies it as one strided run. Values larger than a quarter chunk take whole chunks of their own.
+ * - A chunk whose slots are all free goes back to the pool (any class may take it next).
+ * - Slot headers are written with positional I/O (fs.writeSync at the slot offset); the sidecar is the only
+ *   writer of headers. Generations only grow, so a reader that copied a slot can tell afterwards whether the
+ *   slot changed hands (state, generation, key and namespace are all checked by the reader).
+ */
+import { closeSync, ftruncateSync, openSync, readSync, writeSync, fchmodSync, fchownSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import {
+  ARENA_FILE_HEADER_BYTES, ARENA_MAGIC, ARENA_VERSION, PAGE, SLOT_HEADER_BYTES, SLOT_MAGIC, SlotState, dataStride,
+} from './arena-layout.js';
+
+export interface Slot {
+  /** Byte offset of the slot's data (its header page starts PAGE bytes earlier). */
+  readonly off: number;
+  readonly stride: number;
+  readonly chunk: number;
+  readonly index: number;
+  /** Current generation (what the header says). */
+  gen: number;
+  /** Bytes of the value stored (≤ stride − PAGE). */
+  size: number;
+}
+
+interface Chunk {
+  readonly index: number;
+  readonly stride: number;
+  readonly slots: number;
+  used: number;
+  bump: number;
+  readonly free: number[];
+  /** Chunks in this run (a large value spans several). */
+  readonly span: number;
+  /** Slots whose data pages were all written once (committed in tmpfs). */
+  readonly committed: Uint8Array;
+}
+
+export interface ArenaFileOptions {
+  path: string;
+  bytes: number;
+  chunkBytes: number;
+  mode: number;
+  gid?: number;
+  tenant: string;
+}
+
+export class ArenaFile {
+  readonly fd: number;
+  readonly token = randomBytes(16);
+  readonly id = randomBytes(8).toString('hex');
+  readonly bytes: number;
+  private readonly chunkOwner: (Chunk | undefined)[];
+  private readonly open = new Map<number, Set<Chunk>>(); // stride → chunks with a free slot
+  private readonly hdr = Buffer.alloc(SLOT_HEADER_BYTES);
+  private gens = 0;
+  allocated = 0;
+
+  constructor(readonly opts: ArenaFileOptions) {
+    const chunks = Math.max(1, Math.ceil((opts.bytes - ARENA_FILE_HEADER_BYTES) / opts.chunkBytes));
+    this.bytes = ARENA_FILE_HEADER_BYTES + chunks * opts.chunkBytes;
+    this.chunkOwner = new Array(chunks).fill(undefined);
+    this.fd = openSync(opts.path, 'wx+', opts.mode);
+    try {
+      fchmodSync(this.fd, opts.mode); // the umask must not widen or narrow what the operator asked for
+      if (opts.gid !== undefined) fchownSync(this.fd, process.getuid?.() ?? 0, opts.gid);
+      ftruncateSync(this.fd, this.bytes);
+      const h = Buffer.alloc(64);
+      h.write(ARENA_MAGIC, 0, 'latin1');
+      h.writeUInt32LE(ARENA_VERSION, 8);
+      h.writeUInt32LE(process.pid, 12);
+      this.token.copy(h, 16);
+      h.writeUInt32LE(PAGE, 32);
+      h.writeUInt32LE(SLOT_HEADER_BYTES, 36);
+      writeSync(this.fd, h, 0, h.length, 0);
+    } catch (err) {
+      closeSync(this.fd);
+      throw err;
+    }
+  }
+
+  /** A slot for a value of `size` bytes, or undefined when the arena has no room for it. */
+  alloc(size: number): Slot | undefined {
+    const stride = dataStride(size) + PAGE;
+    const cb = this.opts.chunkBytes;
+    let c: Chunk | undefined;
+    if (stride > cb / 4) {
+      c = this.takeChunks(Math.ceil(stride / cb), stride, 1);
+    } else {
+      const set = this.open.get(stride);
+      c = set?.values().next().value;
+      if (!c) {
+        c = this.takeChunks(1, stride, Math.floor(cb / stride));
+        if (!c) return undefined;
+        if (!set) this.open.set(stride, new Set([c]));
+        else set.add(c);
+      }
+    }
+    if (!c) return undefined;
+    const index = c.free.length ? c.free.pop()! : c.bump++;
+    c.used++;
+    if (c.used === c.slots) this.open.get(stride)?.delete(c);
+    this.allocated += stride;
+    const off = ARENA_FILE_HEADER_BYTES + c.index * cb + index * stride + PAGE;
+    return { off, stride, chunk: c.index, index, gen: 0, size };
+  }
+
+  /**
+   * Commit the memory of a slot's chunk(s) before a client writes through its own mapping: a store into a tmpfs
+   * page that cannot be allocated (shm full) would kill the engine with SIGBUS; a write here fails with ENOSPC
+   * instead, and the slot is not handed out. Once per chunk (pages stay committed when slots are reused).
+   */
+  commitMemory(s: Slot): boolean {
+    const c = this.chunkOwner[s.chunk];
+    if (!c || c.committed[s.index]) return true;
+    const len = s.stride - PAGE;
+    const zero = Buffer.alloc(Math.min(len, 4 << 20));
+    try {
+      for (let o = 0; o < len; o += zero.length) writeSync(this.fd, zero, 0, Math.min(zero.length, len - o), s.off + o);
+    } catch {
+      return false;
+    }
+    c.committed[s.index] = 1;
+    return true;
+  }
+
+  /** Give a slot back (its header must already say FREE). */
+  release(s: Slot): void {
+    const c = this.chunkOwner[s.chunk];
+    if (!c) return;
+    c.used--;
+    this.allocated -= s.stride;
+    if (c.used === 0) {
+      this.open.get(c.stride)?.delete(c);
+      for (let i = 0; i < c.span; i++) this.chunkOwner[c.index + i] = undefined;
+      return;
+    }
+    c.free.push(s.index);
+    if (c.slots > 1) {
+      let set = this.open.get(c.stride);
+      if (!set) this.open.set(c.stride, (set = new Set()));
+      set.add(c);
+    }
+  }
+
+  private takeChunks(span: number, stride: number, slots: number): Chunk | undefined {
+    const owner = this.chunkOwner;
+    for (let i = 0; i + span <= owner.length; i++) {
+      let j = 0;
+      while (j < span && owner[i + j] === undefined) j++;
+      if (j === span) {
+        const c: Chunk = { index: i, stride, slots, used: 0, bump: 0, free: [], span, committed: new Uint8Array(slots) };
+        for (let k = 0; k < span; k++) owner[i + k] = c;
+        return c;
+      }
+      i += j;
+    }
+    return undefined;
+  }
+
+  /** Write a slot header: state, a new generation, and (for LIVE) what the slot holds. Returns the generation. */
+  stamp(s: Slot, state: SlotState, key?: Buffer, ns?: Buffer): number {
+    const h = this.hdr;
+    h.fill(0);
+    s.gen = ++this.gens;
+    h.writeUInt32LE(SLOT_MAGIC, 0);
+    h.writeUInt32LE(state, 4);
+    h.writeUInt32LE(s.gen % 2 ** 32, 8);
+    h.writeUInt32LE(Math.floor(s.gen / 2 ** 32), 12);
+    h.writeUInt32LE(s.size % 2 ** 32, 16);
+    h.writeUInt32LE(Math.floor(s.size / 2 ** 32), 20);
+    key?.copy(h, 32);
+    ns?.copy(h, 64);
+    writeSync(this.fd, h, 0, h.length, s.off - PAGE);
+    return s.gen;
+  }
+
+  write(s: Slot, value: Buffer): void {
+    let done = 0;
+    while (done < value.length) done += writeSync(this.fd, value, done, value.length - done, s.off + done);
+  }
+
+  read(s: Slot, into?: Buffer): Buffer {
+    const b = into ?? Buffer.allocUnsafe(s.size);
+    let done = 0;
+    while (done < s.size) {
+      const n = readSync(this.fd, b, done, s.size - done, s.off + done);
+      if (n === 0) throw new Error(`arena ${this.opts.path}: short read at ${s.off + done}`);
+      done += n;
+    }
+    return b;
+  }
+
+  close(): void {
+    closeSync(this.fd);
+  }
+}
