@@ -76,6 +76,11 @@ export class ArenaOps {
     return resident ? finish(resident) : this.tiers.get(keys, true).then(finish);
   }
 
+  /** STATS `arena`: clients attached now (same host, served in place) and the store's counters. */
+  stats(): Record<string, number> {
+    return { attached_clients: this.attached.size, ...this.store.stats() };
+  }
+
   release(peer: string, ids: number[]): number {
     return this.store.release(peer, ids);
   }

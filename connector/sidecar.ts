@@ -383,6 +383,7 @@ export class Sidecar {
       server: SERVER_VERSION, uptime_s: Math.round((Date.now() - this.startedAt) / 1000), blocks: this.tiers.index.size,
       namespaces: this.namespaces.size, requests: this.counters.requests, errors: this.counters.errors,
       by_op: this.counters.byOp, by_code: this.counters.byCode, tiers: this.tiers.stats(),
+      ...(this.arena ? { arena: this.arena.stats() } : {}),
     };
   }
 

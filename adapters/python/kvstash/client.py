@@ -64,6 +64,7 @@ import zmq
 
 from . import errors as E
 from .errors import KvstashError
+from .arena import ArenaClientMixin, ArenaMap, LeasedGet, copy_out, shm_wanted
 from .auth import AUTH_OP, Credentials, HandshakeMonitor
 from .hashing import NS_FIELDS, namespace_id
 
@@ -124,7 +125,7 @@ def _descriptor(desc: Any) -> Dict[str, Any]:
     return {f: getattr(desc, f) for f in NS_FIELDS}
 
 
-class KvstashClient:
+class KvstashClient(ArenaClientMixin):
     def __init__(
         self,
         endpoint: str,
@@ -136,6 +137,7 @@ class KvstashClient:
         curve_server_key: Optional[str] = None,
         curve_public_key: Optional[str] = None,
         curve_secret_key: Optional[str] = None,
+        shm: Optional[bool] = None,
     ) -> None:
         self.endpoint = endpoint
         self.timeout_ms = timeout_ms
@@ -169,6 +171,12 @@ class KvstashClient:
         self._hellos: Dict[str, Dict[str, Any]] = {}
         self._owner: Optional[int] = None
         self._closed = False
+        # Same-host arena (kvstash.arena): asked for in every HELLO unless shm=False / KVSTASH_SHM=0.
+        self._shm = shm_wanted() if shm is None else bool(shm)
+        self._maps: Dict[str, ArenaMap] = {}  # arena file path → mapping
+        self._ns_arena: Dict[str, ArenaMap] = {}  # namespace id → the attached arena
+        self._reattach_at: Dict[str, float] = {}
+        self.arena_limits: Dict[str, float] = {}
 
     # ---- plumbing ---------------------------------------------------------------------------------------
 
@@ -208,6 +216,15 @@ class KvstashClient:
                 raise KvstashError(E.UNAVAILABLE, f"send to {self.endpoint} failed: {err}", cause=err) from None
         self._pending[rid] = str(header.get("op"))
         return rid
+
+    def send_only(self, header: Mapping[str, Any]) -> None:
+        """Send a request whose reply nobody waits for (RELEASE); its reply is dropped when it comes."""
+        try:
+            rid = self._next_id
+            self._next_id = 1 if rid >= 0xFFFFFFFF else rid + 1
+            self._sock.send_multipart([msgpack.packb({**header, "v": PROTOCOL_VERSION, "id": rid}, use_bin_type=True)], flags=zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass  # the sidecar ends the lease by itself after lease_ms
 
     def _receive(self, timeout_s: float) -> None:
         if not self._sock.poll(max(0, int(timeout_s * 1000)), zmq.POLLIN):
@@ -315,10 +332,14 @@ class KvstashClient:
     # ---- operations -------------------------------------------------------------------------------------
 
     def _hello(self, desc: Dict[str, Any], deadline: float) -> str:
-        r = self._call({"op": "HELLO", "client": self.client_name, "namespace": desc}, (), deadline)
+        h: Dict[str, Any] = {"op": "HELLO", "client": self.client_name, "namespace": desc}
+        if self._shm:
+            h["shm"] = True
+        r = self._call(h, (), deadline)
         ns = str(r.header["ns"])
         self._hellos[ns] = desc
         self.limits = dict(r.header.get("limits") or {})
+        self._attach(ns, r.header.get("arena"), deadline)
         return ns
 
     def hello(self, desc: Any, timeout_ms: Optional[float] = None) -> str:
@@ -345,6 +366,8 @@ class KvstashClient:
         return list(self._with_ns(ns, h, blocks, self._deadline(timeout_ms)).header["results"])
 
     def get(self, ns: str, keys: Keys, timeout_ms: Optional[float] = None) -> List[Optional[memoryview]]:
+        if ns in self._ns_arena:
+            return copy_out(self.lease_get(ns, keys, timeout_ms))  # type: ignore[arg-type]
         r = self._with_ns(ns, {"op": "GET", "keys": keys_field(keys)}, (), self._deadline(timeout_ms))
         return _spread(r)
 
@@ -399,10 +422,21 @@ class KvstashClient:
         deadline = self._deadline(timeout_ms)
         out: List[Optional[memoryview]] = [None] * n
 
-        def send(a: int, b: int) -> int:
-            return self.submit({"op": "GET", "ns": ns, "keys": kb[a * KEY_BYTES : b * KEY_BYTES]}, (), deadline)
+        m = self._ns_arena.get(ns)
 
-        self._windowed(ns, batches, send, deadline, window, lambda a, b, r: out.__setitem__(slice(a, b), _spread(r)))
+        def send(a: int, b: int) -> int:
+            h: Dict[str, Any] = {"op": "GET", "ns": ns, "keys": kb[a * KEY_BYTES : b * KEY_BYTES]}
+            if m is not None:
+                h["lease"] = True
+            return self.submit(h, (), deadline)
+
+        def take(a: int, b: int, r: Reply) -> None:
+            if m is None:
+                out[a:b] = _spread(r)
+            else:
+                out[a:b] = copy_out(LeasedGet(self, m, ns, kb[a * KEY_BYTES : b * KEY_BYTES], r.header, r.blocks))
+
+        self._windowed(ns, batches, send, deadline, window, take)
         return out
 
     def _windowed(self, ns: str, batches, send, deadline: float, window: int, take) -> None:
@@ -451,6 +485,10 @@ class KvstashClient:
         if self._mon is not None:
             self._mon.close()
         self._sock.close(linger=0)
+        for m in self._maps.values():
+            m.close()
+        self._maps.clear()
+        self._ns_arena.clear()
 
     def __enter__(self) -> "KvstashClient":
         return self

@@ -4,8 +4,14 @@ Threads: the forward pass runs on vLLM's thread; a loader thread and a saver thr
 KvstashClient (clients are not shared between threads), so loads never queue behind large saves.
 
 Loading (``start_load_kv`` → ``wait_for_layer_load`` per layer):
-  ``start_load_kv`` asks the loader thread to GET every block of this step's loads and to copy them into
-  one layer-major host buffer per request (pinned on GPUs), and returns. The first ``wait_for_layer_load``
+  ``start_load_kv`` asks the loader thread to GET every block of this step's loads, and returns. On the
+  sidecar's host (the client attached to its shared-memory arena, kvstash.arena) the GET answers where the
+  blocks lie: on CPU every ``wait_for_layer_load`` scatters straight from the arena (one strided view per run
+  of consecutive slots, kvstash.arena_io), and the slots are checked once all layers are in (a slot reused
+  meanwhile fails that block and the rest of its request); on GPUs the loader copies each run host→device in
+  one DMA from the CUDA-registered arena, checks the slots, and the layers are scattered on the device.
+  Otherwise (remote sidecar) the blocks come inline and are copied into one layer-major host buffer per
+  request (pinned on GPUs). The first ``wait_for_layer_load``
   waits for that (at most ``load_timeout_ms`` after it was requested), and every
   ``wait_for_layer_load(layer)`` then scatters that layer's slice — one contiguous host→device copy — into
   the request's allocated block ids. A block that is missing, has the wrong size
@@ -21,7 +27,8 @@ Saving (``save_kv_layer`` per layer → ``wait_for_save``):
   the stored block order (kvstash.kv_layout); on GPUs into a pinned layer-major buffer with one
   asynchronous copy per layer, transposed to the stored order later by the saver thread. ``wait_for_save``
   waits for those copies (vLLM may overwrite the blocks as soon as it returns) and hands the buffer to the
-  saver thread, which PUTs it zero-copy.
+  saver thread, which copies each block into an arena slot and commits them (ALLOC/COMMIT; the GPU staging's
+  layer-major order is transposed by that copy), or, with a remote sidecar, PUTs it zero-copy.
   A step whose layers were not all gathered is not saved (it would store partial blocks). When the saves
   waiting to be sent exceed ``max_pending_save_bytes`` new ones are dropped. With ``save_sync``
   (default for kv_producer) ``wait_for_save`` also waits for the PUTs, up to ``save_timeout_ms``.
@@ -37,6 +44,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Set
 
+from .arena_io import check_prefix, leading_parts, store_blocks
 from .client import PUT_PRESENT, PUT_STORED, ThreadLocalClients
 from .errors import KvstashError
 from .kv_layout import LayoutError, LayoutSpec, TensorLayout, detect_layout, dtype_name, gather_blocks, ordered_layers, scatter_blocks
@@ -53,8 +61,9 @@ class _Load:
     deadline: float
     future: Optional[Future] = None
     ok: int = 0
-    host: Any = None
+    host: Any = None  #: parts: [(first block, count, tensor (count, layers, *layer_shape))], host or device
     idx: Any = None
+    lease: Any = None  #: the arena lease the parts read in place (CPU): checked and released after the scatter
     cancelled: bool = False
 
 
@@ -161,29 +170,83 @@ class WorkerSide:
         return c.get_many(ns, keys, timeout_ms=max(0.0, (deadline - time.monotonic()) * 1000.0))
 
     def _fetch_to_host(self, ld: _Load) -> tuple:
-        """Loader thread: GET the blocks and copy the leading good ones into a layer-major host buffer.
-        Returns (ok, host, idx); the caller applies it only if it came in time."""
+        """Loader thread: GET the blocks; returns (ok, parts, idx, lease) for the leading good ones, applied by the
+        caller only if it came in time. Same-host: the parts are views of the arena (CPU: read in place, the lease
+        is checked after the scatter; GPU: one host→device DMA per run, checked here). Else inline frames, copied
+        into one layer-major host buffer."""
         import torch
 
         try:
+            got = self._fetch_arena(ld)
+            if got is not None:
+                return got
             bufs = self._fetch(ld.spec.keys, ld.deadline)
         except Exception as err:
             self._warn_once("load-" + type(err).__name__, "kvstash: load failed (%s); recomputing", err)
-            return 0, None, None
-        ok = 0
-        for b in bufs:
-            if b is None or memoryview(b).nbytes != self.block_bytes:
-                if b is not None:
-                    self._warn_once("size", "kvstash: stored block of %d bytes, expected %d; treated as a miss", memoryview(b).nbytes, self.block_bytes)
-                break
-            ok += 1
+            return 0, None, None, None
+        ok = self._leading_ok([None if b is None else memoryview(b).nbytes for b in bufs])
         if not ok:
-            return 0, None, None
+            return 0, None, None, None
         host = self._host(ok, layer_major=True)
         dt, shape = host.dtype, (len(self.layers), *self.spec.layer_shape())
         for i in range(ok):
             host[:, i].copy_(torch.frombuffer(bufs[i], dtype=torch.uint8).view(dt).view(shape))
-        return ok, host, self._idx(ld.spec.block_ids[:ok])
+        return ok, [(0, ok, host.transpose(0, 1))], self._idx(ld.spec.block_ids[:ok]), None
+
+    def _leading_ok(self, sizes: List[Optional[int]]) -> int:
+        ok = 0
+        for n in sizes:
+            if n is None or n < 0 or n != self.block_bytes:
+                if n is not None and n >= 0:
+                    self._warn_once("size", "kvstash: stored block of %d bytes, expected %d; treated as a miss", n, self.block_bytes)
+                break
+            ok += 1
+        return ok
+
+    def _fetch_arena(self, ld: _Load) -> Optional[tuple]:
+        """Lease GET from the same-host arena; None when this worker's client is not attached (remote sidecar)."""
+        left = (ld.deadline - time.monotonic()) * 1000.0
+        if left <= 0:
+            raise KvstashError("KVS_TIMEOUT", "load deadline passed before the request was sent")
+        c = self.clients.get()
+        ns = c.namespace(self.desc, timeout_ms=left)
+        lg = c.lease_get(ns, ld.spec.keys, timeout_ms=max(0.0, (ld.deadline - time.monotonic()) * 1000.0))
+        if lg is None:
+            return None
+        ok = self._leading_ok(lg.sizes)
+        if not ok:
+            lg.release()
+            return 0, None, None, None
+        dt = next(iter(self.kv.values())).dtype
+        shape = (len(self.layers), *self.spec.layer_shape())
+        if not self.cuda:
+            return ok, leading_parts(lg, ok, self.block_bytes, dt, shape), self._idx(ld.spec.block_ids[:ok]), lg
+        import torch
+
+        dev = next(iter(self.kv.values())).device
+        lg.arena.register_cuda()
+        if self._side_stream is None:
+            self._side_stream = torch.cuda.Stream(device=dev)
+        with torch.cuda.stream(self._side_stream):
+            parts = leading_parts(lg, ok, self.block_bytes, dt, shape, device=dev)
+        self._side_stream.synchronize()  # the copies are done: now the slots may be checked and let go
+        ok = check_prefix(lg, ok)
+        lg.release()
+        return ok, parts, self._idx(ld.spec.block_ids[:ok]), None
+
+    def _scatter_layer(self, ld: _Load, li: int, name: str) -> None:
+        for first, count, v in ld.host:
+            if first >= ld.ok:
+                break
+            n = min(count, ld.ok - first)
+            scatter_blocks(self.kv[name], self.layouts[name], ld.idx[first : first + n], v[:n, li])
+
+    def _settle(self, ld: _Load) -> None:
+        """After the scatter from an arena lease: keep only the leading blocks still valid, let the slots go."""
+        if ld.lease is not None:
+            ld.ok = min(ld.ok, check_prefix(ld.lease, ld.ok))
+            ld.lease.release()
+            ld.lease = None
 
     def _failed(self, ld: _Load) -> List[int]:
         return list(ld.spec.block_ids[ld.ok:])
@@ -191,6 +254,7 @@ class WorkerSide:
     # ---- loading ----------------------------------------------------------------------------------------
 
     def start_load_kv(self, md: Any) -> None:
+        self._settle_sync()  # a step whose layers were not all waited for still settles its leases
         self._sync, self._resolved, self._scattered, self._failed_reqs = [], True, set(), set()
         for spec in getattr(md, "loads", None) or []:
             ld = _Load(spec, time.monotonic() + self.s.load_timeout_ms / 1000.0)
@@ -216,18 +280,29 @@ class WorkerSide:
         self._resolved = True
         for ld in self._sync:
             try:  # the loader's own deadline is the same; the margin covers copying the last frames to host
-                ld.ok, ld.host, ld.idx = ld.future.result(timeout=max(0.0, ld.deadline - time.monotonic()) + 0.5)  # type: ignore[union-attr]
+                ld.ok, ld.host, ld.idx, ld.lease = ld.future.result(timeout=max(0.0, ld.deadline - time.monotonic()) + 0.5)  # type: ignore[union-attr]
             except FutureTimeout:
                 ld.future.cancel()  # type: ignore[union-attr]
                 self._warn_once("load-timeout", "kvstash: load timed out after %d ms; recomputing", self.s.load_timeout_ms)
             except Exception as err:
                 self._warn_once("load-" + type(err).__name__, "kvstash: load failed (%s); recomputing", err)
-            failed = self._failed(ld)
-            self._count("loaded_blocks", ld.ok)
-            if failed:
-                self._count("failed_blocks", len(failed))
-                self._errors.update(failed)
-                self._failed_reqs.add(ld.spec.req_id)
+            if ld.lease is None:
+                self._account(ld)
+
+    def _account(self, ld: _Load) -> None:
+        failed = self._failed(ld)
+        self._count("loaded_blocks", ld.ok)
+        if failed:
+            self._count("failed_blocks", len(failed))
+            self._errors.update(failed)
+            self._failed_reqs.add(ld.spec.req_id)
+
+    def _settle_sync(self) -> None:
+        """Sync loads read in place from the arena: checked once every layer was scattered, then counted."""
+        for ld in self._sync:
+            if ld.lease is not None:
+                self._settle(ld)
+                self._account(ld)
 
     def wait_for_layer_load(self, layer_name: str) -> None:
         if not self._sync:
@@ -239,17 +314,20 @@ class WorkerSide:
             return
         for ld in self._sync:
             if ld.ok:
-                scatter_blocks(self.kv[layer_name], self.layouts[layer_name], ld.idx, ld.host[li])
+                self._scatter_layer(ld, li, layer_name)
         self._scattered.add(layer_name)
+        if len(self._scattered) == len(self.layers):
+            self._settle_sync()
 
     def _async_load(self, ld: _Load) -> List[int]:
-        ld.ok, ld.host, ld.idx = self._fetch_to_host(ld)
+        ld.ok, ld.host, ld.idx, ld.lease = self._fetch_to_host(ld)
         if ld.ok:
             import torch
 
             with self._scatter_lock, torch.inference_mode():  # per thread; the KV tensors may be inference tensors
                 if ld.cancelled:
                     ld.ok = 0
+                    self._settle(ld)
                     return list(ld.spec.block_ids)
                 if self.cuda:
                     if self._side_stream is None:
@@ -259,11 +337,12 @@ class WorkerSide:
                     self._side_stream.synchronize()
                 else:
                     self._scatter_all(ld)
+                self._settle(ld)
         return self._failed(ld)
 
     def _scatter_all(self, ld: _Load) -> None:
         for li, name in enumerate(self.layers):
-            scatter_blocks(self.kv[name], self.layouts[name], ld.idx, ld.host[li])
+            self._scatter_layer(ld, li, name)
 
     def get_finished(self, finished_req_ids: Set[str]) -> tuple:
         done: Set[str] = set()
@@ -366,26 +445,46 @@ class WorkerSide:
         here, off the forward thread), one pipelined PUT batch per request."""
         import torch
 
-        host = st.host.transpose(0, 1).contiguous() if self.cuda else st.host
+        host = st.host.transpose(0, 1) if self.cuda else st.host
+        arena = self._arena_client()
+        if arena is None and self.cuda:
+            host = host.contiguous()
         off = 0
         for s in st.saves:
             n = len(s.block_ids)
-            blocks = [host[off + i].reshape(-1).view(torch.uint8).numpy() for i in range(n)]
+            if arena is not None:  # same host: copied straight into arena slots (the transpose happens in that copy)
+                self._put(s.keys, [host[off + i] for i in range(n)], deadline, arena)
+            else:
+                self._put(s.keys, [host[off + i].reshape(-1).view(torch.uint8).numpy() for i in range(n)], deadline)
             off += n
-            self._put(s.keys, blocks, deadline)
+
+    def _arena_client(self) -> Any:
+        """(client, ns) when this thread's client is attached to the sidecar's arena, else None."""
+        try:
+            c = self.clients.get()
+            ns = c.namespace(self.desc, timeout_ms=self.s.save_timeout_ms)
+            return (c, ns) if c.arena_of(ns) is not None else None
+        except Exception:
+            return None
 
     def _release(self, nbytes: int) -> None:
         with self._lock:
             self._pending_bytes -= nbytes
 
-    def _put(self, keys: List[bytes], blocks: List[Any], deadline: float) -> None:
+    def _put(self, keys: List[bytes], blocks: List[Any], deadline: float, arena: Any = None) -> None:
+        import torch
+
         try:
             left = (deadline - time.monotonic()) * 1000.0
             if left <= 0:
                 raise KvstashError("KVS_TIMEOUT", "save deadline passed while queued")
-            c = self.clients.get()
-            ns = c.namespace(self.desc, timeout_ms=left)
-            res = c.put_many(ns, keys, blocks, timeout_ms=max(0.0, (deadline - time.monotonic()) * 1000.0))
+            res = store_blocks(arena[0], arena[1], keys, blocks, left) if arena is not None else None
+            if res is None:
+                if arena is not None:  # the arena went away (sidecar restart): inline frames
+                    blocks = [b.contiguous().reshape(-1).view(torch.uint8).numpy() for b in blocks]
+                c = self.clients.get()
+                ns = c.namespace(self.desc, timeout_ms=left)
+                res = c.put_many(ns, keys, blocks, timeout_ms=max(0.0, (deadline - time.monotonic()) * 1000.0))
             self._count("saved_blocks", sum(1 for r in res if r == PUT_STORED))
             self._count("present_blocks", sum(1 for r in res if r == PUT_PRESENT))
             self._count("dropped_blocks", sum(1 for r in res if r not in (PUT_STORED, PUT_PRESENT)))
