@@ -59,6 +59,7 @@ class ArenaMap:
         self.token = bytes(self.mm[16:32])
         self.view = memoryview(self.mm)
         self._tensor: Any = None
+        self._addr: Optional[int] = None
         self.registered = False
 
     def valid(self, off: int, gen: int, key: bytes, ns_raw: bytes) -> bool:
@@ -75,6 +76,14 @@ class ArenaMap:
 
             self._tensor = torch.frombuffer(self.mm, dtype=torch.uint8)
         return self._tensor
+
+    def address(self) -> int:
+        """Address of the mapping's first byte (for ctypes.memmove)."""
+        if self._addr is None:
+            import ctypes
+
+            self._addr = ctypes.addressof(ctypes.c_char.from_buffer(self.mm))
+        return self._addr
 
     def register_cuda(self) -> bool:
         if self.registered:

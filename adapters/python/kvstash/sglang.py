@@ -65,6 +65,7 @@ from .auth import Credentials, options_from_extra
 from .client import PUT_PRESENT, PUT_STORED, ThreadLocalClients, default_endpoint
 from .errors import KvstashError
 from .kv_layout import dtype_name
+from .sglang_arena import arena_get_v1, arena_set_v1
 
 log = logging.getLogger("kvstash.sglang")
 
@@ -319,6 +320,9 @@ class KvstashHiCacheStorage(HiCacheStorage):
             return []
         try:
             ptrs, sizes, per = self._pages_meta(n, host_indices)
+            got = arena_get_v1(self, [page_key(k) for k in keys], ptrs, sizes, per)  # same host: from the arena
+            if got is not None:
+                return got
             vals = self._get("batch_get_v1", keys)
             out, read, wrong = [False] * n, 0, 0
             for i, v in enumerate(vals):
@@ -351,8 +355,14 @@ class KvstashHiCacheStorage(HiCacheStorage):
             return []
         try:
             ptrs, sizes, per = self._pages_meta(n, host_indices)
-        except Exception as err:
+            if self.writer:  # same host: into arena slots (kvstash.sglang_arena)
+                got = arena_set_v1(self, [page_key(k) for k in keys], ptrs, sizes, per)
+                if got is not None:
+                    return got
+        except Exception as err:  # never raise into SGLang's backup thread
             self._failed("batch_set_v1", err)
+            with self._lock:
+                self.stats["set_failed"] += n
             return [False] * n
 
         # Pages are gathered into a per-thread staging buffer that is reused across calls (fresh memory costs
