@@ -315,7 +315,7 @@ export class Sidecar {
       case 'LOOKUP': {
         this.nsOf(peer, req.op, req.ns);
         const r = this.tiers.lookupRaw(req.ns, req.keys, req.prefetch === true);
-        const reply = (x: typeof r) => encodeReply({ id: req.id, hit: x.hit, tiers: x.tiers, load_ms: x.loadMs });
+        const reply = (x: typeof r) => encodeReply({ id: req.id, hit: x.hit, tiers: x.tiers, load_ms: x.loadMs, depth: x.depth });
         // A miss with a shared tier (nfs, s3): ask it about blocks other hosts wrote (rate-limited; shared-probe.ts).
         if (this.tiers.probe && r.hit < req.keys.length / KEY_BYTES) return this.tiers.lookupShared(req.ns, req.keys, r, req.prefetch === true).then(reply);
         return reply(r);

@@ -68,5 +68,7 @@ export interface LookupResult {
   hit: number;
   tiers: Record<string, number>;
   loadMs: Record<string, number>;
+  /** Per tier: leading blocks served by that tier or faster ones (the prefix worth loading if slower tiers are not). */
+  depth?: Record<string, number>;
 }
 

@@ -174,23 +174,28 @@ export class TierStack extends EventEmitter {
     const count = new Array<number>(this.tiers.length).fill(0);
     const bytes = new Array<number>(this.tiers.length).fill(0);
     const avail = this.availableMask();
+    const depthAt = new Array<number>(this.tiers.length).fill(0);
+    let slowest = 0;
     let hit = 0;
     for (; hit < n; hit++) {
       const h = find(hit);
       const w = h === -1 ? 0 : where(h) & avail; // copies in a tier that cannot serve now do not count
       if (w === 0) break;
       const ti = 31 - Math.clz32(w & -w);
+      for (; slowest < ti; slowest++) depthAt[slowest] = hit; // the first block tier `slowest` alone cannot reach
       count[ti]!++;
       bytes[ti]! += size(h as H);
       if (prefetch && ti > 0) void this.load(entry(h as H));
     }
     const tiers: Record<string, number> = {};
     const loadMs: Record<string, number> = {};
+    const depth: Record<string, number> = {};
     for (const t of this.tiers) {
       tiers[t.name] = count[t.index]!;
       loadMs[t.name] = (bytes[t.index]! / t.readBps) * 1000;
+      depth[t.name] = t.index < slowest ? depthAt[t.index]! : hit;
     }
-    return { hit, tiers, loadMs };
+    return { hit, tiers, loadMs, depth };
   }
 
   /** exists() on raw wire keys. */

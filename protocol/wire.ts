@@ -158,6 +158,8 @@ export interface LookupReply extends ReplyBase {
   tiers: Record<string, number>;
   /** Estimated milliseconds to load the hit blocks, per tier, at the tier's measured bandwidth. */
   load_ms?: Record<string, number>;
+  /** Per tier: leading blocks whose fastest copy is in that tier or a faster one (load-or-recompute decisions). */
+  depth?: Record<string, number>;
 }
 export interface PutReply extends ReplyBase {
   results: PutResult[];

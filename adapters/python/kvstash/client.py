@@ -87,6 +87,8 @@ class LookupResult:
     hit: int
     tiers: Dict[str, int]
     load_ms: Dict[str, float]
+    #: per tier: leading blocks whose fastest copy is in that tier or a faster one (sidecars before 0.2: absent)
+    depth: Dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -356,7 +358,7 @@ class KvstashClient(ArenaClientMixin):
         if prefetch:
             h["prefetch"] = True
         r = self._with_ns(ns, h, (), self._deadline(timeout_ms)).header
-        return LookupResult(int(r["hit"]), dict(r.get("tiers") or {}), dict(r.get("load_ms") or {}))
+        return LookupResult(int(r["hit"]), dict(r.get("tiers") or {}), dict(r.get("load_ms") or {}), dict(r.get("depth") or {}))
 
     def put(self, ns: str, keys: Keys, blocks: Sequence[Buffer], sums: Optional[Sequence[str]] = None,
             timeout_ms: Optional[float] = None) -> List[int]:

@@ -100,7 +100,8 @@ class KvstashConnector(KVConnectorBase_V1, SupportsHMA):
             nss = [namespace_descriptor(self._settings, vllm_config, self._spec, t, r["tp_size"], p, r["pp_size"])
                    for p in range(r["pp_size"]) for t in range(r["tp_size"])]
             self._scheduler = SchedulerSide(self._settings, self._spec.block_size, nss,
-                                            can_load=kv_role != "kv_producer", can_save=kv_role != "kv_consumer")
+                                            can_load=kv_role != "kv_producer", can_save=kv_role != "kv_consumer",
+                                            block_bytes=self._spec.layer_bytes() * self._spec.num_layers // max(1, r["pp_size"]))
         else:
             desc = namespace_descriptor(self._settings, vllm_config, self._spec, r["tp_rank"], r["tp_size"], r["pp_rank"], r["pp_size"])
             self._worker = WorkerSide(self._settings, self._spec, desc, getattr(kv_cache_config, "num_blocks", None),

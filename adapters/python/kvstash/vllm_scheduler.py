@@ -27,6 +27,7 @@ from . import errors as E
 from .client import KvstashClient
 from .errors import KvstashError
 from .hashing import MultimodalItem, block_hashes
+from .load_policy import PrefillRate, worth_loading
 from .vllm_compat import make_block_stored
 from .vllm_metadata import KvstashConnectorMetadata, LoadSpec, SaveSpec
 
@@ -120,8 +121,11 @@ def tier_medium(tier: str) -> str:
 
 
 class SchedulerSide:
-    def __init__(self, settings: Any, block_size: int, namespaces: List[Dict[str, Any]], can_load: bool, can_save: bool) -> None:
+    def __init__(self, settings: Any, block_size: int, namespaces: List[Dict[str, Any]], can_load: bool, can_save: bool,
+                 block_bytes: int = 0) -> None:
         self.s = settings
+        self.block_bytes = block_bytes  # one rank's stored block (load-or-recompute over the socket hop)
+        self.rate = PrefillRate(getattr(settings, "prefill_tokens_per_s", 0.0))
         self.bs = block_size
         self.namespaces = namespaces
         self.can_load, self.can_save = can_load, can_save
@@ -158,7 +162,10 @@ class SchedulerSide:
             self._ns = [self.client.namespace(d, timeout_ms=left()) for d in self.namespaces]
         hit = len(keys)
         for ns in self._ns:
-            hit = min(hit, self.client.lookup(ns, keys, timeout_ms=left()).hit)
+            res = self.client.lookup(ns, keys, timeout_ms=left())
+            hop = 0.0 if self.client.arena_of(ns) is not None else float(getattr(self.s, "hop_bytes_per_s", 0.0))
+            # only the leading blocks whose load beats recomputing them (kvstash.load_policy)
+            hit = min(hit, worth_loading(res, list(res.tiers), self.bs, self.block_bytes, self.rate.tokens_per_s(), hop))
             if hit == 0:
                 break
         return hit
@@ -220,6 +227,7 @@ class SchedulerSide:
         md = KvstashConnectorMetadata(loads=self._loads)
         self._loads = []
         nst = dict(getattr(so, "num_scheduled_tokens", None) or {})
+        self.rate.observe(sum(int(v) for v in nst.values()))
         for nr in getattr(so, "scheduled_new_reqs", None) or []:
             tr = self._tracked.get(nr.req_id)
             if tr is not None:

@@ -13,6 +13,10 @@ load_timeout_ms          deadline of a load (the forward pass waits at most     
                          this long, then reports the blocks as failed)
 save_timeout_ms          deadline of a background save (PUT)                     10000
 retry_interval_ms        after a failed lookup, skip lookups for this long       1000
+prefill_tokens_per_s     this engine's prefill speed, for load-or-recompute      0: measured from the engine's
+                         (kvstash.load_policy); measured values win              own steps
+hop_bytes_per_s          sidecar→worker bandwidth over the socket (not the       2e9
+                         same-host arena), for load-or-recompute
 load_kv_async            load between steps (get_finished) instead of inside     false
                          the forward pass
 model                    namespace model id                                      ``model_config.model``
@@ -57,6 +61,8 @@ class ConnectorSettings:
     load_timeout_ms: float = 2000
     save_timeout_ms: float = 10000
     retry_interval_ms: float = 1000
+    prefill_tokens_per_s: float = 0.0
+    hop_bytes_per_s: float = 2e9
     load_kv_async: bool = False
     model: Optional[str] = None
     tenant: str = "default"
@@ -73,7 +79,7 @@ class ConnectorSettings:
     def from_extra(cls, extra: Optional[Dict[str, Any]]) -> "ConnectorSettings":
         e = dict(extra or {})
         s = cls(endpoint=str(e.get("endpoint") or default_endpoint()))
-        for k in ("lookup_timeout_ms", "load_timeout_ms", "save_timeout_ms", "retry_interval_ms"):
+        for k in ("lookup_timeout_ms", "load_timeout_ms", "save_timeout_ms", "retry_interval_ms", "prefill_tokens_per_s", "hop_bytes_per_s"):
             if k in e:
                 setattr(s, k, float(e[k]))
         for k in ("load_kv_async", "save_generated"):
