@@ -28,6 +28,7 @@ sys.path.insert(0, os.path.join(REPO, "adapters", "python"))
 import msgpack  # noqa: E402
 import zmq  # noqa: E402
 
+from bench_common import pct, start_sidecar, table, vllm_configs  # noqa: E402
 from kvstash.client import KvstashClient  # noqa: E402
 from kvstash.hashing import block_hashes  # noqa: E402
 
@@ -37,25 +38,6 @@ BLOCK = 2 * BS * HEADS * DIM * 2 * LAYERS  # 2 MiB
 N = 32 if QUICK else 128
 BATCH, WINDOW = 8, 4
 LOOKUPS = 100 if QUICK else 500
-
-
-def start_sidecar(tmp: str) -> tuple:
-    ep = f"ipc://{os.path.join(tmp, 'kvstash.sock')}"
-    cli = os.path.join(REPO, "dist", "connector", "cli.js")
-    cmd = ["node", cli] if os.path.exists(cli) else ["node", "--import=tsx", os.path.join(REPO, "connector", "cli.ts")]
-    p = subprocess.Popen(cmd + ["serve", "--endpoints", ep, "--file-root", "", "--dram-bytes", "6GiB", "--log-level", "warn"],
-                         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 30
-    out = ""
-    while time.time() < deadline:
-        line = p.stdout.readline()
-        out += line
-        if "index rebuilt" in line:
-            return p, ep
-        if not line and p.poll() is not None:
-            break
-    p.kill()
-    raise SystemExit(f"sidecar did not start:\n{out}")
 
 
 def raw_roundtrip(ep: str, ns: str, keys: list, blocks: list) -> tuple:
@@ -99,15 +81,7 @@ def raw_lookup_latency(ep: str, ns: str, keys: list) -> list:
 
 
 def configs(ep: str, num_blocks: int):
-    ktc = SimpleNamespace(kv_role="kv_both", kv_connector_extra_config={"endpoint": ep, "lookup_timeout_ms": 2000, "load_timeout_ms": 30000,
-                                                                        "save_timeout_ms": 30000, "max_pending_save_bytes": 4 << 30})
-    mc = SimpleNamespace(model="bench/llama-8b-shape", dtype="bfloat16", use_mla=False, hf_config=SimpleNamespace(num_hidden_layers=LAYERS),
-                         get_num_kv_heads=lambda pc: HEADS, get_head_size=lambda: DIM)
-    vc = SimpleNamespace(kv_transfer_config=ktc, model_config=mc, cache_config=SimpleNamespace(block_size=BS, cache_dtype="auto"),
-                         parallel_config=SimpleNamespace(tensor_parallel_size=1, pipeline_parallel_size=1, rank=0))
-    kcc = SimpleNamespace(num_blocks=num_blocks, kv_cache_groups=[SimpleNamespace(layer_names=[], kv_cache_spec=SimpleNamespace(
-        block_size=BS, num_kv_heads=HEADS, head_size=DIM, dtype="bfloat16"))])
-    return vc, kcc
+    return vllm_configs(ep, num_blocks, LAYERS, HEADS, DIM, BS)
 
 
 def connector_roundtrip(ep: str, keys: list) -> tuple:
@@ -180,17 +154,6 @@ def lookup_latency(ep: str) -> tuple:
     c.close()
     s.shutdown()
     return lat, hashing, raw
-
-
-def pct(xs: list, p: float) -> float:
-    s = sorted(xs)
-    return s[min(len(s) - 1, int(p / 100 * len(s)))]
-
-
-def table(head: list, rows: list) -> str:
-    w = [max(len(str(r[i])) for r in [head] + rows) for i in range(len(head))]
-    line = lambda r: "  ".join(str(x).ljust(w[i]) for i, x in enumerate(r))  # noqa: E731
-    return "\n".join([line(head), "  ".join("-" * x for x in w)] + [line(r) for r in rows])
 
 
 def main() -> None:

@@ -19,6 +19,7 @@ export const BENCHES: { name: string; cmd: string[] }[] = [
   { name: 'lmcache', cmd: node('lmcache.js') },
   { name: 'sglang', cmd: [py, 'bench/sglang.py'] },
   { name: 'python-connector', cmd: [py, 'bench/python-connector.py'] },
+  { name: 'arena', cmd: [py, 'bench/arena.py'] },
   { name: 'trace', cmd: node('trace.js') },
   { name: 'drivers', cmd: node('drivers.js') },
 ];

@@ -57,6 +57,8 @@ export class ArenaFile {
   readonly id = randomBytes(8).toString('hex');
   readonly bytes: number;
   private readonly chunkOwner: (Chunk | undefined)[];
+  /** Per chunk: bytes from its start whose tmpfs pages are known committed (written once), whatever the stride. */
+  private readonly committedTo: Float64Array;
   private readonly open = new Map<number, Set<Chunk>>(); // stride → chunks with a free slot
   private readonly hdr = Buffer.alloc(SLOT_HEADER_BYTES);
   private gens = 0;
@@ -66,6 +68,7 @@ export class ArenaFile {
     const chunks = Math.max(1, Math.ceil((opts.bytes - ARENA_FILE_HEADER_BYTES) / opts.chunkBytes));
     this.bytes = ARENA_FILE_HEADER_BYTES + chunks * opts.chunkBytes;
     this.chunkOwner = new Array(chunks).fill(undefined);
+    this.committedTo = new Float64Array(chunks);
     this.fd = openSync(opts.path, 'wx+', opts.mode);
     try {
       fchmodSync(this.fd, opts.mode); // the umask must not widen or narrow what the operator asked for
@@ -119,12 +122,18 @@ export class ArenaFile {
   commitMemory(s: Slot): boolean {
     const c = this.chunkOwner[s.chunk];
     if (!c || c.committed[s.index]) return true;
-    const len = s.stride - PAGE;
-    const zero = Buffer.alloc(Math.min(len, 4 << 20));
-    try {
-      for (let o = 0; o < len; o += zero.length) writeSync(this.fd, zero, 0, Math.min(zero.length, len - o), s.off + o);
-    } catch {
-      return false;
+    const start = s.off - PAGE - ARENA_FILE_HEADER_BYTES - s.chunk * this.opts.chunkBytes; // within the chunk
+    const done = this.committedTo[s.chunk]!;
+    if (start + s.stride > done) {
+      const from = Math.max(s.off, ARENA_FILE_HEADER_BYTES + s.chunk * this.opts.chunkBytes + done);
+      const len = s.off + s.stride - PAGE - from;
+      const zero = Buffer.alloc(Math.min(len, 4 << 20));
+      try {
+        for (let o = 0; o < len; o += zero.length) writeSync(this.fd, zero, 0, Math.min(zero.length, len - o), from + o);
+      } catch {
+        return false;
+      }
+      if (start <= done) this.committedTo[s.chunk] = start + s.stride;
     }
     c.committed[s.index] = 1;
     return true;

@@ -1,0 +1,54 @@
+"""Helpers shared by the Python benches (bench/python-connector.py, bench/arena.py): a sidecar of their own, tables."""
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from types import SimpleNamespace
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def start_sidecar(tmp: str, extra: tuple = ()) -> tuple:
+    ep = f"ipc://{os.path.join(tmp, 'kvstash.sock')}"
+    cli = os.path.join(REPO, "dist", "connector", "cli.js")
+    cmd = ["node", cli] if os.path.exists(cli) else ["node", "--import=tsx", os.path.join(REPO, "connector", "cli.ts")]
+    p = subprocess.Popen(cmd + ["serve", "--endpoints", ep, "--file-root", "", "--dram-bytes", "6GiB", "--log-level", "warn", "--grpc", "", "--metrics", "", *extra],
+                         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 30
+    out = ""
+    while time.time() < deadline:
+        line = p.stdout.readline()
+        out += line
+        if "index rebuilt" in line:
+            return p, ep
+        if not line and p.poll() is not None:
+            break
+    p.kill()
+    raise SystemExit(f"sidecar did not start:\n{out}")
+
+
+def pct(xs: list, p: float) -> float:
+    s = sorted(xs)
+    return s[min(len(s) - 1, int(p / 100 * len(s)))]
+
+
+def table(head: list, rows: list) -> str:
+    w = [max(len(str(r[i])) for r in [head] + rows) for i in range(len(head))]
+    line = lambda r: "  ".join(str(x).ljust(w[i]) for i, x in enumerate(r))  # noqa: E731
+    return "\n".join([line(head), "  ".join("-" * x for x in w)] + [line(r) for r in rows])
+
+
+
+
+def vllm_configs(ep: str, num_blocks: int, LAYERS: int, HEADS: int, DIM: int, BS: int):
+    """A vLLM config stand-in for the connector (the fields kvstash reads), 8B-shaped by default in the benches."""
+    ktc = SimpleNamespace(kv_role="kv_both", kv_connector_extra_config={"endpoint": ep, "lookup_timeout_ms": 2000, "load_timeout_ms": 30000,
+                                                                        "save_timeout_ms": 30000, "max_pending_save_bytes": 4 << 30})
+    mc = SimpleNamespace(model="bench/llama-8b-shape", dtype="bfloat16", use_mla=False, hf_config=SimpleNamespace(num_hidden_layers=LAYERS),
+                         get_num_kv_heads=lambda pc: HEADS, get_head_size=lambda: DIM)
+    vc = SimpleNamespace(kv_transfer_config=ktc, model_config=mc, cache_config=SimpleNamespace(block_size=BS, cache_dtype="auto"),
+                         parallel_config=SimpleNamespace(tensor_parallel_size=1, pipeline_parallel_size=1, rank=0))
+    kcc = SimpleNamespace(num_blocks=num_blocks, kv_cache_groups=[SimpleNamespace(layer_names=[], kv_cache_spec=SimpleNamespace(
+        block_size=BS, num_kv_heads=HEADS, head_size=DIM, dtype="bfloat16"))])
+    return vc, kcc
