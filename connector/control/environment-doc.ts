@@ -17,6 +17,7 @@ export const OTHER_VARIABLES: [name: string, usedBy: string, meaning: string][] 
   ['KVSTASH_CURVE_CLIENT_SECRET_KEY', 'Python connector', 'The engine\'s CURVE secret key (z85, `@file`, or a `kvstash keygen` output file) when the connector config names none; not `KVSTASH_CURVE_SECRET_KEY`, the sidecar\'s own key.'],
   ['KVSTASH_CURVE_CLIENT_PUBLIC_KEY', 'Python connector', 'Its public key (optional: derived from the secret key).'],
   ['KVSTASH_ENDPOINT', 'Python connector', 'Data-socket endpoint the Python connector connects to when its config names none.'],
+  ['KVSTASH_SHM', 'Python connector', '`0` keeps this process on inline frames: it does not map the sidecar\'s shared-memory DRAM arena even on the same host (default `1`: it maps it when it can open the file HELLO names).'],
   ['KVSTASH_PYTHON', 'tests, bench', 'Python interpreter for engine harnesses (default `/usr/bin/python3`).'],
   ['KVSTASH_BENCH_DIR', 'bench', 'Folder for benchmark files (default the temp dir).'],
 ];
