@@ -7,6 +7,8 @@ Run by hand on one CUDA GPU (not part of ``npm run bench``; CI has no GPU)::
     PYTHONPATH=adapters/python /usr/bin/python3 bench/gpu-ttft.py --tiny               # CPU smoke test
     ... bench/gpu-ttft.py --loads-only      # no model, loads of random KV only (also runs an older worker:
                                             # PYTHONPATH=<older adapters/python>)
+    ... bench/gpu-ttft.py --arena           # blocks in an arena file as the sidecar lays out its DRAM tier:
+                                            # the worker's same-host path (descriptor round trip left out)
 
 Model: a hand-written Llama-3.1-8B-shaped decoder in plain torch with RANDOM weights (no download): 32 layers of
 RMSNorm, GQA attention (32 query / 8 KV heads x 128, RoPE, causal), SwiGLU MLP 4096 -> 14336, bf16, batch 1,
@@ -65,6 +67,7 @@ from kvstash.vllm_compat import KVConnectorRole
 from kvstash.vllm_metadata import KvstashConnectorMetadata, LoadSpec
 
 BS = 16  # tokens per KV block (vLLM default)
+ARENA = "--arena" in sys.argv
 LLAMA_8B = dict(layers=32, hidden=4096, q_heads=32, kv_heads=8, head_dim=128, ffn=14336, vocab=128256)
 TINY = dict(layers=2, hidden=256, q_heads=4, kv_heads=2, head_dim=64, ffn=512, vocab=1000)
 
@@ -83,12 +86,62 @@ class MemClient:
             return [memoryview(self.store[(ns, k)]) if (ns, k) in self.store else None for k in keys]
 
 
+class ArenaMemClient(MemClient):
+    """``--arena``: the blocks lie in an arena file laid out exactly as the sidecar lays out its DRAM tier
+    (connector/storage/arena-layout.ts: one header page per slot, consecutive slots at one stride), and lease GETs
+    answer descriptors, so the worker takes its same-host path (scatter from the arena on CPU; one DMA per run from
+    the CUDA-registered arena on GPUs, then the slot check). Only the descriptor round trip to the sidecar is left out."""
+
+    def __init__(self, store, lock, arena):
+        super().__init__(store, lock)
+        self.arena, self.slots, self.size = arena
+        self.ns_raw = None
+
+    def arena_of(self, ns):
+        return self.arena
+
+    def lease_get(self, ns, keys, timeout_ms=None):
+        from kvstash.arena import LeasedGet
+
+        got = [self.slots.get((ns, k)) for k in keys]
+        header = {"sizes": [self.size if g else -1 for g in got], "slots": [list(g) if g else None for g in got], "lease": 0}
+        return LeasedGet(self, self.arena, ns, b"".join(keys), header, [])
+
+    def send_only(self, header):
+        pass
+
+
+def arena_file(blocks, keys, ns):
+    """Write blocks (n, nbytes uint8) into a fresh arena file; returns (ArenaMap, {(ns, key): (offset, gen)}, nbytes)."""
+    import os
+    import struct
+    import tempfile
+
+    from kvstash.arena import PAGE, ArenaMap, SLOT_MAGIC, LIVE
+
+    n, nbytes = blocks.shape
+    stride = PAGE + -(-nbytes // PAGE) * PAGE
+    fd, path = tempfile.mkstemp(prefix="kvstash-gpu-ttft-", suffix=".arena", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+    os.ftruncate(fd, PAGE + n * stride)
+    os.pwrite(fd, b"KVSARENA" + bytes(8) + os.urandom(16), 0)
+    slots = {}
+    for i, k in enumerate(keys):
+        off = PAGE + i * stride + PAGE
+        os.pwrite(fd, struct.pack("<IIQQ", SLOT_MAGIC, LIVE, i + 1, nbytes) + bytes(8) + k + bytes.fromhex(ns), off - PAGE)
+        os.pwrite(fd, blocks[i].numpy().tobytes(), off)
+        slots[(ns, k)] = (off, i + 1)
+    os.close(fd)
+    m = ArenaMap({"id": "bench", "path": path})
+    os.unlink(path)  # the mapping keeps it
+    return m, slots, nbytes
+
+
 class MemClients:
-    def __init__(self):
-        self.store, self.lock = {}, threading.Lock()
+    def __init__(self, arena=None):
+        self.store, self.lock, self.arena = {}, threading.Lock(), arena
 
     def get(self):
-        return MemClient(self.store, self.lock)
+        return ArenaMemClient(self.store, self.lock, self.arena) if self.arena else MemClient(self.store, self.lock)
 
     def close_current(self):
         pass
@@ -248,8 +301,11 @@ class LoadRig:
         self.conn, self.names, self.kv = make_connector(c, self.nb, dev, self.clients)
         ns = namespace_id(self.conn._worker.desc)
         self.keys = [int(i).to_bytes(4, "little") + S.to_bytes(4, "little") + bytes(24) for i in range(n)]
-        for i, k in enumerate(self.keys):
-            self.clients.store[(ns, k)] = u8[i].numpy().tobytes()
+        if ARENA:
+            self.clients.arena = arena_file(u8, self.keys, ns)
+        else:
+            for i, k in enumerate(self.keys):
+                self.clients.store[(ns, k)] = u8[i].numpy().tobytes()
         del u8
         perm = torch.randperm(self.nb, generator=torch.Generator().manual_seed(7)).tolist()
         self.block_ids = perm[:n]  # scattered, as a paged allocator hands them out
@@ -437,6 +493,7 @@ def main():
     ap.add_argument("--reps", type=int, default=None, help="timed repetitions per measurement (median)")
     ap.add_argument("--device", default=None)
     ap.add_argument("--loads-only", action="store_true", help="no model: time the loads of random KV (any worker version)")
+    ap.add_argument("--arena", action="store_true", help="blocks in a same-host arena file: the worker's in-place path")
     ap.add_argument("-v", "--verbose", action="store_true")
     a = ap.parse_args()
     c = TINY if a.tiny else LLAMA_8B
