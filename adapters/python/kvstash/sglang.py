@@ -20,6 +20,10 @@ key                 default                                      meaning
 ``tenant``          ``"default"``                                namespace tenant
 ``model``           ``storage_config.model_name``                namespace model id
 ``skip_existing``   true                                         batch_set*: one EXISTS first, send only missing
+``prefill_tokens_``  0 (no cut)                                   this engine's prefill speed: ``batch_exists``
+``per_s``                                                        counts only the leading pages whose tier loads
+                                                                 faster than they recompute (kvstash.load_policy)
+``hop_bytes_per_s``  2e9                                          sidecar→engine bandwidth off the same-host arena
 ``token``           ``$KVSTASH_TOKEN``                           bearer token for the data socket's AUTH
 ``curve_*``         ``$KVSTASH_CURVE_SERVER_KEY``,               ``curve_server_key`` / ``curve_secret_key`` /
                     ``$KVSTASH_CURVE_CLIENT_SECRET_KEY``,        ``curve_public_key``: CURVE keys (z85 or @file;
@@ -42,7 +46,8 @@ Rules:
   order, of the host-memory regions of the page — per page ``2 × layer`` pointers (layer_first) or 2 (K and V:
   page_first, page_first_direct). Generic path: the flat data page SGLang passes. Both orders agree for
   page_first layouts; ``io`` in the fingerprint keeps them apart anyway.
-- ``batch_exists`` is ONE round trip (EXISTS) and returns the number of leading hits. ``batch_get_v1`` reads a
+- ``batch_exists`` is ONE round trip (LOOKUP) and returns the number of leading hits worth loading (all of them
+  unless ``prefill_tokens_per_s`` is set). ``batch_get_v1`` reads a
   batch with pipelined GETs and copies each page into the host pool with ``ctypes.memmove``; a page whose size
   does not match its pointers is a miss. ``batch_set_v1`` gathers pages from the pool and PUTs them pipelined.
 - Never raises, never returns None from batch calls: every failure (sidecar down, timeout, bad reply, wrong
@@ -65,6 +70,7 @@ from .auth import Credentials, options_from_extra
 from .client import PUT_PRESENT, PUT_STORED, ThreadLocalClients, default_endpoint
 from .errors import KvstashError
 from .kv_layout import dtype_name
+from .load_policy import worth_loading
 from .sglang_arena import arena_get_v1, arena_set_v1
 
 log = logging.getLogger("kvstash.sglang")
@@ -156,6 +162,8 @@ class KvstashHiCacheStorage(HiCacheStorage):
         self.tenant = str(extra.get("tenant", "default"))
         self.model = str(extra.get("model") or getattr(storage_config, "model_name", None) or "default")
         self.skip_existing = bool(extra.get("skip_existing", True))
+        self.prefill_tokens_per_s = float(extra.get("prefill_tokens_per_s", 0) or 0)
+        self.hop_bytes_per_s = float(extra.get("hop_bytes_per_s", 2e9) or 0)
         self.interface_v1 = bool(int(extra.get("interface_v1", 0) or 0))
         self.is_mla = bool(getattr(storage_config, "is_mla_model", False))
         self.tp_rank = int(getattr(storage_config, "tp_rank", 0) or 0)
@@ -300,7 +308,11 @@ class KvstashHiCacheStorage(HiCacheStorage):
             return 0
         try:
             c, ns, left = self._client()
-            prefix = int(c.exists(ns, [page_key(k) for k in keys], timeout_ms=left).prefix)
+            res = c.lookup(ns, [page_key(k) for k in keys], timeout_ms=left)  # LOOKUP: tiers, not only presence
+            hop = 0.0 if c.arena_of(ns) is not None else self.hop_bytes_per_s
+            page_bytes = int(getattr(self.mem_pool_host, "get_size_per_token", lambda: 0)() or 0) * self.page_size
+            # only the leading pages whose tier loads faster than SGLang recomputes them (kvstash.load_policy)
+            prefix = worth_loading(res, list(res.tiers), self.page_size, page_bytes, self.prefill_tokens_per_s, hop)
             with self._lock:
                 self.stats["exists_calls"] += 1
                 self.stats["exists_hits"] += prefix
