@@ -123,7 +123,7 @@ def arena_file(blocks, keys, ns):
     stride = PAGE + -(-nbytes // PAGE) * PAGE
     fd, path = tempfile.mkstemp(prefix="kvstash-gpu-ttft-", suffix=".arena", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
     os.ftruncate(fd, PAGE + n * stride)
-    os.pwrite(fd, b"KVSARENA" + bytes(8) + os.urandom(16), 0)
+    os.pwrite(fd, b"KVSARENA" + bytes(8) + os.urandom(16) + struct.pack("<III", PAGE, 96, 256 << 20), 0)
     slots = {}
     for i, k in enumerate(keys):
         off = PAGE + i * stride + PAGE

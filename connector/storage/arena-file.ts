@@ -81,6 +81,7 @@ export class ArenaFile {
       this.token.copy(h, 16);
       h.writeUInt32LE(PAGE, 32);
       h.writeUInt32LE(SLOT_HEADER_BYTES, 36);
+      h.writeUInt32LE(opts.chunkBytes, 40);
       writeSync(this.fd, h, 0, h.length, 0);
     } catch (err) {
       closeSync(this.fd);

@@ -11,7 +11,8 @@
  *   8  u32      layout version (1)
  *  12  u32      pid of the sidecar that owns the file
  *  16  16 bytes attach token: a client proves it mapped this file by sending it back (op ATTACH)
- *  32  u32      page size (4096)       36  u32  slot header bytes (96)
+ *  32  u32      page size (4096)       36  u32  slot header bytes (96)       40  u32  chunk bytes (slots of one
+ *               size class share a chunk; engines register the arena with CUDA chunk by chunk, as they use it)
  *
  * Slots: every slot is one header page followed by its data; a descriptor's offset is the data's offset, so
  * the header is at `offset - 4096`. Slot header:

@@ -253,11 +253,6 @@ export class ArenaStore implements StorageDriver {
     }
   }
 
-  /** Forget a peer that went away: its leases and allocations end now. */
-  dropPeer(peer: string): void {
-    this.release(peer, [...this.leases].filter(([, l]) => l.peer === peer).map(([id]) => id));
-  }
-
   // ---- StorageDriver -----------------------------------------------------------------------------------
 
   async get(key: string): Promise<StoredValue | undefined> {

@@ -57,10 +57,11 @@ class ArenaMap:
             self.mm.close()
             raise OSError(f"{self.path} is not a kvstash arena file")
         self.token = bytes(self.mm[16:32])
+        self.chunk = struct.unpack_from("<I", self.mm, 40)[0]
+        self._registered: Dict[int, int] = {}  # chunk index → registered address
         self.view = memoryview(self.mm)
         self._tensor: Any = None
         self._addr: Optional[int] = None
-        self.registered = False
 
     def valid(self, off: int, gen: int, key: bytes, ns_raw: bytes) -> bool:
         """True if the slot at ``off`` still holds ``key`` of ``ns`` at generation ``gen`` (call AFTER copying)."""
@@ -69,8 +70,7 @@ class ArenaMap:
         return magic == SLOT_MAGIC and state == LIVE and g == gen and self.mm[h + 32 : h + 64] == key and self.mm[h + 64 : h + 80] == ns_raw
 
     def tensor(self) -> Any:
-        """The whole file as a uint8 torch tensor over the mapping (no copy); registered with CUDA when a GPU is
-        there (``cudaHostRegister``: host↔device copies from it are DMA at full speed)."""
+        """The whole file as a uint8 torch tensor over the mapping (no copy)."""
         if self._tensor is None:
             import torch
 
@@ -85,25 +85,41 @@ class ArenaMap:
             self._addr = ctypes.addressof(ctypes.c_char.from_buffer(self.mm))
         return self._addr
 
-    def register_cuda(self) -> bool:
-        if self.registered:
-            return True
-        try:
-            import torch
+    def register_cuda(self, off: int, n: int) -> bool:
+        """Page-lock the chunks holding [off, off + n) with CUDA (``cudaHostRegister``), once each, so host→device
+        copies from them are DMA at full speed. Chunk by chunk, as used: registering the whole sparse file would
+        commit all of its memory. False (copies still work, through pageable memory) if CUDA refuses."""
+        if not self.chunk:
+            return False
+        import torch
 
-            t = self.tensor()
-            rc = torch.cuda.cudart().cudaHostRegister(t.data_ptr(), t.numel(), 0)
-            self.registered = int(getattr(rc, "value", rc)) == 0
-        except Exception as err:  # pragma: no cover - needs a GPU
-            log.warning("kvstash: cudaHostRegister of %s failed (%s); copies go through pageable memory", self.path, err)
-        return self.registered
+        base = self.tensor().data_ptr()
+        ok = True
+        for c in range((off - PAGE) // self.chunk, (off + n - 1 - PAGE) // self.chunk + 1):
+            if c in self._registered:
+                continue
+            start = PAGE + c * self.chunk
+            size = min(self.chunk, len(self.mm) - start)
+            try:
+                rc = torch.cuda.cudart().cudaHostRegister(base + start, size, 0)
+                if int(getattr(rc, "value", rc)) != 0:
+                    raise RuntimeError(f"cudaHostRegister returned {rc}")
+                self._registered[c] = base + start
+            except Exception as err:  # pragma: no cover - needs a GPU
+                ok = False
+                log.warning("kvstash: cudaHostRegister of %s chunk %d failed (%s); copies go through pageable memory", self.path, c, err)
+                self.chunk = 0  # do not try again
+                break
+        return ok
 
     def close(self) -> None:
         try:
-            if self.registered:  # pragma: no cover - needs a GPU
+            if self._registered:  # pragma: no cover - needs a GPU
                 import torch
 
-                torch.cuda.cudart().cudaHostUnregister(self._tensor.data_ptr())
+                for addr in self._registered.values():
+                    torch.cuda.cudart().cudaHostUnregister(addr)
+                self._registered.clear()
             self._tensor = None
             self.view.release()
             self.mm.close()

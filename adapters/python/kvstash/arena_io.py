@@ -67,6 +67,7 @@ def leading_parts(lg: LeasedGet, n: int, block_bytes: int, dtype: Any, shape: Se
             span = (count - 1) * stride + block_bytes
             src = arena[off : off + span]
             if device is not None:
+                lg.arena.register_cuda(off, span)
                 src = src.to(device, non_blocking=True)
             typed = src.view(dtype)
             parts.append((i + start, count, typed.as_strided((count, *shape), ((stride // item) if count > 1 else 0, *inner))))

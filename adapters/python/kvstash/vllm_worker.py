@@ -226,7 +226,6 @@ class WorkerSide:
         import torch
 
         dev = next(iter(self.kv.values())).device
-        lg.arena.register_cuda()
         if self._side_stream is None:
             self._side_stream = torch.cuda.Stream(device=dev)
         with torch.cuda.stream(self._side_stream):
