@@ -43,36 +43,54 @@ def _contiguous_strides(shape: Sequence[int]) -> List[int]:
     return list(reversed(st))
 
 
+def _present_runs(slots: Sequence[Any], n: int):
+    """(first, count, stride, offset) of each run of slots (at one stride) among the first n; None entries are skipped."""
+    i = 0
+    while i < n:
+        if slots[i] is None:
+            i += 1
+            continue
+        j = i
+        while j < n and slots[j] is not None:
+            j += 1
+        for start, count, stride in runs(slots[i:j], j - i):
+            yield i + start, count, stride, slots[i + start][0]
+        i = j
+
+
+def _run_view(src: Any, count: int, stride: int, dtype: Any, shape: Sequence[int]) -> Any:
+    """(count, *shape) view of dtype over a uint8 span holding `count` blocks `stride` bytes apart."""
+    import torch
+
+    item = torch.empty((), dtype=dtype).element_size()
+    return src.view(dtype).as_strided((count, *shape), ((stride // item) if count > 1 else 0, *_contiguous_strides(shape)))
+
+
 def leading_parts(lg: LeasedGet, n: int, block_bytes: int, dtype: Any, shape: Sequence[int], device: Any = None) -> List[Part]:
     """Views of the first n blocks of a lease GET (all present, of block_bytes each), grouped into runs.
     ``device`` (a CUDA device) copies each run to that device first; None reads the arena in place."""
     import torch
 
-    item = torch.empty((), dtype=dtype).element_size()
-    inner = _contiguous_strides(shape)
     arena = lg.arena.tensor()
     parts: List[Part] = []
-    i = 0
-    while i < n:
-        if lg.slots[i] is None:  # came inline (DRAM could not take it): a run of one over its frame
-            v = torch.frombuffer(lg.inline[i], dtype=torch.uint8).view(dtype).view(1, *shape)  # type: ignore[arg-type]
-            parts.append((i, 1, v.to(device, non_blocking=True) if device is not None else v))
-            i += 1
-            continue
-        j = i
-        while j < n and lg.slots[j] is not None:
-            j += 1
-        for start, count, stride in runs(lg.slots[i:j], j - i):
-            off = lg.slots[i + start][0]  # type: ignore[index]
-            span = (count - 1) * stride + block_bytes
-            src = arena[off : off + span]
-            if device is not None:
-                lg.arena.register_cuda(off, span)
-                src = src.to(device, non_blocking=True)
-            typed = src.view(dtype)
-            parts.append((i + start, count, typed.as_strided((count, *shape), ((stride // item) if count > 1 else 0, *inner))))
-        i = j
-    return parts
+    for first, count, stride, off in _present_runs(lg.slots, n):
+        src = arena[off : off + (count - 1) * stride + block_bytes]
+        if device is not None:
+            lg.arena.register_cuda(off, src.numel())
+            src = src.to(device, non_blocking=True)
+        parts.append((first, count, _run_view(src, count, stride, dtype, shape)))
+    for i in range(n):  # came inline (DRAM could not take it): a run of one over its frame
+        if lg.slots[i] is None:
+            v = torch.frombuffer(lg.inline[i], dtype=torch.uint8)  # type: ignore[arg-type]
+            parts.append((i, 1, _run_view(v.to(device, non_blocking=True) if device is not None else v, 1, 0, dtype, shape)))
+    return sorted(parts, key=lambda p: p[0])
+
+
+def slot_parts(al: Any, n: int, block_bytes: int, dtype: Any, shape: Sequence[int]) -> List[Part]:
+    """Writable views of an ALLOC's slots, one per run at one stride; keys without a slot are left out."""
+    arena = al.arena.tensor()
+    return [(first, count, _run_view(arena[off : off + (count - 1) * stride + block_bytes], count, stride, dtype, shape))
+            for first, count, stride, off in _present_runs(al.slots, n)]
 
 
 def check_prefix(lg: LeasedGet, n: int) -> int:

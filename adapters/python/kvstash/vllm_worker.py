@@ -44,7 +44,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Set
 
-from .arena_io import check_prefix, leading_parts, store_blocks
+from .arena_io import check_prefix, leading_parts, slot_parts, store_blocks
 from .client import PUT_PRESENT, PUT_STORED, ThreadLocalClients
 from .errors import KvstashError
 from .kv_layout import LayoutError, LayoutSpec, TensorLayout, detect_layout, dtype_name, gather_blocks, ordered_layers, scatter_blocks
@@ -73,6 +73,8 @@ class _SaveStep:
     host: Any
     idx: Any
     gathered: Set[int] = field(default_factory=set)
+    alloc: Any = None  #: CPU, same host: arena slots the layers are gathered into (committed at wait_for_save)
+    parts: Any = None  #: [(first block, count, view (count, layers, *layer_shape))] of those slots
 
 
 class WorkerSide:
@@ -400,13 +402,53 @@ class WorkerSide:
                     self._warn_once("backlog", "kvstash: save backlog over %d bytes; dropping saves", self.s.max_pending_save_bytes)
                     return
                 self._pending_bytes += n * self.block_bytes
-            self._save = _SaveStep(saves, self._host(n, layer_major=self.cuda), self._idx([b for s in saves for b in s.block_ids]))
+            idx = self._idx([b for s in saves for b in s.block_ids])
+            al = None if self.cuda else self._alloc_in_place(saves, n)
+            if al is not None:
+                dt = next(iter(self.kv.values())).dtype
+                self._save = _SaveStep(saves, None, idx, alloc=al, parts=slot_parts(al, n, self.block_bytes, dt, (len(self.layers), *self.spec.layer_shape())))
+            else:
+                self._save = _SaveStep(saves, self._host(n, layer_major=self.cuda), idx)
         if self._save is False:
             return
         st = self._save
-        dst = st.host[li] if self.cuda else st.host[:, li]
-        gather_blocks(self.kv[layer_name], self.layouts[layer_name], st.idx, dst, non_blocking=self.cuda)
+        if st.parts is not None:  # straight into the arena slots, one strided view per run of slots
+            for first, count, v in st.parts:
+                gather_blocks(self.kv[layer_name], self.layouts[layer_name], st.idx[first : first + count], v[:, li])
+        else:
+            dst = st.host[li] if self.cuda else st.host[:, li]
+            gather_blocks(self.kv[layer_name], self.layouts[layer_name], st.idx, dst, non_blocking=self.cuda)
         st.gathered.add(li)
+
+    def _alloc_in_place(self, saves: list, n: int) -> Any:
+        """CPU on the sidecar's host: arena slots for this step's saves (one ALLOC on the forward thread's client,
+        committed from it at wait_for_save); None → host staging and the saver thread."""
+        try:
+            c = self.clients.get()
+            if not hasattr(c, "alloc"):
+                return None
+            ns = c.namespace(self.desc, timeout_ms=self.s.lookup_timeout_ms)
+            return c.alloc(ns, [k for s in saves for k in s.keys], [self.block_bytes] * n, timeout_ms=self.s.lookup_timeout_ms)
+        except Exception as err:
+            self._warn_once("alloc-" + type(err).__name__, "kvstash: arena ALLOC failed (%s); saving through the socket", err)
+            return None
+
+    def _commit_in_place(self, st: _SaveStep, complete: bool) -> None:
+        """Publish the slots gathered into (none if the step's layers were not all gathered); count like a PUT."""
+        al, n = st.alloc, st.idx.numel()
+        try:
+            written = [complete and al.slots[i] is not None and al.writable() for i in range(n)]
+            res = al.commit(written, timeout_ms=self.s.save_timeout_ms)
+            if complete:
+                self._count("saved_blocks", sum(1 for r in res if r == PUT_STORED))
+                self._count("present_blocks", sum(1 for r in res if r == PUT_PRESENT))
+                self._count("dropped_blocks", sum(1 for r in res if r not in (PUT_STORED, PUT_PRESENT)))
+        except Exception as err:  # the slots are reclaimed by the sidecar
+            self._count("save_errors", 1)
+            self._count("dropped_blocks", n)
+            self._warn_once("commit-" + type(err).__name__, "kvstash: arena COMMIT failed (%s); dropped (it is a cache)", err)
+        finally:
+            self._release(n * self.block_bytes)
 
     def _report(self) -> None:
         now = time.monotonic()
@@ -433,7 +475,13 @@ class WorkerSide:
             torch.cuda.current_stream().synchronize()  # the gathers are done: vLLM may reuse the blocks
         if len(st.gathered) != len(self.layers):
             self._warn_once("partial-save", "kvstash: save_kv_layer ran for %d of %d layers; not saving", len(st.gathered), len(self.layers))
-            self._release(st.idx.numel() * self.block_bytes)  # the step's blocks (host.shape[0] is the layers on GPUs)
+            if st.alloc is not None:
+                self._commit_in_place(st, complete=False)
+            else:
+                self._release(st.idx.numel() * self.block_bytes)  # the step's blocks (host.shape[0] is the layers on GPUs)
+            return
+        if st.alloc is not None:  # CPU, same host: the bytes are in the slots already
+            self._commit_in_place(st, complete=True)
             return
         deadline = time.monotonic() + self.s.save_timeout_ms / 1000.0
         fut = self.saver.submit(self._put_step, st, deadline)
