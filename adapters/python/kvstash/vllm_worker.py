@@ -44,11 +44,12 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Set
 
-from .arena_io import check_prefix, leading_parts, slot_parts, store_blocks
+from .arena_io import slot_parts, store_blocks
 from .client import PUT_PRESENT, PUT_STORED, ThreadLocalClients
 from .errors import KvstashError
 from .kv_layout import LayoutError, LayoutSpec, TensorLayout, detect_layout, dtype_name, gather_blocks, ordered_layers, scatter_blocks
 from .vllm_metadata import LoadSpec
+from .vllm_worker_arena import ArenaWorkerMixin
 
 log = logging.getLogger("kvstash.vllm")
 # Received frames are read-only; torch.frombuffer warns about that although we only read from them.
@@ -77,7 +78,7 @@ class _SaveStep:
     parts: Any = None  #: [(first block, count, view (count, layers, *layer_shape))] of those slots
 
 
-class WorkerSide:
+class WorkerSide(ArenaWorkerMixin):
     def __init__(self, settings: Any, spec: LayoutSpec, desc: Dict[str, Any], num_blocks: Optional[int], save_sync: bool) -> None:
         self.s, self.spec, self.desc = settings, spec, desc
         self.num_blocks, self.save_sync = num_blocks, save_sync
@@ -205,51 +206,12 @@ class WorkerSide:
             ok += 1
         return ok
 
-    def _fetch_arena(self, ld: _Load) -> Optional[tuple]:
-        """Lease GET from the same-host arena; None when this worker's client is not attached (remote sidecar)."""
-        left = (ld.deadline - time.monotonic()) * 1000.0
-        if left <= 0:
-            raise KvstashError("KVS_TIMEOUT", "load deadline passed before the request was sent")
-        c = self.clients.get()
-        if not hasattr(c, "lease_get"):  # a client without the arena (the GPU benches' in-memory stand-in)
-            return None
-        ns = c.namespace(self.desc, timeout_ms=left)
-        lg = c.lease_get(ns, ld.spec.keys, timeout_ms=max(0.0, (ld.deadline - time.monotonic()) * 1000.0))
-        if lg is None:
-            return None
-        ok = self._leading_ok(lg.sizes)
-        if not ok:
-            lg.release()
-            return 0, None, None, None
-        dt = next(iter(self.kv.values())).dtype
-        shape = (len(self.layers), *self.spec.layer_shape())
-        if not self.cuda:
-            return ok, leading_parts(lg, ok, self.block_bytes, dt, shape), self._idx(ld.spec.block_ids[:ok]), lg
-        import torch
-
-        dev = next(iter(self.kv.values())).device
-        if self._side_stream is None:
-            self._side_stream = torch.cuda.Stream(device=dev)
-        with torch.cuda.stream(self._side_stream):
-            parts = leading_parts(lg, ok, self.block_bytes, dt, shape, device=dev)
-        self._side_stream.synchronize()  # the copies are done: now the slots may be checked and let go
-        ok = check_prefix(lg, ok)
-        lg.release()
-        return ok, parts, self._idx(ld.spec.block_ids[:ok]), None
-
     def _scatter_layer(self, ld: _Load, li: int, name: str) -> None:
         for first, count, v in ld.host:
             if first >= ld.ok:
                 break
             n = min(count, ld.ok - first)
             scatter_blocks(self.kv[name], self.layouts[name], ld.idx[first : first + n], v[:n, li])
-
-    def _settle(self, ld: _Load) -> None:
-        """After the scatter from an arena lease: keep only the leading blocks still valid, let the slots go."""
-        if ld.lease is not None:
-            ld.ok = min(ld.ok, check_prefix(ld.lease, ld.ok))
-            ld.lease.release()
-            ld.lease = None
 
     def _failed(self, ld: _Load) -> List[int]:
         return list(ld.spec.block_ids[ld.ok:])
@@ -299,13 +261,6 @@ class WorkerSide:
             self._count("failed_blocks", len(failed))
             self._errors.update(failed)
             self._failed_reqs.add(ld.spec.req_id)
-
-    def _settle_sync(self) -> None:
-        """Sync loads read in place from the arena: checked once every layer was scattered, then counted."""
-        for ld in self._sync:
-            if ld.lease is not None:
-                self._settle(ld)
-                self._account(ld)
 
     def wait_for_layer_load(self, layer_name: str) -> None:
         if not self._sync:
@@ -420,36 +375,6 @@ class WorkerSide:
             gather_blocks(self.kv[layer_name], self.layouts[layer_name], st.idx, dst, non_blocking=self.cuda)
         st.gathered.add(li)
 
-    def _alloc_in_place(self, saves: list, n: int) -> Any:
-        """CPU on the sidecar's host: arena slots for this step's saves (one ALLOC on the forward thread's client,
-        committed from it at wait_for_save); None → host staging and the saver thread."""
-        try:
-            c = self.clients.get()
-            if not hasattr(c, "alloc"):
-                return None
-            ns = c.namespace(self.desc, timeout_ms=self.s.lookup_timeout_ms)
-            return c.alloc(ns, [k for s in saves for k in s.keys], [self.block_bytes] * n, timeout_ms=self.s.lookup_timeout_ms)
-        except Exception as err:
-            self._warn_once("alloc-" + type(err).__name__, "kvstash: arena ALLOC failed (%s); saving through the socket", err)
-            return None
-
-    def _commit_in_place(self, st: _SaveStep, complete: bool) -> None:
-        """Publish the slots gathered into (none if the step's layers were not all gathered); count like a PUT."""
-        al, n = st.alloc, st.idx.numel()
-        try:
-            written = [complete and al.slots[i] is not None and al.writable() for i in range(n)]
-            res = al.commit(written, timeout_ms=self.s.save_timeout_ms)
-            if complete:
-                self._count("saved_blocks", sum(1 for r in res if r == PUT_STORED))
-                self._count("present_blocks", sum(1 for r in res if r == PUT_PRESENT))
-                self._count("dropped_blocks", sum(1 for r in res if r not in (PUT_STORED, PUT_PRESENT)))
-        except Exception as err:  # the slots are reclaimed by the sidecar
-            self._count("save_errors", 1)
-            self._count("dropped_blocks", n)
-            self._warn_once("commit-" + type(err).__name__, "kvstash: arena COMMIT failed (%s); dropped (it is a cache)", err)
-        finally:
-            self._release(n * self.block_bytes)
-
     def _report(self) -> None:
         now = time.monotonic()
         if now - self._last_report >= 60 and self.counters != self._reported:
@@ -506,15 +431,6 @@ class WorkerSide:
             else:
                 self._put(s.keys, [host[off + i].reshape(-1).view(torch.uint8).numpy() for i in range(n)], deadline)
             off += n
-
-    def _arena_client(self) -> Any:
-        """(client, ns) when this thread's client is attached to the sidecar's arena, else None."""
-        try:
-            c = self.clients.get()
-            ns = c.namespace(self.desc, timeout_ms=self.s.save_timeout_ms)
-            return (c, ns) if c.arena_of(ns) is not None else None
-        except Exception:
-            return None
 
     def _release(self, nbytes: int) -> None:
         with self._lock:
