@@ -16,7 +16,7 @@ import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { Router } from 'zeromq';
 import { decodeRequest, encodeError, encodeReply, ProtocolError } from '../protocol/codec.js';
-import { ErrorCode, KvstashError, toKvstashError } from '../protocol/errors.js';
+import { ErrorCode, isErrorCode, KvstashError, toKvstashError } from '../protocol/errors.js';
 import { ALL_OPS, KEY_BYTES, PROTOCOL_VERSION, PutResult, type Limits, type NamespaceDescriptor, type Request } from '../protocol/wire.js';
 import { checksum } from './checksum.js';
 import type { Config } from './config.js';
@@ -232,7 +232,8 @@ export class Sidecar {
     try {
       ({ header: req, blocks } = decodeRequest(frames, this.limits, this.extraOpNames));
     } catch (err) {
-      const e = err as ProtocolError;
+      // Anything the codec did not code itself is a header it could not read (never an undefined code).
+      const e = err instanceof ProtocolError ? err : new ProtocolError(ErrorCode.BAD_HEADER, `undecodable header: ${(err as Error)?.message ?? String(err)}`, undefined);
       this.replyError(routingId, e.requestId, e.code, e.message);
       return;
     }
@@ -358,7 +359,8 @@ export class Sidecar {
     };
   }
 
-  private replyError(routingId: Buffer, id: number | undefined, code: string, message: string): void {
+  private replyError(routingId: Buffer, id: number | undefined, code0: string, message: string): void {
+    const code = isErrorCode(code0) ? code0 : ErrorCode.INTERNAL;
     this.counters.errors++;
     this.counters.byCode[code] = (this.counters.byCode[code] ?? 0) + 1;
     this.log.tr({ code, id }, message);
