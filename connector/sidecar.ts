@@ -20,6 +20,7 @@ import { ErrorCode, isErrorCode, KvstashError, toKvstashError } from '../protoco
 import { ALL_OPS, KEY_BYTES, PROTOCOL_VERSION, PutResult, type Limits, type NamespaceDescriptor, type Request } from '../protocol/wire.js';
 import { checksum } from './checksum.js';
 import type { Config } from './config.js';
+import { assertEndpointsFree } from './endpoint-probe.js';
 import { namespaceId } from './keys.js';
 import { logger } from './log.js';
 import { buildTierStack } from './stack.js';
@@ -126,6 +127,8 @@ export class Sidecar {
   configureSocket: ((router: Router) => void) | undefined;
 
   async start(): Promise<{ endpoints: string[]; rebuilt: number }> {
+    // Before the tier stack opens anything: never take (unlink) the socket of a live sidecar (endpoint-probe.ts).
+    await assertEndpointsFree(this.config.endpoints);
     const { rebuilt } = await this.tiers.open();
     this.loadNamespaces();
     const router = new Router({ sendHighWaterMark: 100_000, receiveHighWaterMark: 100_000, linger: 0 });
