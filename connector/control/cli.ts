@@ -181,6 +181,18 @@ function addCommands(program: Command): void {
     print(o, r, () => `moved ${r.changed} of ${r.total} blocks to ${o.to}, ${r.skipped} already there or pinned, ${r.failed} failed or gone`);
   }).option('--to <tier>', 'target tier (dram, file, …)');
 
+  command(program, 'drop-namespaces', 'forget a namespace or every namespace of a tenant (kept while they hold blocks, unless --include-blocks)', 'namespaces to drop', async (o) => {
+    const sel = selectorFrom(o);
+    if (sel.prefix) throw new KvstashError(ErrorCode.INVALID_ARGUMENT, 'drop-namespaces takes a namespace or a tenant, not a prefix');
+    const c = controlClient(o);
+    try {
+      const r = await c.dropNamespaces({ selector: sel, include_blocks: o.includeBlocks === true });
+      print(o, r, () => `dropped ${r.dropped} namespaces, kept ${r.kept} that hold blocks, removed ${r.blocks_removed} blocks`);
+    } finally {
+      c.close();
+    }
+  }).option('--include-blocks', 'delete their blocks first (pinned blocks keep their namespace)');
+
   command(program, 'health', 'liveness of the sidecar and of each tier (exit 4 when not SERVING)', undefined, async (o) => {
     const c = controlClient(o);
     try {

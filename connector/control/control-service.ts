@@ -66,6 +66,7 @@ export class ControlService {
       Clear: this.stream('Clear', (r, p, out) => this.clear(r, p, out)),
       Move: this.stream('Move', (r, p, out) => this.move(r, p, out)),
       WatchTierEvents: this.stream('WatchTierEvents', (r, p, out, call) => this.watch(r, p, out, call)),
+      DropNamespaces: this.unary('DropNamespaces', (r, p) => this.dropNamespaces(r, p)),
     };
   }
 
@@ -185,6 +186,19 @@ export class ControlService {
     }));
     const status = this.stopping ? 'NOT_SERVING' : tiers.every((t) => t.ok) ? 'SERVING' : 'DEGRADED';
     return { status, server: SERVER_VERSION, uptime_s: Math.round((Date.now() - this.startedAt) / 1000), endpoints: this.sidecar.endpoints, tiers };
+  }
+
+  private dropNamespaces(r: Msg, p: Principal): Msg {
+    const sel = this.resolver.selection(r.selector as SelectorMsg, p);
+    if (sel.scope === 'prefix') throw new KvstashError(ErrorCode.INVALID_ARGUMENT, 'DropNamespaces takes a namespace or a tenant, not a prefix');
+    const ids = new Set(sel.namespace ? [sel.namespace] : this.sidecar.nsRegistry.ofTenant(sel.tenant));
+    let removed = 0;
+    if (r.include_blocks === true) removed = this.sidecar.tiers.clear(() => true, { keys: sel.keys() }).removed;
+    const busy = this.sidecar.namespacesWithBlocks(ids);
+    const gone = [...ids].filter((id) => !busy.has(id));
+    this.sidecar.nsRegistry.drop(gone);
+    this.log.info({ principal: p.id, scope: sel.scope, tenant: sel.tenant, dropped: gone.length, kept: busy.size, blocks_removed: removed }, 'drop namespaces');
+    return { dropped: gone.length, kept: busy.size, blocks_removed: removed, dropped_ids: gone };
   }
 
   // ---- streaming -------------------------------------------------------------------------------------------
