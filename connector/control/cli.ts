@@ -22,7 +22,9 @@ import { environmentMarkdown } from './environment-doc.js';
 import type { Msg } from './grpc-client.js';
 import { ControlServerPlugin } from './grpc-server.js';
 import { MetricsPlugin } from './metrics.js';
-import { CONTROL_SETTINGS, curveSecretFromConfig, pinBudgetFromConfig, policyFromConfig } from './settings.js';
+import {
+  CONTROL_SETTINGS, curveSecretFromConfig, metricsAuthFromConfig, metricsTenantLabelsFromConfig, pinBudgetFromConfig, policyFromConfig,
+} from './settings.js';
 import { TierEventsPublisher } from './tier-events-publisher.js';
 
 export async function controlPlugins(config: Config): Promise<SidecarPlugin[]> {
@@ -42,7 +44,10 @@ export async function controlPlugins(config: Config): Promise<SidecarPlugin[]> {
   }
   let metrics: MetricsPlugin | undefined;
   if (config.metrics) {
-    metrics = new MetricsPlugin({ address: String(config.metrics), topNamespaces: Number(config.metricsTopNamespaces), events });
+    metrics = new MetricsPlugin({
+      address: String(config.metrics), topNamespaces: Number(config.metricsTopNamespaces), events,
+      tenantLabels: metricsTenantLabelsFromConfig(config, policy), authorize: metricsAuthFromConfig(config, policy),
+    });
     out.push(metrics);
   }
   if (config.grpc) {
@@ -53,6 +58,7 @@ export async function controlPlugins(config: Config): Promise<SidecarPlugin[]> {
       address: String(config.grpc), policy, streamBuffer: Math.max(1, Number(config.grpcStreamBuffer)),
       tls: cert ? { certFile: cert, keyFile: key, clientCaFile: String(config.grpcTlsClientCa || '') || undefined } : undefined,
       pinBudgetBytes: pinBudgetFromConfig(config, parseBytes),
+      authFailuresPerSecond: Number(config.grpcAuthFailuresPerSecond ?? 5), authFailureBurst: Number(config.grpcAuthFailureBurst ?? 20),
       onCall: metrics ? (m, s, c) => metrics.recordGrpc(m, s, c) : undefined,
       onStreamDrop: metrics ? (m) => metrics.grpcStreamDropped.inc({ method: m }) : undefined,
     }));

@@ -8,6 +8,7 @@ import { ErrorCode, KvstashError } from '../../protocol/errors.js';
 import { logger } from '../log.js';
 import { SERVER_VERSION, type Sidecar } from '../sidecar.js';
 import { LOCAL, type AccessPolicy, type Principal } from './auth.js';
+import type { AuthThrottle } from './auth-throttle.js';
 import { BoundedStream } from './bounded-stream.js';
 import { Resolver, type NamespaceMsg, type PrefixMsg, type SelectorMsg } from './selectors.js';
 import { toServiceError } from './status.js';
@@ -21,6 +22,8 @@ export interface ControlServiceOptions {
   streamBuffer: number;
   onCall?: CallObserver;
   onStreamDrop?: (method: string) => void;
+  /** Throttle of failed authentications (auth-throttle.ts); none = unthrottled. */
+  throttle?: AuthThrottle;
 }
 
 const CHUNK = 1024;
@@ -45,13 +48,17 @@ export class ControlService {
     for (const c of this.closers) c();
   }
 
-  /** The caller's principal from `authorization: Bearer <token>`; LOCAL when auth is off. */
-  principal(md: grpc.Metadata): Principal {
+  /** The caller's principal from `authorization: Bearer <token>`; LOCAL when auth is off. Failures are throttled per peer host. */
+  principal(md: grpc.Metadata, peer = ''): Principal {
     if (!this.opts.policy.enabled) return LOCAL;
+    this.opts.throttle?.admit(peer);
     const h = md.get('authorization')[0];
     const m = typeof h === 'string' ? /^Bearer\s+(\S+)$/i.exec(h) : null;
     const p = m ? this.opts.policy.byToken(m[1]!) : undefined;
-    if (!p) throw new KvstashError(ErrorCode.UNAUTHENTICATED, m ? 'unknown bearer token' : 'missing "authorization: Bearer <token>" metadata');
+    if (!p) {
+      this.opts.throttle?.failed(peer);
+      throw new KvstashError(ErrorCode.UNAUTHENTICATED, m ? 'unknown bearer token' : 'missing "authorization: Bearer <token>" metadata');
+    }
     return p;
   }
 
@@ -74,7 +81,7 @@ export class ControlService {
     return (call, cb) => {
       const t0 = performance.now();
       Promise.resolve()
-        .then(() => fn(call.request, this.principal(call.metadata)))
+        .then(() => fn(call.request, this.principal(call.metadata, call.getPeer())))
         .then((res) => {
           this.opts.onCall?.(method, (performance.now() - t0) / 1000, 'OK');
           cb(null, res);
@@ -87,7 +94,7 @@ export class ControlService {
       const t0 = performance.now();
       const out = new BoundedStream<Msg>(call, this.opts.streamBuffer, () => this.opts.onStreamDrop?.(method));
       Promise.resolve()
-        .then(() => fn(call.request, this.principal(call.metadata), out, call))
+        .then(() => fn(call.request, this.principal(call.metadata, call.getPeer()), out, call))
         .then(async () => {
           this.opts.onCall?.(method, (performance.now() - t0) / 1000, call.cancelled ? 'CANCELLED' : 'OK');
           await out.end();
