@@ -15,7 +15,7 @@
  *   code, generation, offset and first bytes; requests before it are still served, then the connection is
  *   closed. Other connections are not affected.
  * - PUT payload memory is charged to the server's LmMemoryBudget as it arrives and released when the PUT is
- *   stored or refused, or when the connection closes (memory-budget.ts: refusals are counted, `refusedPuts`).
+ *   stored or refused, or when the connection closes (memory-budget.ts: refusals are counted there, `refusedPuts`).
  */
 import type { Socket } from 'node:net';
 import type { Logger } from 'pino';
@@ -41,7 +41,7 @@ export interface ConnectionOptions {
 }
 
 export interface LmCounters {
-  connections: number; requests: number; puts: number; stored: number; droppedPuts: number; refusedPuts: number; gets: number; hits: number;
+  connections: number; requests: number; puts: number; stored: number; droppedPuts: number; gets: number; hits: number;
   misses: number; exists: number; lists: number; health: number; unknown: number; protocolErrors: number; timeouts: number;
 }
 
@@ -181,7 +181,6 @@ export class LmConnection {
         if (!f.payload) {
           this.c.droppedPuts++;
           if (f.refused) {
-            this.c.refusedPuts++;
             this.log.warn({ code: ErrorCode.RESOURCE_EXHAUSTED, key: h.key, length: h.length, buffered: this.opts.budget?.used, cap: this.opts.budget?.capBytes }, 'lm:// PUT refused: the server\'s buffered-bytes cap is reached; payload skipped, not stored');
           } else {
             this.log.warn({ code: ErrorCode.TOO_LARGE, key: h.key, length: h.length, limit: this.opts.maxPayloadBytes }, 'lm:// PUT over the block size limit: payload skipped, not stored');

@@ -105,6 +105,7 @@ export class LmFrameParser {
         if (this.opts.budget && !this.opts.budget.take(n)) {
           // Over the cap mid-way: refuse this PUT, release what it held, skip the rest of its bytes.
           this.abort();
+          this.opts.budget.refusals++;
           this.skip = f.header.length - this.filled;
           this.skipFrame = { header: f.header, payloadOffset: 0, dropped: true, refused: true };
           continue;
@@ -177,6 +178,7 @@ export class LmFrameParser {
     if (tooLarge || (this.opts.budget && !this.opts.budget.fits(header.length))) {
       this.skip = header.length;
       const f: LmFrame = { header, payloadOffset: 0, dropped: true, refused: !tooLarge };
+      if (!tooLarge) this.opts.budget!.refusals++;
       // Delivered at once (the reply order does not depend on it: a PUT has no reply).
       if (this.skip === 0) this.requestStartedAt = 0;
       onFrame(f);

@@ -7,12 +7,14 @@
  * - A new PUT whose claimed length does not fit in what is left is refused at its header; a PUT that stops
  *   fitting while it arrives (other connections grew) is refused then. Refused PUTs' bytes are skipped, so the
  *   stream stays aligned. LMCache's PUT has no reply: the client learns of the refusal as a GET miss
- *   (code 400, the protocol's only error), like any dropped save; the server logs KVS_RESOURCE_EXHAUSTED and
- *   counts it (`refusedPuts`).
+ *   (code 400, the protocol's only error), like any dropped save; the server counts it at once (`refusals`,
+ *   reported as `refusedPuts`) and logs KVS_RESOURCE_EXHAUSTED once the PUT's bytes are skipped.
  */
 export class LmMemoryBudget {
   used = 0;
   peak = 0;
+  /** PUTs refused (at their header or while arriving), counted when refused. */
+  refusals = 0;
 
   constructor(readonly capBytes: number) {}
 

@@ -65,7 +65,7 @@ export interface LmcacheServerOptions {
 export class LmcacheServer implements SidecarPlugin {
   readonly name = 'lmcache';
   readonly counters: LmCounters = {
-    connections: 0, requests: 0, puts: 0, stored: 0, droppedPuts: 0, refusedPuts: 0, gets: 0, hits: 0, misses: 0, exists: 0,
+    connections: 0, requests: 0, puts: 0, stored: 0, droppedPuts: 0, gets: 0, hits: 0, misses: 0, exists: 0,
     lists: 0, health: 0, unknown: 0, protocolErrors: 0, timeouts: 0,
   };
   readonly budget: LmMemoryBudget;
@@ -127,6 +127,6 @@ export class LmcacheServer implements SidecarPlugin {
   }
 
   stats(): Record<string, unknown> {
-    return { ...this.counters, open_connections: this.sockets.size, buffered_bytes: this.budget.used, buffered_peak_bytes: this.budget.peak, buffered_cap_bytes: this.budget.capBytes, undecodable: this.store?.counters.undecodable ?? 0, listeners: this.bound.map((b) => ({ url: b.url, generation: b.generation })) };
+    return { ...this.counters, refusedPuts: this.budget.refusals, open_connections: this.sockets.size, buffered_bytes: this.budget.used, buffered_peak_bytes: this.budget.peak, buffered_cap_bytes: this.budget.capBytes, undecodable: this.store?.counters.undecodable ?? 0, listeners: this.bound.map((b) => ({ url: b.url, generation: b.generation })) };
   }
 }

@@ -66,7 +66,7 @@ test('lmcache limits - a global cap on buffered bytes: beyond it new PUTs are re
   b.put('b-small', Buffer.from('small'));
   t.is((await b.get('b-small'))?.payload.toString(), 'small');
   t.is(await b.get('b-big'), undefined);
-  t.is(r.lm.counters.refusedPuts, 1);
+  t.is(r.lm.budget.refusals, 1);
   t.true(r.lm.budget.peak <= cap, `peak ${r.lm.budget.peak}`);
   // A finishes: stored, and its bytes are released.
   await send(a.sock, Buffer.alloc(100 * 1024, 0xaa));
@@ -88,7 +88,7 @@ test('lmcache limits - a PUT that stops fitting while it arrives is refused mid-
   await until(() => r.lm.budget.used === 800 * 1024, 5000, 'both partly buffered');
   // A's rest would take the total to 1.1 MiB: refused mid-way, A's bytes released, the rest skipped.
   await send(a.sock, Buffer.alloc(300 * 1024, 1));
-  await until(() => r.lm.counters.refusedPuts === 1 && r.lm.budget.used === 300 * 1024, 5000, 'A refused mid-way');
+  await until(() => r.lm.budget.refusals === 1 && r.lm.budget.used === 300 * 1024, 5000, 'A refused mid-way');
   t.true(r.lm.budget.peak <= 1 << 20, `peak ${r.lm.budget.peak}`);
   // A's stream is still aligned: its next PUT is stored.
   await send(a.sock, Buffer.concat([putHeader('a2', 5), Buffer.from('after')]));
