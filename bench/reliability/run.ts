@@ -49,6 +49,7 @@ for (const a of ATTACKS) {
   process.stderr.write(`reliability: ${a.name} done in ${((Date.now() - started) / 1000).toFixed(1)} s\n`);
 }
 process.stdout.write(`\nkvstash reliability (seed ${seed}, ${((Date.now() - t0) / 1000).toFixed(0)} s)\n`);
-process.stdout.write(formatTable(['attack', 'count', 'wrong bytes served', 'ack. data lost', 'peak RSS MiB', 'verdict', 'notes'],
-  rows.map((r) => [r.attack, r.count, r.wrongBytes, r.lost, r.peakRssMiB.toFixed(0), r.verdict, r.note])) + '\n');
+process.stdout.write(formatTable(['attack', 'count', 'wrong bytes served', 'ack. data lost', 'peak RSS MiB', 'verdict'],
+  rows.map((r, i) => [`${i + 1}. ${r.attack}`, r.count, r.wrongBytes, r.lost, r.peakRssMiB.toFixed(0), r.verdict])) + '\n\n');
+for (const [i, r] of rows.entries()) process.stdout.write(`${i + 1}. ${r.note}\n`);
 process.exit(rows.some((r) => r.verdict === 'FAIL') ? 1 : 0);
