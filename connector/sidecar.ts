@@ -20,7 +20,7 @@ import { ErrorCode, isErrorCode, KvstashError, toKvstashError } from '../protoco
 import { ALL_OPS, KEY_BYTES, PROTOCOL_VERSION, PutResult, type Limits, type NamespaceDescriptor, type Request } from '../protocol/wire.js';
 import { checksum } from './checksum.js';
 import type { Config } from './config.js';
-import { assertEndpointsFree } from './endpoint-probe.js';
+import { assertEndpointsFree, probeEndpoint } from './endpoint-probe.js';
 import { logger } from './log.js';
 import { NamespaceRegistry } from './namespace-registry.js';
 import { buildTierStack } from './stack.js';
@@ -163,6 +163,12 @@ export class Sidecar {
     this.nsRegistry.flush();
     for (const p of [...this.plugins].reverse()) await p.stop().catch((err) => this.log.warn({ err }, `plugin ${p.name} stop failed`));
     this.router?.close();
+    // libzmq closes listeners on its own thread: return once they are gone, so a sidecar started right after
+    // this one on the same endpoints does not find them live (endpoint-probe.ts). Bounded: 2 s.
+    const until = Date.now() + 2000;
+    for (const ep of this.boundEndpoints) {
+      while (Date.now() < until && (await probeEndpoint(ep, 200)) === 'live') await new Promise((r) => setTimeout(r, 10));
+    }
     await this.tiers.close();
   }
 
