@@ -21,6 +21,8 @@ import type { NamespaceDescriptor } from '../protocol/wire.js';
 import { namespaceId } from './keys.js';
 
 export interface NamespaceRegistryOptions {
+  /** The map to keep them in (the sidecar's `namespaces`); default a new one. */
+  map?: Map<string, NamespaceDescriptor>;
   /** Persist here (namespaces.json); undefined = memory only. */
   file: string | undefined;
   max: number;
@@ -30,14 +32,16 @@ export interface NamespaceRegistryOptions {
 }
 
 export class NamespaceRegistry {
-  readonly map = new Map<string, NamespaceDescriptor>();
+  readonly map: Map<string, NamespaceDescriptor>;
   readonly counters = { refusedQuota: 0, expired: 0, dropped: 0 };
   private readonly lastUsed = new Map<string, number>();
   private readonly perTenant = new Map<string, number>();
   private readonly keep = new Set<string>();
   private timer: NodeJS.Timeout | undefined;
 
-  constructor(private readonly opts: NamespaceRegistryOptions) {}
+  constructor(private readonly opts: NamespaceRegistryOptions) {
+    this.map = opts.map ?? new Map();
+  }
 
   register(d: NamespaceDescriptor, keep = false): string {
     const desc: NamespaceDescriptor = {

@@ -21,8 +21,8 @@ import { ALL_OPS, KEY_BYTES, PROTOCOL_VERSION, PutResult, type Limits, type Name
 import { checksum } from './checksum.js';
 import type { Config } from './config.js';
 import { assertEndpointsFree, probeEndpoint } from './endpoint-probe.js';
-import { logger } from './log.js';
 import { NamespaceRegistry } from './namespace-registry.js';
+import { logger } from './log.js';
 import { buildTierStack } from './stack.js';
 import { defaultRegistry, type DriverRegistry } from './storage/registry.js';
 import type { TierStack } from './tiers.js';
@@ -76,12 +76,12 @@ export function storageKeys(ns: string, keys: Buffer): string[] {
 
 export class Sidecar {
   readonly tiers: TierStack;
-  /** Registered namespaces, quotas and expiry (namespace-registry.ts). */
-  readonly nsRegistry: NamespaceRegistry;
-  readonly namespaces: Map<string, NamespaceDescriptor>;
+  readonly namespaces = new Map<string, NamespaceDescriptor>();
   readonly limits: Limits;
   readonly counters = { requests: 0, errors: 0, byOp: {} as Record<string, number>, byCode: {} as Record<string, number> };
   readonly log = logger('zmq');
+  /** Registered namespaces (`namespaces` is its map), quotas and expiry (namespace-registry.ts). */
+  readonly nsRegistry: NamespaceRegistry;
   guard: RequestGuard | undefined;
   observe: RequestObserver | undefined;
   /** Set by an auth plugin: maps a request to its authenticated principal. */
@@ -100,15 +100,14 @@ export class Sidecar {
 
   constructor(readonly config: Config, readonly registry: DriverRegistry = defaultRegistry()) {
     this.tiers = buildTierStack(config, registry);
-    this.nsRegistry = new NamespaceRegistry({
-      file: config.fileRoot ? path.join(config.fileRoot, 'namespaces.json') : undefined, max: MAX_NAMESPACES,
-      perTenant: Number(config.namespacesPerTenant ?? MAX_NAMESPACES), idleMs: Number(config.namespaceIdleSeconds ?? 0) * 1000, log: this.log,
-    });
-    this.namespaces = this.nsRegistry.map;
     this.limits = {
       maxMessageBytes: config.maxMessageBytes, maxBlockBytes: config.maxBlockBytes,
       maxInflightBytes: config.maxInflightBytes, maxKeysPerRequest: config.maxKeysPerRequest,
     };
+    this.nsRegistry = new NamespaceRegistry({
+      map: this.namespaces, file: config.fileRoot ? path.join(config.fileRoot, 'namespaces.json') : undefined, max: MAX_NAMESPACES,
+      perTenant: Number(config.namespacesPerTenant ?? MAX_NAMESPACES), idleMs: Number(config.namespaceIdleSeconds ?? 0) * 1000, log: this.log,
+    });
   }
 
   use(plugin: SidecarPlugin): this {
