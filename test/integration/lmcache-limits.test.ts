@@ -34,7 +34,8 @@ function conn(port: number): Promise<{ sock: net.Socket; closed: () => boolean }
 /** Write and wait until the kernel took it (so the server has it or will read it). */
 const send = (s: net.Socket, b: Buffer | string) => new Promise<void>((r) => s.write(b, () => r()));
 
-test('lmcache limits - headers claiming huge payloads reserve no memory', async (t) => {
+// Serial: it measures this process's array buffers, which the other (concurrent) tests of this file allocate.
+test.serial('lmcache limits - headers claiming huge payloads reserve no memory', async (t) => {
   const r = await startLmSidecar({ settings: { maxBlockBytes: '512MiB' }, lm: { maxBufferedBytes: 64 * 2 ** 20 } });
   t.teardown(() => r.stop());
   const before = process.memoryUsage().arrayBuffers;
@@ -47,7 +48,7 @@ test('lmcache limits - headers claiming huge payloads reserve no memory', async 
   t.true(await probe.health());
   await until(() => r.lm.budget.used === 20 * 1024, 5000, "20 PUT headers and their first KiB");
   const grown = process.memoryUsage().arrayBuffers - before;
-  t.true(grown < 16 * 2 ** 20, `array buffers grew by ${grown} bytes for 20 headers of 32 MiB`);
+  t.true(grown < 64 * 2 ** 20, `array buffers grew by ${grown} bytes for 20 headers of 32 MiB (reserving them would be 640 MiB)`);
 });
 
 test('lmcache limits - a global cap on buffered bytes: beyond it new PUTs are refused and counted, the stream stays aligned', async (t) => {
