@@ -81,7 +81,7 @@ async function rawExchange(endpoint: string, frames: Buffer[]): Promise<Record<s
   d.connect(endpoint);
   try {
     await d.send(frames);
-    const timeout = new Promise<never>((_, rej) => setTimeout(() => rej(new Error('no reply within 20 s')), 20_000));
+    const timeout = new Promise<never>((_, rej) => setTimeout(() => rej(new Error('no reply within 20 s')), 20_000).unref());
     const [h] = (await Promise.race([d.receive(), timeout])) as Buffer[];
     const { unpackHeader } = await import('../protocol/codec.js');
     return unpackHeader(h!) as Record<string, unknown>;
