@@ -8,7 +8,9 @@ import {
   ALL_OPS, KEY_BYTES, PROTOCOL_VERSION, type Limits, type NamespaceDescriptor, type ReplyBase, type Request,
 } from './wire.js';
 
-const packr = new Packr({ useRecords: false, mapsAsObjects: true, variableMapSize: true });
+// int64AsType 'auto': a msgpack int64/uint64 in the safe range (other encoders, e.g. Python's, use them for any
+// 41-bit ms timestamp) decodes as a number; only one beyond ±2^53 stays a BigInt, and decodeRequest refuses it.
+const packr = new Packr({ useRecords: false, mapsAsObjects: true, variableMapSize: true, ...({ int64AsType: 'auto' } as object) }); // 'auto' is in unpack.js, not in msgpackr's .d.ts
 
 export function packHeader(obj: object): Buffer {
   return packr.pack(obj);

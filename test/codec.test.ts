@@ -133,3 +133,11 @@ test('codec - an unsafe integer in a header is a coded error whose message names
   t.is(err.requestId, 3);
   t.regex(err.message, /"when" is an integer beyond 2\^53 \(1152921504606846976n\)/);
 });
+
+test('codec - a uint64/int64 in the safe range (as Python msgpack sends 41-bit timestamps) decodes as a number', (t) => {
+  // {"v": 1, "id": 9, "op": "PING", "ts": uint64 1796810152963}: the encoding Python's msgpack uses for ints ≥ 2^32.
+  const hdr = Buffer.concat([Buffer.from([0x84, 0xa1, 0x76, 0x01, 0xa2, 0x69, 0x64, 0x09, 0xa2, 0x6f, 0x70, 0xa4]), Buffer.from('PING'),
+    Buffer.from([0xa2, 0x74, 0x73, 0xcf, 0, 0, 1, 0xa2, 0x5a, 0x3b, 0x1c, 0x03])]);
+  const d = decodeRequest([hdr], limits);
+  t.is((d.header as unknown as { ts: unknown }).ts, 1796810152963);
+});
