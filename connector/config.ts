@@ -81,6 +81,8 @@ export const SETTINGS: Setting[] = [
   s('maxBlockBytes', 'bytes', () => 512 * 2 ** 20, '512 MiB', 'Largest single block accepted.'),
   s('maxInflightBytes', 'bytes', () => 2 * 2 ** 30, '2 GiB', 'Bytes of requests one client may have in flight; beyond it requests get KVS_BUSY.'),
   s('maxKeysPerRequest', 'int', () => 65536, '65536', 'Most keys in one request.'),
+  s('namespacesPerTenant', 'int', () => 1024, '1024', 'Most namespaces one tenant may register (HELLO of a new one beyond it: KVS_RESOURCE_EXHAUSTED); 65,536 in all.'),
+  s('namespaceIdleSeconds', 'int', () => 86_400, '86400', 'A namespace unused this long that holds no block is forgotten (0 = never); `kvstash drop-namespaces` removes them at once.'),
   s('writeQueueItems', 'int', () => 4096, '4096', 'Write-behind queue length per lower tier; saves beyond it are dropped and counted.'),
   s('writeQueueBytes', 'bytes', () => 2 * 2 ** 30, '2 GiB', 'Write-behind queue bytes per lower tier.'),
   s('writeConcurrency', 'int', () => 4, '4', 'Concurrent writes per lower tier.'),

@@ -12,15 +12,16 @@
  * - Plugins (lm:// server, KV-events index, gRPC control plane, metrics) attach with `use()` and are
  *   started after and stopped before the data socket.
  */
-import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { mkdirSync } from 'node:fs';
 import path from 'node:path';
 import { Router } from 'zeromq';
 import { decodeRequest, encodeError, encodeReply, ProtocolError } from '../protocol/codec.js';
-import { ErrorCode, KvstashError, toKvstashError } from '../protocol/errors.js';
+import { ErrorCode, isErrorCode, KvstashError, toKvstashError } from '../protocol/errors.js';
 import { ALL_OPS, KEY_BYTES, PROTOCOL_VERSION, PutResult, type Limits, type NamespaceDescriptor, type Request } from '../protocol/wire.js';
 import { checksum } from './checksum.js';
 import type { Config } from './config.js';
-import { namespaceId } from './keys.js';
+import { assertEndpointsFree, probeEndpoint } from './endpoint-probe.js';
+import { NamespaceRegistry } from './namespace-registry.js';
 import { logger } from './log.js';
 import { ArenaOps } from './arena-ops.js';
 import { buildTierStack } from './stack.js';
@@ -83,6 +84,8 @@ export class Sidecar {
   readonly limits: Limits;
   readonly counters = { requests: 0, errors: 0, byOp: {} as Record<string, number>, byCode: {} as Record<string, number> };
   readonly log = logger('zmq');
+  /** Registered namespaces (`namespaces` is its map), quotas and expiry (namespace-registry.ts). */
+  readonly nsRegistry: NamespaceRegistry;
   guard: RequestGuard | undefined;
   observe: RequestObserver | undefined;
   /** Set by an auth plugin: maps a request to its authenticated principal. */
@@ -110,6 +113,10 @@ export class Sidecar {
       maxMessageBytes: config.maxMessageBytes, maxBlockBytes: config.maxBlockBytes,
       maxInflightBytes: config.maxInflightBytes, maxKeysPerRequest: config.maxKeysPerRequest,
     };
+    this.nsRegistry = new NamespaceRegistry({
+      map: this.namespaces, file: config.fileRoot ? path.join(config.fileRoot, 'namespaces.json') : undefined, max: MAX_NAMESPACES,
+      perTenant: Number(config.namespacesPerTenant ?? MAX_NAMESPACES), idleMs: Number(config.namespaceIdleSeconds ?? 0) * 1000, log: this.log,
+    });
   }
 
   use(plugin: SidecarPlugin): this {
@@ -135,8 +142,15 @@ export class Sidecar {
   configureSocket: ((router: Router) => void) | undefined;
 
   async start(): Promise<{ endpoints: string[]; rebuilt: number }> {
+    // Before the tier stack opens anything: never take (unlink) the socket of a live sidecar (endpoint-probe.ts).
+    await assertEndpointsFree(this.config.endpoints);
     const { rebuilt } = await this.tiers.open();
-    this.loadNamespaces();
+    this.nsRegistry.load();
+    const idleMs = Number(this.config.namespaceIdleSeconds ?? 0) * 1000;
+    if (idleMs > 0) {
+      this.nsTimer = setInterval(() => this.expireNamespaces(), Math.min(60_000, Math.max(10, idleMs / 2)));
+      this.nsTimer.unref();
+    }
     const router = new Router({ sendHighWaterMark: 100_000, receiveHighWaterMark: 100_000, linger: 0 });
     this.configureSocket?.(router);
     for (const ep of this.config.endpoints) {
@@ -153,64 +167,42 @@ export class Sidecar {
   async stop(): Promise<void> {
     if (this.stopped) return;
     this.stopped = true;
-    if (this.nsTimer) {
-      clearTimeout(this.nsTimer);
-      this.writeNamespaces();
-    }
+    if (this.nsTimer) clearInterval(this.nsTimer);
+    this.nsRegistry.flush();
     for (const p of [...this.plugins].reverse()) await p.stop().catch((err) => this.log.warn({ err }, `plugin ${p.name} stop failed`));
     this.router?.close();
+    // libzmq closes listeners on its own thread: return once they are gone, so a sidecar started right after
+    // this one on the same endpoints does not find them live (endpoint-probe.ts). Bounded: 2 s.
+    const until = Date.now() + 2000;
+    for (const ep of this.boundEndpoints) {
+      while (Date.now() < until && (await probeEndpoint(ep, 200)) === 'live') await new Promise((r) => setTimeout(r, 10));
+    }
     await this.tiers.close();
   }
 
   // ---- namespaces -------------------------------------------------------------------------------------
 
-  registerNamespace(d: NamespaceDescriptor): string {
-    const desc: NamespaceDescriptor = {
-      model: d.model, engine: d.engine, layout: d.layout, tp_rank: d.tp_rank, tp_size: d.tp_size,
-      pp_rank: d.pp_rank, pp_size: d.pp_size, tenant: d.tenant,
-    };
-    const id = namespaceId(desc);
-    if (!this.namespaces.has(id)) {
-      if (this.namespaces.size >= MAX_NAMESPACES) {
-        throw new KvstashError(ErrorCode.RESOURCE_EXHAUSTED, `this sidecar already holds ${MAX_NAMESPACES} namespaces`);
-      }
-      this.namespaces.set(id, desc);
-      this.saveNamespaces();
-    }
-    return id;
+  /** Register (or re-register) a namespace; `keep`: a plugin's own, never expires. Throws KVS_RESOURCE_EXHAUSTED beyond the quotas. */
+  registerNamespace(d: NamespaceDescriptor, keep = false): string {
+    return this.nsRegistry.register(d, keep);
   }
 
-  private nsFile(): string | undefined {
-    return this.config.fileRoot ? path.join(this.config.fileRoot, 'namespaces.json') : undefined;
-  }
-  private loadNamespaces(): void {
-    const f = this.nsFile();
-    if (!f) return;
-    try {
-      const all = JSON.parse(readFileSync(f, 'utf8')) as Record<string, NamespaceDescriptor>;
-      for (const [id, d] of Object.entries(all)) if (namespaceId(d) === id) this.namespaces.set(id, d);
-    } catch {
-      /* first start */
+  /** Namespaces among `ids` that hold at least one block in the index. */
+  namespacesWithBlocks(ids: Set<string>): Set<string> {
+    const busy = new Set<string>();
+    for (const k of this.tiers.index.keys()) {
+      const ns = k.slice(0, 32);
+      if (ids.has(ns)) {
+        busy.add(ns);
+        if (busy.size === ids.size) break;
+      }
     }
+    return busy;
   }
-  /** Persist soon: a burst of HELLOs (an engine fleet starting) is written once, off the request path. */
-  private saveNamespaces(): void {
-    if (!this.nsFile() || this.nsTimer) return;
-    this.nsTimer = setTimeout(() => this.writeNamespaces(), 50);
-    this.nsTimer.unref();
-  }
-  private writeNamespaces(): void {
-    this.nsTimer = undefined;
-    const f = this.nsFile();
-    if (!f) return;
-    try {
-      mkdirSync(path.dirname(f), { recursive: true });
-      writeFileSync(`${f}.tmp`, JSON.stringify(Object.fromEntries(this.namespaces), null, 1));
-      // rename is atomic: a crash never leaves a torn namespaces.json
-      renameSync(`${f}.tmp`, f);
-    } catch (err) {
-      this.log.warn({ err }, 'could not persist namespaces');
-    }
+
+  /** Forget empty namespaces unused for namespaceIdleSeconds (run on a timer; tests call it). */
+  expireNamespaces(now = Date.now()): string[] {
+    return this.nsRegistry.sweep((ids) => this.namespacesWithBlocks(ids), now);
   }
 
   // ---- data path --------------------------------------------------------------------------------------
@@ -241,7 +233,8 @@ export class Sidecar {
     try {
       ({ header: req, blocks } = decodeRequest(frames, this.limits, this.extraOpNames));
     } catch (err) {
-      const e = err as ProtocolError;
+      // Anything the codec did not code itself is a header it could not read (never an undefined code).
+      const e = err instanceof ProtocolError ? err : new ProtocolError(ErrorCode.BAD_HEADER, `undecodable header: ${(err as Error)?.message ?? String(err)}`, undefined);
       this.replyError(routingId, e.requestId, e.code, e.message);
       return;
     }
@@ -287,6 +280,7 @@ export class Sidecar {
     const d = this.namespaces.get(ns);
     if (!d) throw new KvstashError(ErrorCode.NS_UNKNOWN, `namespace ${ns} is not registered; send HELLO first`);
     this.guard?.(peer, op, d);
+    this.nsRegistry.touch(ns);
     return d;
   }
 
@@ -387,7 +381,8 @@ export class Sidecar {
     };
   }
 
-  private replyError(routingId: Buffer, id: number | undefined, code: string, message: string): void {
+  private replyError(routingId: Buffer, id: number | undefined, code0: string, message: string): void {
+    const code = isErrorCode(code0) ? code0 : ErrorCode.INTERNAL;
     this.counters.errors++;
     this.counters.byCode[code] = (this.counters.byCode[code] ?? 0) + 1;
     this.log.tr({ code, id }, message);

@@ -8,7 +8,9 @@ import {
   ALL_OPS, KEY_BYTES, PROTOCOL_VERSION, type Limits, type NamespaceDescriptor, type ReplyBase, type Request,
 } from './wire.js';
 
-const packr = new Packr({ useRecords: false, mapsAsObjects: true, variableMapSize: true });
+// int64AsType 'auto': a msgpack int64/uint64 in the safe range (other encoders, e.g. Python's, use them for any
+// 41-bit ms timestamp) decodes as a number; only one beyond ±2^53 stays a BigInt, and decodeRequest refuses it.
+const packr = new Packr({ useRecords: false, mapsAsObjects: true, variableMapSize: true, ...({ int64AsType: 'auto' } as object) }); // 'auto' is in unpack.js, not in msgpackr's .d.ts
 
 export function packHeader(obj: object): Buffer {
   return packr.pack(obj);
@@ -36,6 +38,29 @@ function isUint(x: unknown): x is number {
   return typeof x === 'number' && Number.isSafeInteger(x) && x >= 0;
 }
 
+/** A header value for an error message: JSON, but a BigInt (msgpack int64 beyond 2^53) as its digits, long text cut. */
+function show(x: unknown): string {
+  if (typeof x === 'bigint') return `${x}n`;
+  let s: string;
+  try {
+    s = JSON.stringify(x, (_k, v: unknown) => (typeof v === 'bigint' ? `${v}n` : v)) ?? String(x);
+  } catch {
+    s = String(x);
+  }
+  return s.length > 80 ? s.slice(0, 77) + '...' : s;
+}
+
+/** The path of the first BigInt (an integer msgpack decoded beyond 2^53) in a header, depth ≤ 3. */
+function unsafeIntPath(x: unknown, path: string, depth: number): string | undefined {
+  if (typeof x === 'bigint') return path;
+  if (depth === 0 || x === null || typeof x !== 'object' || x instanceof Uint8Array) return undefined;
+  for (const [k, v] of Object.entries(x)) {
+    const p = unsafeIntPath(v, path ? `${path}.${k}` : k, depth - 1);
+    if (p !== undefined) return p;
+  }
+  return undefined;
+}
+
 /** Decode [header, ...blocks] (no identity frame). Throws ProtocolError with a stable code. */
 export function decodeRequest(frames: Buffer[], limits: Limits, extraOps?: ReadonlySet<string>): DecodedRequest {
   if (frames.length === 0) throw new ProtocolError(ErrorCode.BAD_HEADER, 'empty message: expected a msgpack header frame', undefined);
@@ -53,10 +78,13 @@ export function decodeRequest(frames: Buffer[], limits: Limits, extraOps?: Reado
   const h = raw as Record<string, unknown>;
   const id = isUint(h.id) ? h.id : undefined;
   const fail = (code: ErrorCode, msg: string): never => { throw new ProtocolError(code, msg, id); };
-  if (id === undefined) fail(ErrorCode.BAD_FIELD, `header field "id" must be an unsigned integer, got ${JSON.stringify(h.id)}`);
-  if (h.v !== PROTOCOL_VERSION) fail(ErrorCode.VERSION, `protocol version ${JSON.stringify(h.v)} is not supported; this sidecar speaks v${PROTOCOL_VERSION}`);
+  if (id === undefined) fail(ErrorCode.BAD_FIELD, `header field "id" must be an unsigned integer below 2^53, got ${show(h.id)}`);
+  // Integers ≥ 2^53 decode as BigInt: no field takes one, and plugin ops must never see one (issue 9 item 7).
+  const big = unsafeIntPath(h, '', 3);
+  if (big !== undefined) fail(ErrorCode.BAD_FIELD, `header field "${big}" is an integer beyond 2^53 (${show(big.split('.').reduce<unknown>((o, k) => (o as Record<string, unknown>)[k], h))}); integers must be below 2^53`);
+  if (h.v !== PROTOCOL_VERSION) fail(ErrorCode.VERSION, `protocol version ${show(h.v)} is not supported; this sidecar speaks v${PROTOCOL_VERSION}`);
   if (typeof h.op !== 'string' || !(ALL_OPS.has(h.op) || extraOps?.has(h.op))) {
-    fail(ErrorCode.UNKNOWN_OP, `unknown op ${JSON.stringify(h.op)}; expected one of ${[...ALL_OPS, ...(extraOps ?? [])].join(', ')}`);
+    fail(ErrorCode.UNKNOWN_OP, `unknown op ${show(h.op)}; expected one of ${[...ALL_OPS, ...(extraOps ?? [])].join(', ')}`);
   }
   if (total > limits.maxMessageBytes) fail(ErrorCode.TOO_LARGE, `message of ${total} bytes is over the limit of ${limits.maxMessageBytes}`);
   const blocks = frames.slice(1);
@@ -85,7 +113,7 @@ export function decodeRequest(frames: Buffer[], limits: Limits, extraOps?: Reado
       }
     }
   } else if (op !== 'STATS' && op !== 'PING') {
-    if (typeof h.ns !== 'string' || !NS_RE.test(h.ns)) fail(ErrorCode.NS_UNKNOWN, `"ns" must be a 32-hex-char namespace id from HELLO, got ${JSON.stringify(h.ns)}`);
+    if (typeof h.ns !== 'string' || !NS_RE.test(h.ns)) fail(ErrorCode.NS_UNKNOWN, `"ns" must be a 32-hex-char namespace id from HELLO, got ${show(h.ns)}`);
     const keys = h.keys;
     if (!(keys instanceof Uint8Array)) fail(ErrorCode.KEY_LENGTH, `"keys" must be binary (n × ${KEY_BYTES} bytes)`);
     const kb = keys as Uint8Array;

@@ -60,6 +60,12 @@ const cases: [string, Buffer[], ErrorCode][] = [
   ['too many keys', [packHeader({ v: 1, id: 1, op: 'EXISTS', ns: NS, keys: Buffer.alloc(32 * 1025) })], ErrorCode.TOO_LARGE],
   ['bad sums', [packHeader({ v: 1, id: 1, op: 'PUT', ns: NS, keys: Buffer.alloc(32), sizes: [1], sums: ['xyz'] }), Buffer.alloc(1)], ErrorCode.BAD_FIELD],
   ['bad hello', [packHeader({ v: 1, id: 1, op: 'HELLO', namespace: { model: 'm' } })], ErrorCode.BAD_FIELD],
+  ['id beyond 2^53 (BigInt)', [packHeader({ v: 1, id: 2n ** 60n, op: 'PING' })], ErrorCode.BAD_FIELD],
+  ['version beyond 2^53 (BigInt)', [packHeader({ v: 2n ** 63n, id: 1, op: 'PING' })], ErrorCode.BAD_FIELD],
+  ['op as a BigInt', [packHeader({ v: 1, id: 1, op: 2n ** 62n })], ErrorCode.BAD_FIELD],
+  ['unsafe int in a namespace field', [packHeader({ v: 1, id: 1, op: 'HELLO', namespace: { model: 'm', engine: 'e', layout: 'l', tenant: 't', tp_rank: 0, tp_size: 2n ** 60n, pp_rank: 0, pp_size: 1 } })], ErrorCode.BAD_FIELD],
+  ['unsafe int in an unknown field of a plugin op', [packHeader({ v: 1, id: 1, op: 'STATS', extra: 2n ** 54n })], ErrorCode.BAD_FIELD],
+  ['unsafe float id 2^53', [packHeader({ v: 1, id: 2 ** 53, op: 'PING' })], ErrorCode.BAD_FIELD],
 ];
 for (const [name, frames, code] of cases) {
   test(`codec - ${name} is rejected with ${code}`, (t) => {
@@ -119,4 +125,19 @@ test('codec - replies encode status OK and decode with their id', (t) => {
   t.is(r.header.status, 'OK');
   t.is(r.header.id, 5);
   t.deepEqual(unpackHeader(encodeReply({ id: 1 })[0]!), { v: 1, status: 'OK', id: 1 });
+});
+
+test('codec - an unsafe integer in a header is a coded error whose message names the field', (t) => {
+  const err = t.throws(() => decodeRequest([packHeader({ v: 1, id: 3, op: 'PING', when: 2n ** 60n })], limits)) as ProtocolError;
+  t.is(err.code, ErrorCode.BAD_FIELD);
+  t.is(err.requestId, 3);
+  t.regex(err.message, /"when" is an integer beyond 2\^53 \(1152921504606846976n\)/);
+});
+
+test('codec - a uint64/int64 in the safe range (as Python msgpack sends 41-bit timestamps) decodes as a number', (t) => {
+  // {"v": 1, "id": 9, "op": "PING", "ts": uint64 1796810152963}: the encoding Python's msgpack uses for ints ≥ 2^32.
+  const hdr = Buffer.concat([Buffer.from([0x84, 0xa1, 0x76, 0x01, 0xa2, 0x69, 0x64, 0x09, 0xa2, 0x6f, 0x70, 0xa4]), Buffer.from('PING'),
+    Buffer.from([0xa2, 0x74, 0x73, 0xcf, 0, 0, 1, 0xa2, 0x5a, 0x3b, 0x1c, 0x03])]);
+  const d = decodeRequest([hdr], limits);
+  t.is((d.header as unknown as { ts: unknown }).ts, 1796810152963);
 });

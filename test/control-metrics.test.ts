@@ -3,6 +3,8 @@ import test from 'ava';
 import { readFileSync } from 'node:fs';
 import { request } from 'node:http';
 import path from 'node:path';
+import { Dealer } from 'zeromq';
+import { packHeader, unpackHeader } from '../protocol/codec.js';
 import { blockHashes } from '../connector/keys.js';
 import { nsOf, startControl } from './helpers/control.js';
 import { blockFor, repoRoot } from './helpers/sidecar.js';
@@ -110,4 +112,22 @@ test('control metrics - every metric the Grafana dashboard queries is exposed', 
   const used = new Set([...dash.matchAll(/kvstash_[a-z_]+/g)].map((m) => m[0].replace(/_(bucket|sum|count)$/, '')).filter((n) => n !== 'kvstash_sidecar'));
   t.true(used.size > 20);
   for (const name of used) t.true(types.has(name), `${name} is queried by the dashboard but not exposed`);
+});
+
+test('control metrics - an integer beyond 2^53 in a header is counted as KVS_BAD_FIELD, never code="undefined"', async (t) => {
+  const r = await startControl({ metrics: '127.0.0.1:0' });
+  t.teardown(r.stop);
+  const d = new Dealer({ receiveTimeout: 10_000 });
+  t.teardown(() => d.close());
+  d.connect(r.endpoint);
+  for (const h of [{ v: 1, id: 2n ** 60n, op: 'PING' }, { v: 2n ** 63n, id: 7, op: 'PING' }, { v: 1, id: 8, op: 'STATS', extra: 2n ** 54n }]) {
+    await d.send([packHeader(h)]);
+    const [reply] = await d.receive();
+    const rh = unpackHeader(reply!) as { status: string; code: string; id: number };
+    t.is(rh.status, 'ERR');
+    t.is(rh.code, 'KVS_BAD_FIELD');
+  }
+  const { body } = await scrape(r.metrics!.address);
+  t.is(value(body, 'kvstash_errors_total', { code: 'KVS_BAD_FIELD' }), 3);
+  t.notRegex(body, /code="undefined"/);
 });

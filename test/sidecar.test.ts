@@ -81,7 +81,7 @@ async function rawExchange(endpoint: string, frames: Buffer[]): Promise<Record<s
   d.connect(endpoint);
   try {
     await d.send(frames);
-    const timeout = new Promise<never>((_, rej) => setTimeout(() => rej(new Error('no reply')), 3000));
+    const timeout = new Promise<never>((_, rej) => setTimeout(() => rej(new Error('no reply within 20 s')), 20_000).unref());
     const [h] = (await Promise.race([d.receive(), timeout])) as Buffer[];
     const { unpackHeader } = await import('../protocol/codec.js');
     return unpackHeader(h!) as Record<string, unknown>;
@@ -222,9 +222,10 @@ test('sidecar - namespaces are bounded: past the cap a HELLO is refused with KVS
   const r = await startSidecar({ fileRoot: '' });
   t.teardown(r.stop);
   const { MAX_NAMESPACES } = await import('../connector/sidecar.js');
-  for (let i = r.sidecar.namespaces.size; i < MAX_NAMESPACES; i++) r.sidecar.registerNamespace({ ...NS, model: `m${i}` });
+  // Spread over 128 tenants (512 each): under the per-tenant quota, so the global cap is what refuses.
+  for (let i = r.sidecar.namespaces.size; i < MAX_NAMESPACES; i++) r.sidecar.registerNamespace({ ...NS, model: `m${i}`, tenant: `t${i % 128}` });
   const c = r.client();
-  const err = await t.throwsAsync(c.hello({ ...NS, model: 'one-too-many' }));
+  const err = await t.throwsAsync(c.hello({ ...NS, model: 'one-too-many', tenant: 'fresh' }));
   t.is((err as KvstashError).code, ErrorCode.RESOURCE_EXHAUSTED);
-  t.is(await c.hello({ ...NS, model: 'm7' }), namespaceId({ ...NS, model: 'm7' }), 'known namespaces still answer');
+  t.is(await c.hello({ ...NS, model: 'm7', tenant: 't7' }), namespaceId({ ...NS, model: 'm7', tenant: 't7' }), 'known namespaces still answer');
 });

@@ -7,17 +7,22 @@
  *   LMCache's client reads a reply header with one recv(), so the header is never split from its write.
  * - Requests are served strictly in order. While a GET waits for a lower tier, reading pauses; reading also
  *   pauses while the socket's send buffer is full (backpressure), never buffering unbounded replies.
- * - A header that cannot be decoded (KVS_BAD_HEADER), or a header left incomplete for `stallMs` (KVS_TIMEOUT:
- *   a client of a shorter header generation waiting for a reply; LMCache writes each header in one send, so a
- *   partial header never stalls otherwise — payloads may pause as long as they like),
- *   is logged with its code, generation, offset and first bytes; requests before it are still served, then
- *   the connection is closed. Other connections are not affected.
+ * - Deadlines per request, counted from its first byte and never restarted by later bytes (issue 9 item 1): a
+ *   header must be complete within `stallMs` (a client of a shorter header generation waiting for a reply;
+ *   LMCache writes each header in one send), a whole request, header and payload, within `requestMs`. While
+ *   this side pauses reading (a GET waiting for a tier, a full send buffer) the clock restarts on resume.
+ * - A header that cannot be decoded (KVS_BAD_HEADER) or a missed deadline (KVS_TIMEOUT) is logged with its
+ *   code, generation, offset and first bytes; requests before it are still served, then the connection is
+ *   closed. Other connections are not affected.
+ * - PUT payload memory is charged to the server's LmMemoryBudget as it arrives and released when the PUT is
+ *   stored or refused, or when the connection closes (memory-budget.ts: refusals are counted there, `refusedPuts`).
  */
 import type { Socket } from 'node:net';
 import type { Logger } from 'pino';
 import { ErrorCode } from '../../protocol/errors.js';
 import { PutResult } from '../../protocol/wire.js';
 import { LmFrameParser, type LmFrame } from './frame-parser.js';
+import type { LmMemoryBudget } from './memory-budget.js';
 import {
   Command, encodeReplyHeader, LAYOUTS, LmProtocolError, NO_META, ReturnCode, ZERO_META,
   type Generation, type GenerationSetting, type LmMeta, type ReplyHeader,
@@ -29,12 +34,15 @@ export interface ConnectionOptions {
   generation: GenerationSetting;
   maxPayloadBytes: number;
   stallMs: number;
+  /** Deadline of a whole request (header and payload) from its first byte, ms. */
+  requestMs: number;
   concatBelow: number;
+  budget?: LmMemoryBudget;
 }
 
 export interface LmCounters {
   connections: number; requests: number; puts: number; stored: number; droppedPuts: number; gets: number; hits: number;
-  misses: number; exists: number; lists: number; health: number; unknown: number; protocolErrors: number;
+  misses: number; exists: number; lists: number; health: number; unknown: number; protocolErrors: number; timeouts: number;
 }
 
 export class LmConnection {
@@ -44,18 +52,19 @@ export class LmConnection {
   private waitingDrain = false;
   private closing = false;
   private stallTimer: NodeJS.Timeout | undefined;
+  private stallAt = 0;
   private readonly peer: string;
 
   constructor(private readonly socket: Socket, private readonly store: LmStore, private readonly opts: ConnectionOptions,
     private readonly log: Logger, private readonly c: LmCounters) {
     this.peer = `${socket.remoteAddress}:${socket.remotePort}`;
     this.parser = new LmFrameParser({
-      generation: opts.generation, maxPayloadBytes: opts.maxPayloadBytes, payloadOffset: (h) => storedHeaderBytes(h.key),
+      generation: opts.generation, maxPayloadBytes: opts.maxPayloadBytes, payloadOffset: (h) => storedHeaderBytes(h.key), budget: opts.budget,
     });
     socket.setNoDelay(true);
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
     socket.on('error', (err) => this.log.debug({ err, peer: this.peer }, 'lm:// connection error'));
-    socket.on('close', () => this.clearStall());
+    socket.on('close', () => this.onClose());
     c.connections++;
   }
 
@@ -74,14 +83,40 @@ export class LmConnection {
     this.armStall();
   }
 
-  private armStall(): void {
+  /** Closed (by either side): release every byte this connection holds. */
+  private onClose(): void {
     this.clearStall();
-    if (this.closing || this.busy || this.waitingDrain || !this.parser.midHeader) return;
+    this.closing = true;
+    this.parser.abort();
+    for (const f of this.queue.splice(0)) this.release(f);
+  }
+
+  private release(f: LmFrame): void {
+    if (f.charged) this.opts.budget?.release(f.charged);
+    f.charged = 0;
+  }
+
+  /** Arm the current request's deadline (header: stallMs, whole request: requestMs, from its first byte). */
+  private armStall(): void {
+    if (this.closing || this.busy || this.waitingDrain || !this.parser.midFrame) {
+      this.clearStall();
+      return;
+    }
+    const header = this.parser.midHeader;
+    const at = this.parser.requestStartedAt + (header ? this.opts.stallMs : this.opts.requestMs);
+    if (this.stallTimer && at === this.stallAt) return;
+    this.clearStall();
+    this.stallAt = at;
     this.stallTimer = setTimeout(() => {
       const gen = this.parser.generation;
-      this.fail(new LmProtocolError(ErrorCode.TIMEOUT, `header incomplete: no more bytes for ${this.opts.stallMs} ms after byte ${this.parser.offset} (a client of a shorter header generation than ${gen ?? 'sniffed'}?)`, gen, Buffer.alloc(0)));
+      const msg = header
+        ? `header incomplete ${this.opts.stallMs} ms after its first byte, at byte ${this.parser.offset} (a client of a shorter header generation than ${gen ?? 'sniffed'}, or a slow sender?)`
+        : `request incomplete ${this.opts.requestMs} ms after its first byte, at byte ${this.parser.offset} (a slow or stalled sender)`;
+      this.c.timeouts++;
+      this.fail(new LmProtocolError(ErrorCode.TIMEOUT, msg, gen, Buffer.alloc(0)));
+      this.parser.abort();
       this.pump();
-    }, this.opts.stallMs);
+    }, Math.max(0, at - Date.now()));
     this.stallTimer.unref();
   }
 
@@ -109,7 +144,7 @@ export class LmConnection {
         r = this.handle(f);
       } catch (err) {
         this.fail(new LmProtocolError(ErrorCode.INTERNAL, `request failed: ${(err as Error).message}`, this.parser.generation, Buffer.alloc(0)));
-        this.queue.length = 0;
+        for (const q of this.queue.splice(0)) this.release(q);
         break;
       }
       if (r) {
@@ -130,6 +165,8 @@ export class LmConnection {
 
   private resume(): void {
     if (this.busy || this.waitingDrain) return;
+    // Time spent paused by this side is not the sender's: a partial request's clock restarts.
+    if (this.parser.requestStartedAt) this.parser.requestStartedAt = Date.now();
     if (!this.closing) this.socket.resume();
     this.pump();
     this.armStall();
@@ -143,11 +180,16 @@ export class LmConnection {
         this.c.puts++;
         if (!f.payload) {
           this.c.droppedPuts++;
-          this.log.warn({ code: ErrorCode.TOO_LARGE, key: h.key, length: h.length, limit: this.opts.maxPayloadBytes }, 'lm:// PUT over the block size limit: payload skipped, not stored');
+          if (f.refused) {
+            this.log.warn({ code: ErrorCode.RESOURCE_EXHAUSTED, key: h.key, length: h.length, buffered: this.opts.budget?.used, cap: this.opts.budget?.capBytes }, 'lm:// PUT refused: the server\'s buffered-bytes cap is reached; payload skipped, not stored');
+          } else {
+            this.log.warn({ code: ErrorCode.TOO_LARGE, key: h.key, length: h.length, limit: this.opts.maxPayloadBytes }, 'lm:// PUT over the block size limit: payload skipped, not stored');
+          }
           return;
         }
         const meta: LmMeta = this.gen === 'legacy' ? ZERO_META : h;
         writeStoredHeader(f.payload, this.gen, h.key, meta);
+        this.release(f);
         const r = this.store.put(this.gen, h.key, f.payload);
         if (r === PutResult.STORED) this.c.stored++;
         else if (r === PutResult.DROPPED) this.c.droppedPuts++;

@@ -23,6 +23,7 @@ import { ErrorCode, KvstashError } from '../../protocol/errors.js';
 import { logger } from '../../connector/log.js';
 import type { Sidecar, SidecarPlugin } from '../../connector/sidecar.js';
 import { LmConnection, type LmCounters } from './connection.js';
+import { LmMemoryBudget } from './memory-budget.js';
 import { GENERATIONS, type GenerationSetting } from './protocol.js';
 import { LmStore } from './store.js';
 
@@ -46,8 +47,12 @@ export interface LmcacheServerOptions {
   listen: LmListenSpec[];
   /** Tenant of the lm:// namespaces. Default "default". */
   tenant?: string;
-  /** Close a connection whose request header stays incomplete this long. Default 2000 ms. */
+  /** Close a connection whose request header is still incomplete this long after its first byte. Default 2000 ms. */
   stallMs?: number;
+  /** Close a connection whose request (header and payload) is still incomplete this long after its first byte. Default 30000 ms. */
+  requestMs?: number;
+  /** Cap on PUT payload bytes buffered across all connections (memory-budget.ts). Default 1 GiB. */
+  maxBufferedBytes?: number;
   /** Replies with a payload below this size are concatenated; larger ones are corked (bench/lmcache.ts). Default 64 KiB. */
   concatBelow?: number;
   /** Persist key strings for LIST under `<fileRoot>/lmcache/`. Default true (when the sidecar has a fileRoot). */
@@ -61,8 +66,9 @@ export class LmcacheServer implements SidecarPlugin {
   readonly name = 'lmcache';
   readonly counters: LmCounters = {
     connections: 0, requests: 0, puts: 0, stored: 0, droppedPuts: 0, gets: 0, hits: 0, misses: 0, exists: 0,
-    lists: 0, health: 0, unknown: 0, protocolErrors: 0,
+    lists: 0, health: 0, unknown: 0, protocolErrors: 0, timeouts: 0,
   };
+  readonly budget: LmMemoryBudget;
   readonly bound: { host: string; port: number; generation: GenerationSetting; url: string }[] = [];
   private readonly servers: net.Server[] = [];
   private readonly sockets = new Set<net.Socket>();
@@ -71,6 +77,7 @@ export class LmcacheServer implements SidecarPlugin {
 
   constructor(readonly opts: LmcacheServerOptions) {
     this.log = opts.log ?? logger('lmcache');
+    this.budget = new LmMemoryBudget(opts.maxBufferedBytes ?? 2 ** 30);
   }
 
   async start(sidecar: Sidecar): Promise<void> {
@@ -84,7 +91,8 @@ export class LmcacheServer implements SidecarPlugin {
     for (const spec of this.opts.listen) {
       const copts = {
         generation: spec.generation, maxPayloadBytes: sidecar.limits.maxBlockBytes,
-        stallMs: this.opts.stallMs ?? 2000, concatBelow: this.opts.concatBelow ?? 64 * 1024,
+        stallMs: this.opts.stallMs ?? 2000, requestMs: this.opts.requestMs ?? 30_000, concatBelow: this.opts.concatBelow ?? 64 * 1024,
+        budget: this.budget,
       };
       const server = net.createServer((sock) => {
         this.sockets.add(sock);
@@ -119,6 +127,6 @@ export class LmcacheServer implements SidecarPlugin {
   }
 
   stats(): Record<string, unknown> {
-    return { ...this.counters, open_connections: this.sockets.size, undecodable: this.store?.counters.undecodable ?? 0, listeners: this.bound.map((b) => ({ url: b.url, generation: b.generation })) };
+    return { ...this.counters, refusedPuts: this.budget.refusals, open_connections: this.sockets.size, buffered_bytes: this.budget.used, buffered_peak_bytes: this.budget.peak, buffered_cap_bytes: this.budget.capBytes, undecodable: this.store?.counters.undecodable ?? 0, listeners: this.bound.map((b) => ({ url: b.url, generation: b.generation })) };
   }
 }

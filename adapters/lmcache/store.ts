@@ -65,7 +65,7 @@ export class LmStore {
   /** Namespace id of a generation, registered with the sidecar on first use. */
   ns(gen: Generation): string {
     if (!this.registered.has(gen)) {
-      this.sidecar.registerNamespace(lmNamespace(gen, this.tenant));
+      this.sidecar.registerNamespace(lmNamespace(gen, this.tenant), true);
       this.registered.add(gen);
     }
     return this.nsIds[gen];

@@ -22,7 +22,9 @@ import { environmentMarkdown } from './environment-doc.js';
 import type { Msg } from './grpc-client.js';
 import { ControlServerPlugin } from './grpc-server.js';
 import { MetricsPlugin } from './metrics.js';
-import { CONTROL_SETTINGS, curveSecretFromConfig, pinBudgetFromConfig, policyFromConfig } from './settings.js';
+import {
+  CONTROL_SETTINGS, curveSecretFromConfig, metricsAuthFromConfig, metricsTenantLabelsFromConfig, pinBudgetFromConfig, policyFromConfig,
+} from './settings.js';
 import { TierEventsPublisher } from './tier-events-publisher.js';
 
 export async function controlPlugins(config: Config): Promise<SidecarPlugin[]> {
@@ -42,7 +44,10 @@ export async function controlPlugins(config: Config): Promise<SidecarPlugin[]> {
   }
   let metrics: MetricsPlugin | undefined;
   if (config.metrics) {
-    metrics = new MetricsPlugin({ address: String(config.metrics), topNamespaces: Number(config.metricsTopNamespaces), events });
+    metrics = new MetricsPlugin({
+      address: String(config.metrics), topNamespaces: Number(config.metricsTopNamespaces), events,
+      tenantLabels: metricsTenantLabelsFromConfig(config, policy), authorize: metricsAuthFromConfig(config, policy),
+    });
     out.push(metrics);
   }
   if (config.grpc) {
@@ -53,6 +58,7 @@ export async function controlPlugins(config: Config): Promise<SidecarPlugin[]> {
       address: String(config.grpc), policy, streamBuffer: Math.max(1, Number(config.grpcStreamBuffer)),
       tls: cert ? { certFile: cert, keyFile: key, clientCaFile: String(config.grpcTlsClientCa || '') || undefined } : undefined,
       pinBudgetBytes: pinBudgetFromConfig(config, parseBytes),
+      authFailuresPerSecond: Number(config.grpcAuthFailuresPerSecond ?? 5), authFailureBurst: Number(config.grpcAuthFailureBurst ?? 20),
       onCall: metrics ? (m, s, c) => metrics.recordGrpc(m, s, c) : undefined,
       onStreamDrop: metrics ? (m) => metrics.grpcStreamDropped.inc({ method: m }) : undefined,
     }));
@@ -180,6 +186,18 @@ function addCommands(program: Command): void {
     const r = await streamProgress(o, 'Move', { selector: selectorFrom(o), to_tier: String(o.to) }, `move → ${o.to}`);
     print(o, r, () => `moved ${r.changed} of ${r.total} blocks to ${o.to}, ${r.skipped} already there or pinned, ${r.failed} failed or gone`);
   }).option('--to <tier>', 'target tier (dram, file, …)');
+
+  command(program, 'drop-namespaces', 'forget a namespace or every namespace of a tenant (kept while they hold blocks, unless --include-blocks)', 'namespaces to drop', async (o) => {
+    const sel = selectorFrom(o);
+    if (sel.prefix) throw new KvstashError(ErrorCode.INVALID_ARGUMENT, 'drop-namespaces takes a namespace or a tenant, not a prefix');
+    const c = controlClient(o);
+    try {
+      const r = await c.dropNamespaces({ selector: sel, include_blocks: o.includeBlocks === true });
+      print(o, r, () => `dropped ${r.dropped} namespaces, kept ${r.kept} that hold blocks, removed ${r.blocks_removed} blocks`);
+    } finally {
+      c.close();
+    }
+  }).option('--include-blocks', 'delete their blocks first (pinned blocks keep their namespace)');
 
   command(program, 'health', 'liveness of the sidecar and of each tier (exit 4 when not SERVING)', undefined, async (o) => {
     const c = controlClient(o);

@@ -8,6 +8,7 @@ import { ErrorCode, KvstashError } from '../../protocol/errors.js';
 import { logger } from '../log.js';
 import { SERVER_VERSION, type Sidecar } from '../sidecar.js';
 import { LOCAL, type AccessPolicy, type Principal } from './auth.js';
+import type { AuthThrottle } from './auth-throttle.js';
 import { BoundedStream } from './bounded-stream.js';
 import { Resolver, type NamespaceMsg, type PrefixMsg, type SelectorMsg } from './selectors.js';
 import { toServiceError } from './status.js';
@@ -21,6 +22,8 @@ export interface ControlServiceOptions {
   streamBuffer: number;
   onCall?: CallObserver;
   onStreamDrop?: (method: string) => void;
+  /** Throttle of failed authentications (auth-throttle.ts); none = unthrottled. */
+  throttle?: AuthThrottle;
 }
 
 const CHUNK = 1024;
@@ -45,13 +48,17 @@ export class ControlService {
     for (const c of this.closers) c();
   }
 
-  /** The caller's principal from `authorization: Bearer <token>`; LOCAL when auth is off. */
-  principal(md: grpc.Metadata): Principal {
+  /** The caller's principal from `authorization: Bearer <token>`; LOCAL when auth is off. Failures are throttled per peer host. */
+  principal(md: grpc.Metadata, peer = ''): Principal {
     if (!this.opts.policy.enabled) return LOCAL;
+    this.opts.throttle?.admit(peer);
     const h = md.get('authorization')[0];
     const m = typeof h === 'string' ? /^Bearer\s+(\S+)$/i.exec(h) : null;
     const p = m ? this.opts.policy.byToken(m[1]!) : undefined;
-    if (!p) throw new KvstashError(ErrorCode.UNAUTHENTICATED, m ? 'unknown bearer token' : 'missing "authorization: Bearer <token>" metadata');
+    if (!p) {
+      this.opts.throttle?.failed(peer);
+      throw new KvstashError(ErrorCode.UNAUTHENTICATED, m ? 'unknown bearer token' : 'missing "authorization: Bearer <token>" metadata');
+    }
     return p;
   }
 
@@ -66,6 +73,7 @@ export class ControlService {
       Clear: this.stream('Clear', (r, p, out) => this.clear(r, p, out)),
       Move: this.stream('Move', (r, p, out) => this.move(r, p, out)),
       WatchTierEvents: this.stream('WatchTierEvents', (r, p, out, call) => this.watch(r, p, out, call)),
+      DropNamespaces: this.unary('DropNamespaces', (r, p) => this.dropNamespaces(r, p)),
     };
   }
 
@@ -73,7 +81,7 @@ export class ControlService {
     return (call, cb) => {
       const t0 = performance.now();
       Promise.resolve()
-        .then(() => fn(call.request, this.principal(call.metadata)))
+        .then(() => fn(call.request, this.principal(call.metadata, call.getPeer())))
         .then((res) => {
           this.opts.onCall?.(method, (performance.now() - t0) / 1000, 'OK');
           cb(null, res);
@@ -86,7 +94,7 @@ export class ControlService {
       const t0 = performance.now();
       const out = new BoundedStream<Msg>(call, this.opts.streamBuffer, () => this.opts.onStreamDrop?.(method));
       Promise.resolve()
-        .then(() => fn(call.request, this.principal(call.metadata), out, call))
+        .then(() => fn(call.request, this.principal(call.metadata, call.getPeer()), out, call))
         .then(async () => {
           this.opts.onCall?.(method, (performance.now() - t0) / 1000, call.cancelled ? 'CANCELLED' : 'OK');
           await out.end();
@@ -185,6 +193,19 @@ export class ControlService {
     }));
     const status = this.stopping ? 'NOT_SERVING' : tiers.every((t) => t.ok) ? 'SERVING' : 'DEGRADED';
     return { status, server: SERVER_VERSION, uptime_s: Math.round((Date.now() - this.startedAt) / 1000), endpoints: this.sidecar.endpoints, tiers };
+  }
+
+  private dropNamespaces(r: Msg, p: Principal): Msg {
+    const sel = this.resolver.selection(r.selector as SelectorMsg, p);
+    if (sel.scope === 'prefix') throw new KvstashError(ErrorCode.INVALID_ARGUMENT, 'DropNamespaces takes a namespace or a tenant, not a prefix');
+    const ids = new Set(sel.namespace ? [sel.namespace] : this.sidecar.nsRegistry.ofTenant(sel.tenant));
+    let removed = 0;
+    if (r.include_blocks === true) removed = this.sidecar.tiers.clear(() => true, { keys: sel.keys() }).removed;
+    const busy = this.sidecar.namespacesWithBlocks(ids);
+    const gone = [...ids].filter((id) => !busy.has(id));
+    this.sidecar.nsRegistry.drop(gone);
+    this.log.info({ principal: p.id, scope: sel.scope, tenant: sel.tenant, dropped: gone.length, kept: busy.size, blocks_removed: removed }, 'drop namespaces');
+    return { dropped: gone.length, kept: busy.size, blocks_removed: removed, dropped_ids: gone };
   }
 
   // ---- streaming -------------------------------------------------------------------------------------------

@@ -80,6 +80,7 @@ export class ControlClient {
   unpin(req: Msg): Promise<Msg> { return this.call('Unpin', req); }
   evict(req: Msg): Promise<Msg> { return this.call('Evict', req); }
   health(): Promise<Msg> { return this.call('Health'); }
+  dropNamespaces(req: Msg): Promise<Msg> { return this.call('DropNamespaces', req); }
 
   close(): void {
     this.raw.close();

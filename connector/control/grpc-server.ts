@@ -10,6 +10,7 @@ import { ErrorCode, KvstashError } from '../../protocol/errors.js';
 import { logger } from '../log.js';
 import type { Sidecar, SidecarPlugin } from '../sidecar.js';
 import type { AccessPolicy } from './auth.js';
+import { AuthThrottle } from './auth-throttle.js';
 import { ControlService, type CallObserver } from './control-service.js';
 import { controlService } from './proto.js';
 
@@ -23,6 +24,9 @@ export interface ControlServerOptions {
   pinBudgetBytes?: number;
   onCall?: CallObserver;
   onStreamDrop?: (method: string) => void;
+  /** Failed bearer-token authentications allowed per second per peer host (burst: authFailureBurst); 0 = unthrottled. Default 5. */
+  authFailuresPerSecond?: number;
+  authFailureBurst?: number;
 }
 
 function isLoopback(host: string): boolean {
@@ -32,6 +36,7 @@ function isLoopback(host: string): boolean {
 export class ControlServerPlugin implements SidecarPlugin {
   readonly name = 'grpc-control';
   service: ControlService | undefined;
+  throttle: AuthThrottle | undefined;
   /** The bound host:port, after start. */
   address = '';
   private server: grpc.Server | undefined;
@@ -55,8 +60,10 @@ export class ControlServerPlugin implements SidecarPlugin {
   }
 
   async start(sidecar: Sidecar): Promise<void> {
+    this.throttle = new AuthThrottle(this.opts.authFailuresPerSecond ?? 5, this.opts.authFailureBurst ?? 20);
     this.service = new ControlService(sidecar, {
       policy: this.opts.policy, streamBuffer: this.opts.streamBuffer ?? 1024, onCall: this.opts.onCall, onStreamDrop: this.opts.onStreamDrop,
+      throttle: this.throttle,
     });
     const server = new grpc.Server({ 'grpc.max_receive_message_length': 64 * 2 ** 20, 'grpc.max_send_message_length': 64 * 2 ** 20 });
     server.addService(controlService(), this.service.handlers());

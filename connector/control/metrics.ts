@@ -6,6 +6,9 @@
  * - Label cardinality is bounded: `op`/`method`/`code`/`tier` take few values; per-namespace series exist for at
  *   most `topNamespaces` namespaces (slots go to the busiest namespaces at each scrape and stay assigned, so
  *   counters stay monotonic); all others are summed under namespace="other".
+ * - Open doors (issue 9 item 8): `authorize` decides who may scrape (401 otherwise; settings metricsToken /
+ *   metricsOpen, see cli.ts); per-namespace series carry `model` and `tenant` labels only with `tenantLabels`
+ *   (default: off when auth is on — tenant and model names are not for every scraper).
  */
 import { createServer, type Server } from 'node:http';
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
@@ -22,6 +25,10 @@ export interface MetricsOptions {
   address: string;
   topNamespaces: number;
   events?: TierEventsPublisher;
+  /** Label per-namespace series with model and tenant names. Default true. */
+  tenantLabels?: boolean;
+  /** Given the request's Authorization header: may it scrape? Default: everyone. */
+  authorize?: (authorization: string | undefined) => boolean;
 }
 
 const sum = (fs: Buffer[]) => { let n = 0; for (const f of fs) n += f.length; return n; };
@@ -39,6 +46,8 @@ export class MetricsPlugin implements SidecarPlugin {
   private readonly grpcCalls: Counter<'method' | 'code'>;
   private readonly grpcLatency: Histogram<'method'>;
   readonly grpcStreamDropped: Counter<'method'>;
+  /** Scrapes refused for lack of credentials. */
+  refused = 0;
 
   constructor(private readonly opts: MetricsOptions) {
     const registers = [this.registry];
@@ -85,8 +94,9 @@ export class MetricsPlugin implements SidecarPlugin {
       name: 'kvstash_errors_total', help: 'Error replies on the data socket by code (including undecodable requests).', labelNames: ['code'], registers,
       collect() { this.reset(); for (const [c, n] of Object.entries(s.sidecar?.counters.byCode ?? {})) this.inc({ code: c }, n); },
     });
+    const nsLabels = opts.tenantLabels === false ? ['namespace'] : ['namespace', 'model', 'tenant'];
     const nsCounter = (name: string, help: string, pick: (c: { hits: number; misses: number }) => number) => new Counter({
-      name, help, labelNames: ['namespace', 'model', 'tenant'], registers,
+      name, help, labelNames: nsLabels, registers,
       collect() { this.reset(); for (const [labels, c] of s.namespaceRows()) this.inc(labels, pick(c)); },
     });
     nsCounter('kvstash_namespace_hit_blocks_total', 'Blocks found by LOOKUP (leading hits) and GET, per namespace (top N, rest as "other").', (c) => c.hits);
@@ -117,14 +127,14 @@ export class MetricsPlugin implements SidecarPlugin {
     const rows: [Record<string, string>, { hits: number; misses: number }][] = [];
     for (const [ns, c] of this.nsCounts) {
       if (this.slots.has(ns)) {
-        const d = this.sidecar?.namespaces.get(ns);
-        rows.push([{ namespace: ns, model: d?.model ?? '', tenant: d?.tenant ?? '' }, c]);
+        const d = this.opts.tenantLabels === false ? undefined : this.sidecar?.namespaces.get(ns);
+        rows.push([this.opts.tenantLabels === false ? { namespace: ns } : { namespace: ns, model: d?.model ?? '', tenant: d?.tenant ?? '' }, c]);
       } else {
         other.hits += c.hits;
         other.misses += c.misses;
       }
     }
-    if (this.nsCounts.size > this.slots.size) rows.push([{ namespace: 'other', model: '', tenant: '' }, other]);
+    if (this.nsCounts.size > this.slots.size) rows.push([this.opts.tenantLabels === false ? { namespace: 'other' } : { namespace: 'other', model: '', tenant: '' }, other]);
     return rows;
   }
 
@@ -166,7 +176,11 @@ export class MetricsPlugin implements SidecarPlugin {
     const host = this.opts.address.slice(0, i).replace(/^\[|\]$/g, '');
     const port = Number(this.opts.address.slice(i + 1));
     const http = createServer((req, res) => {
-      if (req.method === 'GET' && (req.url === '/metrics' || req.url?.startsWith('/metrics?'))) {
+      if (this.opts.authorize && !this.opts.authorize(req.headers.authorization)) {
+        this.refused++;
+        res.writeHead(401, { 'content-type': 'text/plain', 'www-authenticate': 'Bearer realm="kvstash metrics"' });
+        res.end('kvstash: /metrics needs "Authorization: Bearer <token>" (metricsToken, or an operator token when auth is on)\n');
+      } else if (req.method === 'GET' && (req.url === '/metrics' || req.url?.startsWith('/metrics?'))) {
         this.registry.metrics().then((body) => {
           res.writeHead(200, { 'content-type': this.registry.contentType });
           res.end(body);

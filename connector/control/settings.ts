@@ -3,6 +3,7 @@
  * the core ones — flag > env > config file > default — and are listed in docs/configuration.md and
  * docs/environment.md).
  */
+import { timingSafeEqual } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { ErrorCode, KvstashError } from '../../protocol/errors.js';
 import type { Config, Setting } from '../config.js';
@@ -25,6 +26,11 @@ export const CONTROL_SETTINGS: Setting[] = [
   setting('pinBudgetBytes', 'string', '', 'half of `dramBytes`', 'Bytes that pinned blocks may occupy; Pin beyond it fails with KVS_RESOURCE_EXHAUSTED.'),
   setting('metrics', 'string', '127.0.0.1:9464', '`127.0.0.1:9464`', 'Prometheus `/metrics` HTTP address (host:port); empty string disables it.'),
   setting('metricsTopNamespaces', 'int', 20, '20', 'Namespaces with their own per-namespace series; the others are summed as namespace="other".'),
+  setting('metricsToken', 'string', '', 'none', 'Bearer token `/metrics` requires (`Authorization: Bearer <token>`), or `@file` holding it. Without it, while auth is on, an operator token (tenants `"*"`) of `authTokens` is required.'),
+  setting('metricsOpen', 'bool', false, 'false', 'Serve `/metrics` without credentials even while auth is on.'),
+  setting('metricsTenantLabels', 'string', 'auto', '`auto`', 'Label per-namespace series with `model` and `tenant`: `true`, `false`, or `auto` (= off while auth is on).'),
+  setting('grpcAuthFailuresPerSecond', 'int', 5, '5', 'Failed gRPC bearer-token authentications allowed per second per peer host; beyond them (after a burst of `grpcAuthFailureBurst`) its calls get KVS_RESOURCE_EXHAUSTED unchecked. 0 = unthrottled.'),
+  setting('grpcAuthFailureBurst', 'int', 20, '20', 'Failed gRPC authentications a peer host may make at once before the throttle applies.'),
   setting('eventsPub', 'string', '', 'off', 'Bind a ZeroMQ PUB here and publish tier events as vLLM KV events (e.g. `tcp://127.0.0.1:5557`).'),
   setting('eventsReplay', 'string', '', 'off', 'Bind a ZeroMQ ROUTER here answering vLLM-style replay requests for tier events.'),
   setting('eventsTopic', 'string', 'kvstash/', '`kvstash/`', 'Topic prefix of tier events; the namespace id is appended.'),
@@ -65,4 +71,29 @@ export function curveSecretFromConfig(config: Config): string | undefined {
 export function pinBudgetFromConfig(config: Config, parseBytes: (v: unknown, what: string) => number): number {
   const v = String(config.pinBudgetBytes ?? '');
   return v === '' ? Math.floor(config.dramBytes / 2) : parseBytes(v, 'pinBudgetBytes');
+}
+
+/** Who may scrape /metrics (issue 9 item 8): metricsToken; else, with auth on, an operator token; else anyone. */
+export function metricsAuthFromConfig(config: Config, policy: AccessPolicy): ((authorization: string | undefined) => boolean) | undefined {
+  const token = secretValue(String(config.metricsToken ?? ''));
+  if (!token && (!policy.enabled || config.metricsOpen === true)) return undefined;
+  return (authorization) => {
+    const m = typeof authorization === 'string' ? /^Bearer\s+(\S+)$/i.exec(authorization) : null;
+    if (!m) return false;
+    if (token) return safeEqual(m[1]!, token);
+    return policy.byToken(m[1]!)?.tenants === '*';
+  };
+}
+
+export function metricsTenantLabelsFromConfig(config: Config, policy: AccessPolicy): boolean {
+  const v = String(config.metricsTenantLabels ?? 'auto');
+  if (v === 'auto') return !policy.enabled;
+  if (v === 'true' || v === 'false') return v === 'true';
+  throw new KvstashError(ErrorCode.CONFIG, `metricsTenantLabels: expected auto, true or false, got ${JSON.stringify(v)}`);
+}
+
+function safeEqual(a: string, b: string): boolean {
+  const x = Buffer.from(a);
+  const y = Buffer.from(b);
+  return x.length === y.length && timingSafeEqual(x, y);
 }
