@@ -21,6 +21,7 @@ export const BENCHES: { name: string; cmd: string[] }[] = [
   { name: 'python-connector', cmd: [py, 'bench/python-connector.py'] },
   { name: 'trace', cmd: node('trace.js') },
   { name: 'drivers', cmd: node('drivers.js') },
+  { name: 'resp', cmd: node('resp.js') },
 ];
 
 const args = process.argv.slice(2);

@@ -74,12 +74,24 @@ export class RespParser {
   }
 
   push(chunk: Buffer, onCommand: (args: Buffer[]) => void): void {
-    let buf = chunk;
-    if (this.carry) {
-      buf = Buffer.concat([this.carry, chunk]);
-      this.charge(-this.carry.length);
-      this.carry = undefined;
+    const carry = this.carry;
+    if (!carry) {
+      this.parse(chunk, onCommand);
+      return;
     }
+    // Complete the carried-over line (or CRLF) with just the bytes it needs; never re-copy the whole chunk.
+    const lf = chunk.indexOf(LF);
+    const need = this.bulk ? Math.min(2 - carry.length, chunk.length) : lf < 0 ? chunk.length : lf + 1;
+    this.charge(-carry.length);
+    this.carry = undefined;
+    this.parse(Buffer.concat([carry, chunk.subarray(0, need)]), onCommand);
+    if (need < chunk.length) {
+      if (this.carry) throw new RespProtocolError('internal: incomplete line after its end'); // cannot happen: the line ended
+      this.parse(chunk.subarray(need), onCommand);
+    }
+  }
+
+  private parse(buf: Buffer, onCommand: (args: Buffer[]) => void): void {
     let pos = 0;
     const n = buf.length;
     while (pos < n) {

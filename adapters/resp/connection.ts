@@ -87,16 +87,15 @@ export class RespConnection {
 
   private write(reply: Reply): void {
     if (this.socket.destroyed) return;
-    let ok = true;
-    if (Array.isArray(reply)) for (const b of reply) ok = this.socket.write(b);
-    else ok = this.socket.write(reply);
+    if (Array.isArray(reply)) for (const b of reply) this.socket.write(b);
+    else this.socket.write(reply);
     if (this.session.quit) {
       this.closing = true;
       this.queue.length = 0;
       this.socket.end();
       return;
     }
-    if ((!ok || this.socket.writableLength > this.opts.highWaterBytes) && !this.waitingDrain) {
+    if (this.socket.writableLength > this.opts.highWaterBytes && !this.waitingDrain) {
       this.waitingDrain = true;
       this.socket.pause();
       this.socket.once('drain', () => {

@@ -14,7 +14,7 @@
  *   binary keys round-trip. Blocks the tier stack drops from its last tier leave the index.
  * - TTLs are not kept: a cache evicts by heat and budget (EXPIRE/SET EX are accepted, see commands.ts).
  */
-import { createHash } from 'node:crypto';
+import { hash } from 'node:crypto';
 import type { Logger } from 'pino';
 import type { Sidecar } from '../../connector/sidecar.js';
 import { PutResult, type NamespaceDescriptor } from '../../protocol/wire.js';
@@ -70,7 +70,7 @@ export class RespStore {
   }
 
   sk(ns: string, key: Buffer): string {
-    return ns + '/' + createHash('sha256').update(key).digest('hex');
+    return ns + '/' + hash('sha256', key, 'hex');
   }
 
   /** The value, undefined on a miss, or a promise when it must be read from a lower tier. */

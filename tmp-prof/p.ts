@@ -1,0 +1,17 @@
+import { loadConfig } from '../connector/config.js';
+import { AccessPolicy } from '../connector/control/auth.js';
+import { Sidecar } from '../connector/sidecar.js';
+import { RespServer } from '../adapters/resp/server.js';
+import { spawn } from 'node:child_process';
+const config = loadConfig({ endpoints: [`ipc:///tmp/kvstash-prof-${process.pid}.sock`], fileRoot: '', dramBytes: '4GiB', logLevel: 'warn' }, {});
+const sidecar = new Sidecar(config);
+const resp = new RespServer({ listen: [{ host: '127.0.0.1', port: 0 }], policy: new AccessPolicy() });
+sidecar.use(resp);
+await sidecar.start();
+const port = process.env.PORT ? Number(process.env.PORT) : resp.bound[0]!.port;
+const run = (args: string[]) => new Promise<string>((res) => { const p = spawn('redis-benchmark', ['-p', String(port), ...args, '--csv']); let o = ''; p.stdout.on('data', (d) => o += d); p.on('exit', () => res(o)); });
+const t0 = performance.now(); const u0 = process.cpuUsage();
+console.log((await run(process.argv.slice(2))).split('\n').filter(l => /SET|GET/.test(l)).join('\n'));
+const u = process.cpuUsage(u0); console.log('wall', (performance.now() - t0).toFixed(0), 'ms, server cpu', ((u.user + u.system) / 1000).toFixed(0), 'ms');
+await sidecar.stop();
+process.exit(0);
