@@ -5,5 +5,6 @@ import { lmcacheExtension } from '../adapters/lmcache/cli-extension.js';
 import { controlExtension } from './control/cli.js';
 import { storageExtension } from './storage/cli-extension.js';
 import { respExtension } from '../adapters/resp/cli-extension.js';
+import { vllmOffloadExtension } from '../adapters/vllm-offload/cli-extension.js';
 
-export const EXTENSIONS: CliExtension[] = [vllmEventsExtension, lmcacheExtension, storageExtension, controlExtension, respExtension];
+export const EXTENSIONS: CliExtension[] = [vllmEventsExtension, lmcacheExtension, storageExtension, controlExtension, respExtension, vllmOffloadExtension];
