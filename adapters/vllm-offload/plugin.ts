@@ -74,6 +74,7 @@ export class VllmOffloadPlugin implements SidecarPlugin {
         return await fn(h);
       } catch (err) {
         this.counters.failures++;
+        this.log.warn({ err, path: h.path }, `${String(h.op)} failed`);
         throw err;
       }
     };

@@ -38,7 +38,7 @@ test.serial('vllm offload - store, lookup and load are bitwise; blocks survive a
   t.deepEqual(first.lookups, Array(8).fill(true));
   // The sidecar read the rows itself: its counters say so (no KV bytes were sent).
   const c = new KvstashClient(endpoint, { timeoutMs: 10_000 });
-  const st = (await c.request({ op: 'OFFLOAD_STATS' })).header as { offload: Record<string, number> };
+  const st = (await c.request({ op: 'OFFLOAD_STATS' })).header as unknown as { offload: Record<string, number> };
   c.close();
   t.like(st.offload, { rowsRead: 8, rowsWritten: 8 });
   await killAndWait(a.proc, 'SIGTERM');
