@@ -5,8 +5,9 @@
  * Rules:
  * - Requests are multibulk arrays (`*<n>\r\n$<len>\r\n<bytes>\r\n…`, what every client library, redis-cli and
  *   redis-benchmark send) or inline lines (`PING\r\n`, telnet). Arguments come out as Buffers; a bulk argument
- *   is an exact-size Buffer the parser owns alone (never a view into a socket chunk), so its ownership can pass
- *   to the tier stack without a copy.
+ *   of VIEW_BELOW bytes or more is an exact-size Buffer the parser owns alone (never a view into a socket chunk),
+ *   so its ownership can pass to the tier stack without a copy; shorter ones (names, keys) may be views, valid
+ *   until the command has run — a command that keeps a short argument must copy it.
  * - Limits, each a protocol error (the connection answers `-ERR Protocol error: …` and closes, as Redis does):
  *   a header or inline line over 64 KiB without CRLF, more than `maxArgs` arguments, a bulk length over
  *   `maxBulkBytes`, a malformed length, a missing CRLF after a bulk.
@@ -44,6 +45,8 @@ export interface ParserLimits {
 }
 
 const MAX_LINE = 64 * 1024;
+/** Bulk arguments shorter than this (command names, keys) may be views of the socket chunk; longer ones are owned copies. */
+export const VIEW_BELOW = 512;
 const CR = 13;
 const LF = 10;
 
@@ -151,9 +154,14 @@ export class RespParser {
       if (n - pos >= len + 2) {
         // Whole bulk in this chunk: copy it out (never keep a view that would pin the chunk).
         if (buf[pos + len] !== CR || buf[pos + len + 1] !== LF) throw new RespProtocolError("expected '\\r\\n' after a bulk string");
-        this.acquire(len);
-        const b = Buffer.allocUnsafe(len);
-        buf.copy(b, 0, pos, pos + len);
+        let b: Buffer;
+        if (len < VIEW_BELOW) {
+          b = buf.subarray(pos, pos + len); // names and keys: a view, dropped when the command has run
+        } else {
+          this.acquire(len);
+          b = Buffer.allocUnsafe(len);
+          buf.copy(b, 0, pos, pos + len);
+        }
         pos += len + 2;
         this.args.push(b);
         if (this.args.length === this.argc) this.emit(onCommand);
@@ -226,10 +234,19 @@ export function error(s: string): Buffer {
 export function int(n: number): Buffer {
   return n >= 0 && n < INTS.length ? INTS[n]! : Buffer.from(`:${n}\r\n`);
 }
+const bulkHeads = new Map<number, Buffer>();
+function bulkHead(n: number): Buffer {
+  let h = bulkHeads.get(n);
+  if (!h) {
+    h = Buffer.from(`$${n}\r\n`);
+    if (bulkHeads.size < 4096) bulkHeads.set(n, h);
+  }
+  return h;
+}
 export function bulk(v: Buffer | string | undefined, proto: number): Buffer[] {
   if (v === undefined) return [proto === 3 ? NULL3 : NULL2];
   const b = typeof v === 'string' ? Buffer.from(v, 'utf8') : v;
-  return [Buffer.from(`$${b.length}\r\n`), b, CRLF];
+  return [bulkHead(b.length), b, CRLF];
 }
 export function array(items: Reply[]): Buffer[] {
   const out: Buffer[] = [Buffer.from(`*${items.length}\r\n`)];

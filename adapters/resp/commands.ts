@@ -29,6 +29,8 @@ export interface Session {
   proto: 2 | 3;
   name: string;
   quit: boolean;
+  /** Namespace id of (db, tenant), cached; cleared when either changes. */
+  nsId?: string;
 }
 
 export interface CommandContext {
@@ -45,7 +47,7 @@ interface Spec { arity: number; fn: Handler; noAuth?: boolean }
 
 const lc = (b: Buffer | undefined) => (b ? b.toString('latin1').toLowerCase() : '');
 const nil = (s: Session) => (s.proto === 3 ? NULL3 : NULL2);
-const ns = (c: CommandContext, s: Session) => c.store.ns(s.db, s.tenant);
+const ns = (c: CommandContext, s: Session) => s.nsId ?? (s.nsId = c.store.ns(s.db, s.tenant));
 const wrongType = () => error('ERR syntax error');
 const notInt = () => error('ERR value is not an integer or out of range');
 
@@ -86,6 +88,7 @@ function auth(c: CommandContext, s: Session, user: string | undefined, pass: str
   if (!p || !c.policy.allows(p, tenant)) return error('WRONGPASS invalid username-password pair or user is disabled.');
   s.principal = p;
   s.tenant = tenant;
+  s.nsId = undefined;
   return undefined;
 }
 
@@ -105,7 +108,7 @@ export const COMMANDS: Record<string, Spec> = {
   ping: { arity: -1, fn: (_c, s, a) => (a.length > 2 ? error("ERR wrong number of arguments for 'ping' command") : a[1] ? bulk(a[1], s.proto) : PONG) },
   echo: { arity: 2, fn: (_c, s, a) => bulk(a[1], s.proto) },
   quit: { arity: -1, noAuth: true, fn: (_c, s) => { s.quit = true; return OK; } },
-  reset: { arity: 1, noAuth: true, fn: (c, s) => { s.db = 0; s.proto = 2; s.name = ''; s.tenant = c.defaultTenant; s.principal = undefined; return simple('RESET'); } },
+  reset: { arity: 1, noAuth: true, fn: (c, s) => { s.db = 0; s.proto = 2; s.name = ''; s.tenant = c.defaultTenant; s.principal = undefined; s.nsId = undefined; return simple('RESET'); } },
   auth: {
     arity: -2, noAuth: true,
     fn: (c, s, a) => (a.length > 3 ? wrongType() : auth(c, s, a.length === 3 ? a[1]!.toString('utf8') : undefined, a[a.length - 1]!.toString('utf8')) ?? OK),
@@ -143,6 +146,7 @@ export const COMMANDS: Record<string, Spec> = {
       if (db === undefined) return notInt();
       if (db < 0 || db >= c.databases) return error('ERR DB index is out of range');
       s.db = db;
+      s.nsId = undefined;
       return OK;
     },
   },
@@ -178,8 +182,10 @@ export const COMMANDS: Record<string, Spec> = {
       if (nx && xx) return wrongType();
       const id = ns(c, s);
       const finish = (old: Buffer | undefined): Reply => {
-        const exists = old !== undefined || c.store.has(id, a[1]!);
-        if ((nx && exists) || (xx && !exists)) return get ? bulk(old, s.proto) : nil(s);
+        if (nx || xx) {
+          const exists = old !== undefined || c.store.has(id, a[1]!);
+          if ((nx && exists) || (xx && !exists)) return get ? bulk(old, s.proto) : nil(s);
+        }
         c.counters.sets++;
         if (!c.store.set(id, a[1]!, a[2]!)) {
           c.counters.dropped++;
@@ -291,7 +297,9 @@ function commandEntry(name: string, proto: number): Buffer[] {
 /** Run one command; errors in handlers become `-ERR` replies. */
 export function execute(c: CommandContext, s: Session, args: Buffer[]): Reply | Promise<Reply> {
   c.counters.commands++;
-  const name = lc(args[0]);
+  const a0 = args[0]!;
+  const name = a0.length === 3 && (a0[0]! | 32) === 103 && (a0[1]! | 32) === 101 && (a0[2]! | 32) === 116 ? 'get'
+    : a0.length === 3 && (a0[0]! | 32) === 115 && (a0[1]! | 32) === 101 && (a0[2]! | 32) === 116 ? 'set' : lc(a0);
   const spec = COMMANDS[name];
   if (!spec) {
     c.counters.errors++;

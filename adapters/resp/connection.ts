@@ -1,8 +1,9 @@
 /**
  * One RESP client connection: parse (codec.ts), execute in order (commands.ts), write replies.
  *
- * - Pipelining: all replies produced while one socket chunk is parsed are written under cork, so a pipeline of
- *   16 GETs leaves as one writev; a value from DRAM is written as the tier stack's own Buffer (no copy).
+ * - Pipelining: all replies produced while one socket chunk is parsed are batched and written at once: small
+ *   replies joined into one buffer (one write), values of 64 KiB and more as the tier stack's own Buffers
+ *   under cork (one writev, no copy).
  * - Order: commands run strictly in order. When one needs a lower tier (a promise), reading pauses and later
  *   commands wait in a queue (at most what one chunk held) until its reply is written.
  * - Backpressure: when the socket's unsent bytes pass `highWaterBytes` (a client that pipelines GETs and does
@@ -16,6 +17,11 @@ import type { Socket } from 'node:net';
 import type { Logger } from 'pino';
 import { ByteBudget, error, RespParser, RespProtocolError, type ParserLimits, type Reply } from './codec.js';
 import { execute, type CommandContext, type Session } from './commands.js';
+
+/** Reply pieces at least this big are written as they are; smaller ones are copied into one buffer. */
+const COPY_BELOW = 64 * 1024;
+/** Write the batch once it holds this many bytes (a long pipeline of large GETs). */
+const FLUSH_AT = 4 * 1024 * 1024;
 
 export interface ConnectionOptions {
   limits: ParserLimits;
@@ -32,6 +38,9 @@ export class RespConnection {
   private closing = false;
   private stallTimer: NodeJS.Timeout | undefined;
   private readonly peer: string;
+  private out: Buffer[] = [];
+  private outBytes = 0;
+  private outLarge = false;
 
   constructor(private readonly socket: Socket, private readonly ctx: CommandContext, private readonly session: Session,
     private readonly opts: ConnectionOptions, private readonly log: Logger, private readonly onProtocolError: () => void) {
@@ -48,15 +57,17 @@ export class RespConnection {
 
   private onData(chunk: Buffer): void {
     if (this.closing) return;
-    this.socket.cork();
     try {
-      this.parser.push(chunk, (args) => this.onCommand(args));
+      this.parser.push(chunk, this.onCommandFn);
     } catch (err) {
+      this.flush();
       this.fail(err as Error);
     }
-    this.socket.uncork();
+    this.flush();
     this.armStall();
   }
+
+  private readonly onCommandFn = (args: Buffer[]) => this.onCommand(args);
 
   private onCommand(args: Buffer[]): void {
     if (this.closing) return;
@@ -74,10 +85,9 @@ export class RespConnection {
       this.socket.pause();
       void r.then((reply) => {
         this.busy = false;
-        this.socket.cork();
         this.write(reply);
         while (!this.busy && !this.closing && this.queue.length > 0) this.run(this.queue.shift()!);
-        this.socket.uncork();
+        this.flush();
         this.maybeResume();
       });
       return;
@@ -85,16 +95,53 @@ export class RespConnection {
     this.write(r);
   }
 
+  /** Queue a reply; `flush` writes the batch (one write for small replies, a corked writev with large values). */
   private write(reply: Reply): void {
-    if (this.socket.destroyed) return;
-    if (Array.isArray(reply)) for (const b of reply) this.socket.write(b);
-    else this.socket.write(reply);
+    if (Array.isArray(reply)) {
+      for (const b of reply) {
+        this.out.push(b);
+        this.outBytes += b.length;
+        if (b.length >= COPY_BELOW) this.outLarge = true;
+      }
+    } else {
+      this.out.push(reply);
+      this.outBytes += reply.length;
+    }
     if (this.session.quit) {
+      this.flush();
       this.closing = true;
       this.queue.length = 0;
       this.socket.end();
+    } else if (this.outBytes >= FLUSH_AT) this.flush();
+  }
+
+  private flush(): void {
+    const out = this.out;
+    if (out.length === 0 || this.socket.destroyed) {
+      this.out = [];
+      this.outBytes = 0;
+      this.outLarge = false;
       return;
     }
+    if (out.length === 1) this.socket.write(out[0]!);
+    else if (!this.outLarge) this.socket.write(Buffer.concat(out, this.outBytes));
+    else {
+      // Large values go out as they are (no copy); small pieces between them are joined.
+      this.socket.cork();
+      let small: Buffer[] = [];
+      for (const b of out) {
+        if (b.length >= COPY_BELOW) {
+          if (small.length) this.socket.write(small.length === 1 ? small[0]! : Buffer.concat(small));
+          small = [];
+          this.socket.write(b);
+        } else small.push(b);
+      }
+      if (small.length) this.socket.write(small.length === 1 ? small[0]! : Buffer.concat(small));
+      this.socket.uncork();
+    }
+    this.out = [];
+    this.outBytes = 0;
+    this.outLarge = false;
     if (this.socket.writableLength > this.opts.highWaterBytes && !this.waitingDrain) {
       this.waitingDrain = true;
       this.socket.pause();

@@ -19,6 +19,7 @@ import type { Logger } from 'pino';
 import type { Sidecar } from '../../connector/sidecar.js';
 import { PutResult, type NamespaceDescriptor } from '../../protocol/wire.js';
 import { KeyIndex } from '../lmcache/key-index.js';
+import { VIEW_BELOW } from './codec.js';
 
 export function respNamespace(db: number, tenant: string): NamespaceDescriptor {
   return { model: 'resp', engine: 'resp', layout: `db${db}`, tp_rank: 0, tp_size: 1, pp_rank: 0, pp_size: 1, tenant };
@@ -96,6 +97,12 @@ export class RespStore {
     const sk = this.sk(ns, key);
     const tiers = this.sidecar.tiers;
     if (tiers.entry(sk)) tiers.delete([sk]);
+    if (value.length < VIEW_BELOW) {
+      // A short argument may be a view of a socket chunk (codec.ts): keep an exact copy, not the chunk.
+      const own = Buffer.allocUnsafeSlow(value.length);
+      value.copy(own);
+      value = own;
+    }
     const r = tiers.put(sk, value);
     if (r === PutResult.STORED || r === PutResult.PRESENT) {
       this.index.add(ns, sk, key.toString('latin1'));
