@@ -10,6 +10,8 @@ const PACKAGES = [
   'nfs-ganesha', 'nfs-ganesha-vfs', 'rpcbind', 'gvfs-backends', 'gvfs-fuse', 'dbus', 'libglib2.0-bin', 'libnfs-utils', 'iproute2',
   // RESP front: a real Redis (bench baseline), redis-cli / redis-benchmark, redis-py as LMCache's redis:// uses it
   'redis-server', 'redis-tools', 'python3-redis', 'python3-hiredis',
+  // adopt-dir janitor: file accesses seen through inotify (inotifywait)
+  'inotify-tools',
 ];
 
 function missing() {

@@ -30,6 +30,7 @@ export const TRACE_CATEGORIES: [category: string, covers: string][] = [
   ['lmcache', 'the lm:// server'],
   ['resp', 'the Redis-protocol (RESP) front'],
   ['offload', 'the vLLM OffloadingConnector secondary tier (primary-tier file reads and writes)'],
+  ['janitor', 'adopted engine folders (--adopt-dir): scans and evictions'],
 ];
 
 export function environmentMarkdown(extra: Setting[]): string {
