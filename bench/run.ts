@@ -22,6 +22,7 @@ export const BENCHES: { name: string; cmd: string[] }[] = [
   { name: 'arena', cmd: [py, 'bench/arena.py'] },
   { name: 'trace', cmd: node('trace.js') },
   { name: 'drivers', cmd: node('drivers.js') },
+  { name: 'resp', cmd: node('resp.js') },
 ];
 
 const args = process.argv.slice(2);

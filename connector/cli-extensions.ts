@@ -4,5 +4,8 @@ import { vllmEventsExtension } from '../adapters/vllm/cli-extension.js';
 import { lmcacheExtension } from '../adapters/lmcache/cli-extension.js';
 import { controlExtension } from './control/cli.js';
 import { storageExtension } from './storage/cli-extension.js';
+import { respExtension } from '../adapters/resp/cli-extension.js';
+import { vllmOffloadExtension } from '../adapters/vllm-offload/cli-extension.js';
+import { janitorExtension } from '../adapters/janitor/cli-extension.js';
 
-export const EXTENSIONS: CliExtension[] = [vllmEventsExtension, lmcacheExtension, storageExtension, controlExtension];
+export const EXTENSIONS: CliExtension[] = [vllmEventsExtension, lmcacheExtension, storageExtension, controlExtension, respExtension, vllmOffloadExtension, janitorExtension];

@@ -8,6 +8,10 @@ const PACKAGES = [
   'python3-zmq', 'python3-msgpack', 'python3-numpy', 'python3-torch', 'python3-cbor2',
   // NFS suite: userspace NFS server + FUSE client
   'nfs-ganesha', 'nfs-ganesha-vfs', 'rpcbind', 'gvfs-backends', 'gvfs-fuse', 'dbus', 'libglib2.0-bin', 'libnfs-utils', 'iproute2',
+  // RESP front: a real Redis (bench baseline), redis-cli / redis-benchmark, redis-py as LMCache's redis:// uses it
+  'redis-server', 'redis-tools', 'python3-redis', 'python3-hiredis',
+  // adopt-dir janitor: file accesses seen through inotify (inotifywait)
+  'inotify-tools',
 ];
 
 function missing() {
@@ -32,9 +36,9 @@ if (need.length > 0) {
   }
 }
 const py = process.env.KVSTASH_PYTHON || '/usr/bin/python3';
-const check = spawnSync(py, ['-c', 'import zmq, msgpack, numpy, torch, cbor2'], { encoding: 'utf8' });
+const check = spawnSync(py, ['-c', 'import zmq, msgpack, numpy, torch, cbor2, redis'], { encoding: 'utf8' });
 if (check.status !== 0) {
-  process.stderr.write(`FAILED: ${py} cannot import zmq, msgpack, numpy, torch, cbor2:\n${check.stderr}\n`);
+  process.stderr.write(`FAILED: ${py} cannot import zmq, msgpack, numpy, torch, cbor2, redis:\n${check.stderr}\n`);
   process.exit(1);
 }
 process.stderr.write('test prerequisites: ok\n');

@@ -29,6 +29,9 @@ export const TRACE_CATEGORIES: [category: string, covers: string][] = [
   ['events', 'vLLM KV events in and out: invalid replay requests, stream gaps'],
   ['metrics', 'metrics endpoint'],
   ['lmcache', 'the lm:// server'],
+  ['resp', 'the Redis-protocol (RESP) front'],
+  ['offload', 'the vLLM OffloadingConnector secondary tier (primary-tier file reads and writes)'],
+  ['janitor', 'adopted engine folders (--adopt-dir): scans and evictions'],
 ];
 
 export function environmentMarkdown(extra: Setting[]): string {

@@ -1,0 +1,105 @@
+/**
+ * RESP front benchmark (issue 11): `redis-benchmark -t set,get -d <size> -P 16` against kvstash's RESP port
+ * (DRAM tier, a sidecar in a child process: this file with --serve) and against a real `redis-server`
+ * (`--save '' --appendonly no`) started in the same run, rounds alternating between the two; the table gives
+ * the median requests/s of each and the ratio kvstash / Redis. Goals: ≥ 1.0× at 256 KiB, ≥ 0.7× at 4 KiB.
+ *
+ * Needs Debian's redis-server and redis-tools (scripts/test-prereqs.mjs installs them).
+ * `--quick` runs one round with fewer requests.
+ */
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import net from 'node:net';
+import { loadConfig } from '../connector/config.js';
+import { AccessPolicy } from '../connector/control/auth.js';
+import { Sidecar } from '../connector/sidecar.js';
+import { RespServer } from '../adapters/resp/server.js';
+import { formatTable, humanBytes, median, quick, ratio, startChild } from './util.js';
+
+const CASES: { size: number; requests: number; goal: number }[] = [
+  { size: 256 << 10, requests: quick ? 2000 : 8000, goal: 1.0 },
+  { size: 4 << 10, requests: quick ? 50_000 : 200_000, goal: 0.7 },
+];
+const ROUNDS = quick ? 1 : 3;
+const CLIENTS = 50;
+const PIPELINE = 16;
+
+async function serve(): Promise<void> {
+  const config = loadConfig({ endpoints: [`ipc:///tmp/kvstash-bench-resp-${process.pid}.sock`], fileRoot: '', dramBytes: '4GiB', logLevel: 'warn' }, {});
+  const sidecar = new Sidecar(config);
+  const resp = new RespServer({ listen: [{ host: '127.0.0.1', port: 0 }], policy: new AccessPolicy() });
+  sidecar.use(resp);
+  await sidecar.start();
+  process.stdout.write(`ready ${resp.bound[0]!.port}\n`);
+}
+
+function freePort(): Promise<number> {
+  return new Promise((resolve) => {
+    const s = net.createServer().listen(0, '127.0.0.1', () => {
+      const p = (s.address() as net.AddressInfo).port;
+      s.close(() => resolve(p));
+    });
+  });
+}
+
+async function startRedis(): Promise<{ proc: ChildProcess; port: number }> {
+  const port = await freePort();
+  const proc = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--protected-mode', 'no'], { stdio: 'ignore' });
+  for (let i = 0; i < 200; i++) {
+    if (spawnSync('redis-cli', ['-p', String(port), 'ping'], { encoding: 'utf8' }).stdout.includes('PONG')) return { proc, port };
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  proc.kill('SIGKILL');
+  throw new Error('redis-server did not answer PING within 10 s');
+}
+
+/** requests/s per test from one redis-benchmark run (--csv). */
+function redisBenchmark(port: number, size: number, requests: number, retried = false): Record<string, number> {
+  const r = spawnSync('redis-benchmark', ['-h', '127.0.0.1', '-p', String(port), '-t', 'set,get', '-d', String(size), '-P', String(PIPELINE),
+    '-c', String(CLIENTS), '-n', String(requests), '--csv'], { encoding: 'utf8', timeout: 300_000 });
+  if (r.status !== 0) {
+    // A loaded machine can drop a connection at start-up (accept queue, SYN retries): one retry, then fail.
+    if (!retried) return redisBenchmark(port, size, requests, true);
+    throw new Error(`redis-benchmark against port ${port} failed twice (${r.status}): ${r.stderr}`);
+  }
+  const out: Record<string, number> = {};
+  for (const line of r.stdout.split('\n')) {
+    const m = /^"(SET|GET)","([\d.]+)"/.exec(line);
+    if (m) out[m[1]!] = Number(m[2]);
+  }
+  if (!out.SET || !out.GET) throw new Error(`no SET/GET figures in redis-benchmark's output:\n${r.stdout}`);
+  return out;
+}
+
+async function main(): Promise<void> {
+  if (spawnSync('redis-benchmark', ['--version']).status !== 0) throw new Error('redis-benchmark not found: run scripts/test-prereqs.mjs (installs redis-tools)');
+  const kv = await startChild(new URL(import.meta.url).pathname, ['--serve'], /ready \d+/);
+  const kvPort = Number(/ready (\d+)/.exec(kv.out())![1]);
+  const redis = await startRedis();
+  const rows: (string | number)[][] = [];
+  try {
+    for (const c of CASES) {
+      const samples: Record<'redis' | 'kvstash', Record<string, number[]>> = { redis: { SET: [], GET: [] }, kvstash: { SET: [], GET: [] } };
+      for (let i = 0; i < ROUNDS; i++) {
+        for (const [who, port] of [['redis', redis.port], ['kvstash', kvPort]] as const) {
+          const r = redisBenchmark(port, c.size, c.requests);
+          samples[who].SET!.push(r.SET!);
+          samples[who].GET!.push(r.GET!);
+        }
+      }
+      for (const t of ['SET', 'GET']) {
+        const rd = median(samples.redis[t]!);
+        const kvs = median(samples.kvstash[t]!);
+        const spread = (xs: number[]) => `${Math.round(Math.min(...xs))}–${Math.round(Math.max(...xs))}`;
+        rows.push([t, humanBytes(c.size), ROUNDS, Math.round(rd), spread(samples.redis[t]!), Math.round(kvs), spread(samples.kvstash[t]!), ratio(kvs, rd), `≥ ${c.goal.toFixed(1)}`]);
+      }
+    }
+  } finally {
+    kv.proc.kill('SIGKILL');
+    redis.proc.kill('SIGKILL');
+  }
+  process.stdout.write(`redis-benchmark -c ${CLIENTS} -P ${PIPELINE} (requests/s, median of rounds; ceiling: redis-server ${spawnSync('redis-server', ['--version'], { encoding: 'utf8' }).stdout.match(/v=([\d.]+)/)?.[1] ?? '?'} in the same run)\n`);
+  process.stdout.write(formatTable(['test', 'value', 'rounds', 'redis rps', 'redis spread', 'kvstash rps', 'kvstash spread', 'kvstash/redis', 'goal'], rows) + '\n');
+}
+
+if (process.argv.includes('--serve')) await serve();
+else await main();
