@@ -148,7 +148,7 @@ async function replay(reqs: TraceRequest[], o: TraceBenchOptions, l: Layout, pol
         const got = stack.getResident(keys.slice(0, lk.hit)) ?? await stack.get(keys.slice(0, lk.hit));
         for (let j = 0; j < got.length; j++) if (!got[j] || got[j]!.readUInt32LE(0) !== r.hash_ids[j]) row.badReads++;
       }
-      for (let j = lk.hit; j < keys.length; j++) {
+      for (let j = keys.length - 1; j >= lk.hit; j--) { // deepest first, as the sidecar's PUT does
         const v = Buffer.alloc(o.blockBytes);
         v.writeUInt32LE(r.hash_ids[j]!, 0);
         stack.put(keys[j]!, v);
