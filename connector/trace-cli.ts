@@ -57,7 +57,7 @@ export function formatTraceResult(r: TraceBenchResult, o: TraceBenchOptions): st
   const ratio = (n: number, d: number) => (d ? (n / d).toFixed(2) : '-');
   const rows = r.rows.map((x) => [
     x.workload, x.run === 'split' ? `${r.dramBlocks} + ${r.ssdBlocks}` : x.capacityBlocks, x.policy,
-    pct(x.hits, x.blocks), pct(x.lruHits, x.blocks), pct(x.beladyHits, x.blocks), ratio(x.hits, x.beladyHits), ratio(x.hits, x.lruHits),
+    pct(x.hits, x.blocks), pct(x.lruHits, x.blocks), pct(x.oracleHits, x.blocks), pct(x.beladyHits, x.blocks), ratio(x.hits, x.beladyHits), ratio(x.hits, x.lruHits),
     x.run === 'split' ? pct(x.dramHits, x.blocks) : '-', x.run === 'split' ? pct(x.dramBound, x.blocks) : '-', x.run === 'split' ? ratio(x.dramHits, x.dramBound) : '-',
     x.run === 'split' ? humanBytes(x.hits ? x.ssdModelBytesWritten / x.hits : 0) : '-', x.run === 'split' ? humanBytes(x.ssdModelBytesWritten) : '-',
     x.badReads, x.seconds.toFixed(1),
@@ -65,8 +65,9 @@ export function formatTraceResult(r: TraceBenchResult, o: TraceBenchOptions): st
   return [
     ...r.workloads.map((w) => `workload ${w.name}: ${w.requests} requests, ${w.blocks} block accesses, ${w.uniqueBlocks} distinct blocks (512 tokens each)`),
     `split: DRAM ${humanBytes(o.dramBytes)} = ${r.dramBlocks} blocks over SSD ${humanBytes(o.ssdBytes)} = ${r.ssdBlocks} blocks (${o.ssdDriver} driver, ${o.ssdWriteMode}), ${humanBytes(o.modelBlockBytes)} per model block, replayed with ${humanBytes(o.blockBytes)}`,
-    formatTable(['workload', 'capacity (blocks)', 'policy', 'hit %', 'LRU %', 'Belady %', 'vs Belady', 'vs LRU', 'DRAM hit %', 'DRAM bound %', 'DRAM vs bound', 'SSD written / hit', 'SSD written', 'bad reads', 's'], rows),
-    'hit % = reused blocks / all blocks (prefix semantics). LRU % and Belady % are offline simulations at the same capacity',
+    formatTable(['workload', 'capacity (blocks)', 'policy', 'hit %', 'LRU %', 'LRU+oracle %', 'Belady %', 'vs Belady', 'vs LRU', 'DRAM hit %', 'DRAM bound %', 'DRAM vs bound', 'SSD written / hit', 'SSD written', 'bad reads', 's'], rows),
+    'hit % = reused blocks / all blocks (prefix semantics). LRU %, LRU+oracle % (LRU caching only blocks that are used again) and Belady % are',
+    'offline simulations at the same capacity',
     `(split: the distinct blocks the stack holds, ${o.ssdWriteMode === 'through' ? 'max(DRAM, SSD) under write-through' : 'DRAM + SSD'}); DRAM bound = Belady at DRAM size. Bytes are model bytes.`,
   ].join('\n');
 }

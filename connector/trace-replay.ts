@@ -21,7 +21,7 @@
 import { readFileSync, mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { beladyHits, lruHits, type TraceRequest } from './belady.js';
+import { beladyHits, lruHits, reuseOracleLruHits, type TraceRequest } from './belady.js';
 import { admissionFilter, heatPolicy, lfudaPolicy, lruPolicy, type EvictionPolicy } from './policy.js';
 import { FileDriver, parseFileConfig } from './storage/file.js';
 import { MemoryDriver } from './storage/memory.js';
@@ -63,6 +63,8 @@ export interface PolicyRow {
   blocks: number;
   lruHits: number;
   beladyHits: number;
+  /** LRU that knows which blocks are ever reused (belady.ts reuseOracleLruHits): the reach of perfect admission. */
+  oracleHits: number;
   dramHits: number;
   /** Belady's hits at DRAM size (split runs). */
   dramBound: number;
@@ -119,7 +121,7 @@ export function workload(name: string, o: Pick<TraceBenchOptions, 'trace' | 'lim
 
 interface Layout { dramBlocks: number; ssdBlocks: number }
 
-async function replay(reqs: TraceRequest[], o: TraceBenchOptions, l: Layout, policy: EvictionPolicy, ssdAdmitAfter: number): Promise<Omit<PolicyRow, 'workload' | 'run' | 'policy' | 'lruHits' | 'beladyHits' | 'dramBound'>> {
+async function replay(reqs: TraceRequest[], o: TraceBenchOptions, l: Layout, policy: EvictionPolicy, ssdAdmitAfter: number): Promise<Omit<PolicyRow, 'workload' | 'run' | 'policy' | 'lruHits' | 'beladyHits' | 'oracleHits' | 'dramBound'>> {
   const dir = l.ssdBlocks && o.ssdDriver === 'file' ? mkdtempSync(path.join(o.dir ?? os.tmpdir(), 'kvstash-trace-')) : undefined;
   let now = 0;
   const queue = { maxItems: 1 << 20, maxBytes: 2 ** 40, concurrency: 4 };
@@ -189,9 +191,10 @@ export async function runTraceBench(o: TraceBenchOptions): Promise<TraceBenchRes
     for (const cap of o.capacities) {
       const lru = lruHits(reqs, cap).hits;
       const bel = beladyHits(reqs, cap).hits;
+      const oracle = reuseOracleLruHits(reqs, cap).hits;
       for (const [pn, mk] of policies(o)) {
         const r = await replay(reqs, o, { dramBlocks: cap, ssdBlocks: 0 }, mk(), 1);
-        rows.push({ workload: name, run: 'one level', policy: pn, lruHits: lru, beladyHits: bel, dramBound: 0, ...r });
+        rows.push({ workload: name, run: 'one level', policy: pn, lruHits: lru, beladyHits: bel, oracleHits: oracle, dramBound: 0, ...r });
       }
       o.log?.(`${name} at ${cap} blocks done`);
     }
@@ -200,11 +203,12 @@ export async function runTraceBench(o: TraceBenchOptions): Promise<TraceBenchRes
       const total = o.ssdWriteMode === 'through' ? Math.max(dramBlocks, ssdBlocks) : dramBlocks + ssdBlocks;
       const lru = lruHits(reqs, total).hits;
       const bel = beladyHits(reqs, total).hits;
+      const oracle = reuseOracleLruHits(reqs, total).hits;
       const dramBound = beladyHits(reqs, dramBlocks).hits;
       const runs: [string, EvictionPolicy, number][] = policies(o).map(([pn, mk]) => [pn, mk(), o.ssdAdmitAfter]);
       if (o.ssdAdmitAfter === 1) runs.splice(1, 0, ['kvstash (lfuda), SSD admits seen ≥ 2', lfudaPolicy(), 2]);
       const done = await Promise.all(runs.map(([, p, adm]) => replay(reqs, o, { dramBlocks, ssdBlocks }, p, adm)));
-      done.forEach((r, i) => rows.push({ workload: name, run: 'split', policy: runs[i]![0], lruHits: lru, beladyHits: bel, dramBound, ...r }));
+      done.forEach((r, i) => rows.push({ workload: name, run: 'split', policy: runs[i]![0], lruHits: lru, beladyHits: bel, oracleHits: oracle, dramBound, ...r }));
       o.log?.(`${name} split done`);
     }
   }
