@@ -154,17 +154,20 @@ export class AccessHistory {
     this.mask = width - 1;
   }
 
-  /** Row r's counter for a storage key `<32 hex ns>/<64 hex hash>`: 32 hash bits per row, mixed with the namespace. */
-  private slot(key: string, r: number): number {
-    return (parseInt(key.substr(33 + 8 * r, 8), 16) ^ parseInt(key.substr(8 * r, 8), 16)) & this.mask;
+  /** Two 32-bit hashes of a storage key `<32 hex ns>/<64 hex hash>` (hash bytes 0–7, mixed with the namespace). */
+  private hashes(key: string): [number, number] {
+    const a = parseInt(key.substr(33, 8), 16) ^ parseInt(key.substr(0, 8), 16);
+    const b = parseInt(key.substr(41, 8), 16) ^ parseInt(key.substr(24, 8), 16);
+    return [a >>> 0, (b | 1) >>> 0];
   }
 
-  /** Count one access; returns the estimate including it. */
+  /** Count one access; returns the estimate including it. Row r's counter: (a + r·b) mod width (double hashing). */
   add(key: string): number {
+    const [a, b] = this.hashes(key);
     let est = 255;
     for (let r = 0; r < 4; r++) {
       const row = this.rows[r]!;
-      const i = this.slot(key, r);
+      const i = (a + Math.imul(r, b)) & this.mask;
       if (row[i]! < 15) row[i]!++;
       est = Math.min(est, row[i]!);
     }
@@ -177,7 +180,8 @@ export class AccessHistory {
 
   estimate(key: string): number {
     let est = 255;
-    for (let r = 0; r < 4; r++) est = Math.min(est, this.rows[r]![this.slot(key, r)]!);
+    const [a, b] = this.hashes(key);
+    for (let r = 0; r < 4; r++) est = Math.min(est, this.rows[r]![(a + Math.imul(r, b)) & this.mask]!);
     return est;
   }
 }
