@@ -59,6 +59,16 @@ export class LfuBuckets<K, V> {
     return true;
   }
 
+  /** The next victim (lowest priority, oldest), without building an iterator. */
+  first(): [K, V] | undefined {
+    for (let p = this.minP; p <= this.maxP; p++) {
+      const b = this.buckets.get(p);
+      if (b) return b.entries().next().value;
+      if (p === this.minP) this.minP++;
+    }
+    return undefined;
+  }
+
   /** Blocks in eviction order (lowest priority first, oldest first within one). */
   *victims(): IterableIterator<[K, V]> {
     for (let p = this.minP; p <= this.maxP; p++) {
@@ -92,8 +102,7 @@ class Shadow {
     if (this.b.has(h)) this.hits++;
     this.b.set(h, true, f, this.cap);
     while (this.b.size > capacity) {
-      const [v] = this.b.victims().next().value as [number, true];
-      this.b.evicted(v);
+      this.b.evicted(this.b.first()![0]);
     }
   }
 }
@@ -153,6 +162,10 @@ export class LfudaOrder implements TierOrder {
     this.main.delete(e.key);
   }
 
+  first(): PolicyEntry | undefined {
+    return this.main.first()?.[1];
+  }
+
   victims(): IterableIterator<PolicyEntry> {
     const it = this.main.victims();
     return (function* () {
@@ -166,8 +179,8 @@ export class LfudaOrder implements TierOrder {
 
   /** Would a block accessed `seen` times rank above the next victim? (promotion admission) */
   outranksVictim(seen: number): boolean {
-    const next = this.main.victims().next();
-    if (next.done) return true;
-    return this.main.L + Math.max(1, Math.min(seen, this.cap)) > (this.main.priority(next.value[0]) ?? 0);
+    const next = this.main.first();
+    if (!next) return true;
+    return this.main.L + Math.max(1, Math.min(seen, this.cap)) > (this.main.priority(next[0]) ?? 0);
   }
 }

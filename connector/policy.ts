@@ -44,6 +44,8 @@ export interface TierOrder {
   touch(e: PolicyEntry): void;
   /** Left the tier for any reason (also after `evicted`). */
   remove(e: PolicyEntry): void;
+  /** The best victim (pinned or not): the first of `victims()`, cheaper. */
+  first?(): PolicyEntry | undefined;
   /** Blocks in eviction order, best victim first (pinned ones included; the stack skips them). */
   victims(): IterableIterator<PolicyEntry>;
   /** The stack is evicting e because the tier is full (before remove). */
@@ -66,6 +68,8 @@ export const lruPolicy: EvictionPolicy = { name: 'lru', window: 1, pick: () => 0
 
 /** An ordering policy's victim: its first unpinned block; pinned ones met on the way are refreshed (not met again). */
 export function firstUnpinned(order: TierOrder): PolicyEntry | undefined {
+  const head = order.first?.();
+  if (head && head.pins === 0) return head;
   const pinned: PolicyEntry[] = [];
   let victim: PolicyEntry | undefined;
   for (const e of order.victims()) {
