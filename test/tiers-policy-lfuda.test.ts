@@ -157,3 +157,30 @@ test('tiers-policy-lfuda - workload generators are deterministic and keep prefix
     }
   }
 });
+
+test('tiers-policy-lfuda - an SSD hit enters a full DRAM only past its next victim; with room it always does', async (t) => {
+  const queue = { maxItems: 100, maxBytes: 1 << 20, concurrency: 1 };
+  const stack = new TierStack({
+    tiers: [
+      { name: 'dram', medium: 'CPU', driver: new MemoryDriver(), budgetBytes: 4 * 8, writeMode: 'through', admitAfter: 1, queue, initialReadBps: 1e10 },
+      { name: 'ssd', medium: 'DISK', driver: new MemoryDriver(), budgetBytes: 1 << 20, writeMode: 'through', admitAfter: 1, queue, initialReadBps: 1e9 },
+    ],
+    policy: lfudaPolicy({ cap: 15 }), halfLifeMs: 60_000, promoteOnHit: true,
+  });
+  await stack.open();
+  const val = (id: number) => { const v = Buffer.alloc(8); v.writeUInt32LE(id, 0); return v; };
+  stack.put(key(9), val(9)); // the cold block: on the SSD only
+  await stack.drain();
+  t.is(stack.evictFrom(key(9), 0), 'evicted');
+  for (let id = 1; id <= 4; id++) stack.put(key(id), val(id));
+  for (let i = 0; i < 8; i++) stack.getResident([1, 2, 3, 4].map(key));
+  await stack.drain();
+  const [cold] = await stack.get([key(9)]);
+  t.is(cold!.readUInt32LE(0), 9, 'served from the SSD');
+  t.is(stack.entry(key(9))!.where & 1, 0, 'not promoted over four hot blocks');
+  t.deepEqual(stack.exists([1, 2, 3, 4].map(key)), [true, true, true, true]);
+  t.is(stack.evictFrom(key(4), 0), 'evicted'); // room in DRAM now
+  await stack.get([key(9)]);
+  t.is(stack.entry(key(9))!.where & 1, 1, 'promoted once DRAM has room');
+  await stack.close();
+});
