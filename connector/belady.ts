@@ -134,3 +134,36 @@ export function lruHits(reqs: TraceRequest[], capacity: number): SimResult {
   }
   return { blocks, hits, inserts };
 }
+
+/**
+ * LRU that knows which blocks are ever used again (an oracle no online policy has): it caches no block that is never
+ * reused and drops a block at its last use. The gap between this and Belady is what knowing *when* a block comes back
+ * is worth; the gap between LRU and this is what a perfect admission filter could win (docs/eviction.md).
+ */
+export function reuseOracleLruHits(reqs: TraceRequest[], capacity: number): SimResult {
+  const left = new Map<number, number>();
+  for (const r of reqs) for (const id of r.hash_ids) left.set(id, (left.get(id) ?? 0) + 1);
+  const cache = new Map<number, true>();
+  let blocks = 0;
+  let hits = 0;
+  let inserts = 0;
+  for (const r of reqs) {
+    const ids = r.hash_ids;
+    blocks += ids.length;
+    let h = 0;
+    while (h < ids.length && cache.has(ids[h]!)) h++;
+    hits += h;
+    for (let j = ids.length - 1; j >= 0; j--) {
+      const id = ids[j]!;
+      const more = left.set(id, left.get(id)! - 1).get(id)! > 0;
+      const had = cache.delete(id);
+      if (!more || capacity <= 0) continue;
+      if (!had) {
+        if (cache.size >= capacity) cache.delete(cache.keys().next().value!);
+        inserts++;
+      }
+      cache.set(id, true);
+    }
+  }
+  return { blocks, hits, inserts };
+}

@@ -69,7 +69,7 @@ export const SETTINGS: Setting[] = [
   s('fileBytes', 'bytes', () => diskShare(path.join(cacheDir(), 'kvstash')), 'half the free disk space, at most 100 GiB', 'File tier byte budget.'),
   s('fileFsync', 'bool', () => false, 'false', 'fsync each block before publishing it (survives power loss, slower). Without it a block survives a sidecar crash, not a host crash.'),
   s('fileWriteMode', 'string', () => 'through', 'through', '`through`: every stored block is also queued for the file tier; `back`: only blocks evicted from DRAM are.'),
-  s('policy', 'string', () => 'heat', 'heat', 'Eviction policy: `heat` (the coldest of the `heatWindow` least recently used blocks) or `lru`.'),
+  s('policy', 'string', () => 'lfuda', 'lfuda', 'Eviction policy: `lfuda` (LFU with dynamic ageing, frequency cap chosen online against LRU; docs/eviction.md), `heat` (the coldest of the `heatWindow` least recently used blocks) or `lru`.'),
   s('heatWindow', 'int', () => 256, '256', 'How many of the least recently used blocks the `heat` policy compares (1 = LRU). Larger keeps reused blocks in DRAM longer against a flood of new ones (bench trace, first 4,000 requests: 256 instead of 8 gives 1.4× the DRAM hits, same overall hit ratio).'),
   s('heatHalfLifeMs', 'int', () => 300_000, '300000', 'Half-life of the decayed access count (heat), ms.'),
   s('arenaDir', 'string', defaultArenaDir, '`/dev/shm` where it exists, else empty', 'Folder on a tmpfs of the shared-memory DRAM arena: same-host engines map it and load and save blocks in place (protocol/README.md "Same-host arena"). Not hugetlbfs: the sidecar writes the arena with pwrite, which hugetlbfs refuses (it would take a native mmap addon). Empty: DRAM blocks live in the sidecar heap and every client gets bytes inline.'),
@@ -97,7 +97,7 @@ export interface Config {
   fileBytes: number;
   fileFsync: boolean;
   fileWriteMode: 'through' | 'back';
-  policy: 'heat' | 'lru';
+  policy: 'lfuda' | 'heat' | 'lru';
   heatHalfLifeMs: number;
   heatWindow: number;
   maxMessageBytes: number;
@@ -160,7 +160,7 @@ function coerce(st: Setting, v: unknown, source: string): unknown {
 
 const ENUMS: Record<string, string[]> = {
   fileWriteMode: ['through', 'back'],
-  policy: ['heat', 'lru'],
+  policy: ['lfuda', 'heat', 'lru'],
   logLevel: ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'],
 };
 

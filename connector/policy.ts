@@ -8,6 +8,8 @@
  * - Chain order: the tier stack touches the blocks of a chain deepest-first, so a chain's root is the most
  *   recent; with prefix semantics evicting a root makes its whole chain useless, so roots should go last.
  */
+import { LfudaOrder, type LfudaOptions } from './lfuda.js';
+
 export interface HeatState {
   heat: number;
   heatAt: number;
@@ -18,6 +20,38 @@ export interface EvictionPolicy {
   /** Pick the victim index among `candidates` (recency order, oldest first; at most `window` of them). */
   pick(candidates: readonly HeatState[], now: number): number;
   readonly window: number;
+  /**
+   * Policies that keep their own order (lfuda.ts) give each tier one; then `pick`/`window` are unused and the tier
+   * stack tells the order every block that enters, is accessed in, or leaves the tier, and evicts its first
+   * unpinned victim.
+   */
+  order?(): TierOrder;
+  /** The policy reads `seen` and wants accesses remembered past evictions (AccessHistory). */
+  readonly history?: boolean;
+}
+
+/** What an ordering policy sees of a block (BlockEntry has these fields). */
+export interface PolicyEntry extends HeatState {
+  readonly key: string;
+  readonly seen: number;
+  readonly size: number;
+  readonly pins: number;
+}
+
+/** One tier's eviction order, owned by an ordering policy. */
+export interface TierOrder {
+  add(e: PolicyEntry): void;
+  touch(e: PolicyEntry): void;
+  /** Left the tier for any reason (also after `evicted`). */
+  remove(e: PolicyEntry): void;
+  /** The best victim (pinned or not): the first of `victims()`, cheaper. */
+  first?(): PolicyEntry | undefined;
+  /** Blocks in eviction order, best victim first (pinned ones included; the stack skips them). */
+  victims(): IterableIterator<PolicyEntry>;
+  /** The stack is evicting e because the tier is full (before remove). */
+  evicted(e: PolicyEntry): void;
+  /** Would a block accessed `seen` times rank above the next victim? Promotions into a full tier ask. */
+  outranksVictim?(seen: number): boolean;
 }
 
 /** Decayed access count: halves every `halfLifeMs`. */
@@ -31,6 +65,25 @@ export function bumpHeat(s: HeatState, now: number, halfLifeMs: number): void {
 }
 
 export const lruPolicy: EvictionPolicy = { name: 'lru', window: 1, pick: () => 0 };
+
+/** An ordering policy's victim: its first unpinned block; pinned ones met on the way are refreshed (not met again). */
+export function firstUnpinned(order: TierOrder): PolicyEntry | undefined {
+  const head = order.first?.();
+  if (head && head.pins === 0) return head;
+  const pinned: PolicyEntry[] = [];
+  let victim: PolicyEntry | undefined;
+  for (const e of order.victims()) {
+    if (e.pins === 0) { victim = e; break; }
+    pinned.push(e);
+  }
+  for (const e of pinned) order.touch(e);
+  return victim;
+}
+
+/** LFU with dynamic ageing, cap chosen by set dueling against LRU (lfuda.ts). */
+export function lfudaPolicy(o: LfudaOptions = {}): EvictionPolicy {
+  return { name: o.cap === 1 ? 'lfuda(cap 1)' : 'lfuda', window: 1, pick: () => 0, history: true, order: () => new LfudaOrder(o) };
+}
 
 /** Among the `window` least recently used blocks, evict the coldest (lowest decayed heat); ties → older. */
 export function heatPolicy(halfLifeMs: number, window = 256): EvictionPolicy {
@@ -105,17 +158,20 @@ export class AccessHistory {
     this.mask = width - 1;
   }
 
-  /** Row r's counter for a storage key `<32 hex ns>/<64 hex hash>`: 32 hash bits per row, mixed with the namespace. */
-  private slot(key: string, r: number): number {
-    return (parseInt(key.substr(33 + 8 * r, 8), 16) ^ parseInt(key.substr(8 * r, 8), 16)) & this.mask;
+  /** Two 32-bit hashes of a storage key `<32 hex ns>/<64 hex hash>` (hash bytes 0–7, mixed with the namespace). */
+  private hashes(key: string): [number, number] {
+    const a = parseInt(key.substr(33, 8), 16) ^ parseInt(key.substr(0, 8), 16);
+    const b = parseInt(key.substr(41, 8), 16) ^ parseInt(key.substr(24, 8), 16);
+    return [a >>> 0, (b | 1) >>> 0];
   }
 
-  /** Count one access; returns the estimate including it. */
+  /** Count one access; returns the estimate including it. Row r's counter: (a + r·b) mod width (double hashing). */
   add(key: string): number {
+    const [a, b] = this.hashes(key);
     let est = 255;
     for (let r = 0; r < 4; r++) {
       const row = this.rows[r]!;
-      const i = this.slot(key, r);
+      const i = (a + Math.imul(r, b)) & this.mask;
       if (row[i]! < 15) row[i]!++;
       est = Math.min(est, row[i]!);
     }
@@ -128,7 +184,8 @@ export class AccessHistory {
 
   estimate(key: string): number {
     let est = 255;
-    for (let r = 0; r < 4; r++) est = Math.min(est, this.rows[r]![this.slot(key, r)]!);
+    const [a, b] = this.hashes(key);
+    for (let r = 0; r < 4; r++) est = Math.min(est, this.rows[r]![(a + Math.imul(r, b)) & this.mask]!);
     return est;
   }
 }

@@ -329,7 +329,8 @@ export class Sidecar {
         this.nsOf(peer, req.op, req.ns);
         const keys = storageKeys(req.ns, req.keys);
         const results: number[] = new Array(keys.length);
-        for (let i = 0; i < keys.length; i++) {
+        // Deepest block first, so a chain's root is the most recent and is evicted last (prefix semantics).
+        for (let i = keys.length - 1; i >= 0; i--) {
           const sum = req.sums?.[i];
           const b = blocks[i]!;
           if (sum !== undefined && checksum(b) !== sum) {

@@ -9,7 +9,7 @@
  */
 import { ErrorCode, KvstashError } from '../protocol/errors.js';
 import { parseBytes, type Config } from './config.js';
-import { admissionFilter, heatPolicy, lruPolicy, type AdmissionFilter, type AdmissionSpec } from './policy.js';
+import { admissionFilter, heatPolicy, lfudaPolicy, lruPolicy, type AdmissionFilter, type AdmissionSpec } from './policy.js';
 import type { SharedProbeOptions } from './shared-probe.js';
 import type { DriverRegistry } from './storage/registry.js';
 import { ArenaStore } from './storage/arena.js';
@@ -115,6 +115,6 @@ export function buildTierStack(config: Config, registry: DriverRegistry): TierSt
       budgetBytes: config.fileBytes, writeMode: config.fileWriteMode, admitAfter: 1, queue, initialReadBps: READ_BPS.file!,
     });
   }
-  const policy = config.policy === 'lru' ? lruPolicy : heatPolicy(config.heatHalfLifeMs, config.heatWindow ?? 256);
+  const policy = config.policy === 'lru' ? lruPolicy : config.policy === 'heat' ? heatPolicy(config.heatHalfLifeMs, config.heatWindow ?? 256) : lfudaPolicy();
   return new TierStack({ tiers, policy, halfLifeMs: config.heatHalfLifeMs, promoteOnHit: true, probe });
 }

@@ -1,5 +1,5 @@
 /** Types of the TierStack (connector/tiers.ts): tier specs, index entries, stats. */
-import type { AdmissionFilter, EvictionPolicy, HeatState } from './policy.js';
+import type { AdmissionFilter, EvictionPolicy, HeatState, TierOrder } from './policy.js';
 import type { SharedProbeOptions } from './shared-probe.js';
 import type { StorageDriver } from './storage/driver.js';
 import type { WriteQueue, WriteQueueOptions } from './write-queue.js';
@@ -52,6 +52,8 @@ export interface BlockEntry extends HeatState {
 export interface Tier extends TierSpec {
   index: number;
   lru: Map<string, BlockEntry>;
+  /** The policy's own eviction order, for ordering policies (policy.ts TierOrder). */
+  order: TierOrder | undefined;
   used: number;
   writes: WriteQueue;
   readBps: number;

@@ -17,7 +17,7 @@
  */
 import { EventEmitter } from 'node:events';
 import { checksum as computeChecksum } from './checksum.js';
-import { AccessHistory, bumpHeat } from './policy.js';
+import { AccessHistory, bumpHeat, firstUnpinned } from './policy.js';
 import { SharedProbe } from './shared-probe.js';
 import type { DramStore, ListedValue, StoredValue } from './storage/driver.js';
 import { WriteQueue } from './write-queue.js';
@@ -53,7 +53,7 @@ export class TierStack extends EventEmitter {
     super();
     if (opts.tiers.length === 0 || opts.tiers[0]!.driver.name !== 'memory') throw new Error('tier 0 must be the memory driver');
     this.tiers = opts.tiers.map((t, index) => ({
-      ...t, index, lru: new Map(), used: 0, writes: new WriteQueue(t.queue), readBps: t.initialReadBps,
+      ...t, index, lru: new Map(), order: opts.policy.order?.(), used: 0, writes: new WriteQueue(t.queue), readBps: t.initialReadBps,
       c: { hits: 0, misses: 0, evictions: 0, checksumFailures: 0, promotions: 0, demotions: 0, writeErrors: 0, bytesWritten: 0, readErrors: 0 },
     }));
     this.dram = opts.tiers[0]!.driver as DramStore;
@@ -61,7 +61,7 @@ export class TierStack extends EventEmitter {
     const shared = this.tiers.filter((t) => t.index > 0 && t.driver.shared);
     this.probe = shared.length ? new SharedProbe(shared, opts.probe, this.now) : undefined;
     this.lateAdmission = this.tiers.some((t) => t.index > 0 && t.writeMode === 'through' && (t.admitAfter > 1 || t.admit !== undefined));
-    this.history = this.tiers.some((t) => t.index > 0 && (t.admitAfter > 1 || t.admit !== undefined)) ? new AccessHistory() : undefined;
+    this.history = opts.policy.history || this.tiers.some((t) => t.index > 0 && (t.admitAfter > 1 || t.admit !== undefined)) ? new AccessHistory() : undefined;
   }
 
   /** One more access of e: `seen` also remembers accesses from before the block was last evicted (AccessHistory). */
@@ -213,6 +213,7 @@ export class TierStack extends EventEmitter {
     e.where |= 1 << t.index;
     this.fast.sync(e);
     t.lru.set(e.key, e);
+    t.order?.add(e);
     t.used += e.size;
     if (emit) this.emit('stored', { key: e.key, tier: t.name, medium: t.medium });
   }
@@ -231,6 +232,7 @@ export class TierStack extends EventEmitter {
       if (e.where & (1 << t.index)) {
         t.lru.delete(e.key);
         t.lru.set(e.key, e);
+        t.order?.touch(e);
       }
     }
   }
@@ -330,6 +332,15 @@ export class TierStack extends EventEmitter {
 
   /** Evict one unpinned block from tier t. Returns false if nothing can be evicted. */
   private evictOne(t: Tier): boolean {
+    if (t.order) {
+      const victim = firstUnpinned(t.order) as BlockEntry | undefined;
+      if (!victim) return false;
+      t.c.evictions++;
+      t.order.evicted(victim);
+      if (this.demote(t, victim)) this.forget(t, victim);
+      else this.removeFrom(t, victim);
+      return true;
+    }
     const cands: BlockEntry[] = [];
     const pinned: BlockEntry[] = [];
     for (const e of t.lru.values()) {
@@ -348,6 +359,13 @@ export class TierStack extends EventEmitter {
     if (this.demote(t, victim)) this.forget(t, victim);
     else this.removeFrom(t, victim);
     return true;
+  }
+
+  /** Promote a lower-tier hit into DRAM? Always while DRAM has room; when full, only past the policy's next victim. */
+  private promotes(e: BlockEntry): boolean {
+    const t = this.tiers[0]!;
+    if (t.used + e.size <= t.budgetBytes || !t.order?.outranksVictim) return true;
+    return t.order.outranksVictim(e.seen);
   }
 
   /**
@@ -491,7 +509,7 @@ export class TierStack extends EventEmitter {
       const secs = Math.max((performance.now() - t0) / 1000, 1e-6);
       t.readBps = 0.8 * t.readBps + 0.2 * (got.value.length / secs);
       t.c.hits++;
-      if (this.opts.promoteOnHit && this.index.get(e.key) === e && !(e.where & 1)) {
+      if (this.opts.promoteOnHit && this.index.get(e.key) === e && !(e.where & 1) && this.promotes(e)) {
         if (this.insertDram(e, got.value)) t.c.promotions++;
       }
       return got.value;
@@ -506,6 +524,7 @@ export class TierStack extends EventEmitter {
     e.where &= ~(1 << t.index);
     this.fast.sync(e);
     t.lru.delete(e.key);
+    t.order?.remove(e);
     t.used -= e.size;
     this.emit('removed', { key: e.key, tier: t.name, medium: t.medium });
     this.dropIfGone(e);

@@ -79,17 +79,23 @@ test('tiers-policy - admission counts survive eviction: a block evicted before i
 });
 
 test('tiers-policy - `kvstash bench trace` replays the shared trace against the real stack and prints the comparison', (t) => {
-  const r = spawnSync(process.execPath, ['--import', 'tsx', path.join(repoRoot, 'connector', 'cli.ts'), 'bench', 'trace', '--limit', '300', '--dram', '4GiB', '--ssd', '32GiB', '--json'], { cwd: repoRoot, encoding: 'utf8', timeout: 100_000 });
+  const r = spawnSync(process.execPath, ['--import', 'tsx', path.join(repoRoot, 'connector', 'cli.ts'), 'bench', 'trace', '--workloads', 'mooncake,rag@heldout', '--limit', '300',
+    '--capacities', '64', '--dram', '4GiB', '--ssd', '32GiB', '--ssd-driver', 'file', '--json'], { cwd: repoRoot, encoding: 'utf8', timeout: 200_000 });
   t.is(r.status, 0, r.stderr);
-  const out = JSON.parse(r.stdout) as { requests: number; rows: { policy: string; hits: number; blocks: number; badReads: number; dramHits: number; ssdHits: number }[] };
-  t.is(out.requests, 300);
-  t.is(path.resolve(JSON.parse(r.stdout).options.trace), path.join(repoRoot, 'bench', 'traces', 'mooncake-conversation.jsonl'), 'default trace path');
-  const by = Object.fromEntries(out.rows.map((x) => [x.policy, x]));
-  const belady = by['Belady, offline, all tiers']!;
-  for (const p of ['kvstash (heat)', 'LRU']) {
-    t.is(by[p]!.badReads, 0);
-    t.is(by[p]!.dramHits + by[p]!.ssdHits, by[p]!.hits);
-    t.true(by[p]!.hits <= belady.hits, `${p} is bounded by Belady`);
-    t.true(by[p]!.hits > 0);
+  type Row = { workload: string; run: string; policy: string; hits: number; blocks: number; badReads: number; dramHits: number; beladyHits: number; lruHits: number; ssdModelBytesWritten: number };
+  const out = JSON.parse(r.stdout) as { workloads: { name: string; requests: number }[]; rows: Row[]; options: { trace: string } };
+  t.deepEqual(out.workloads.map((w) => [w.name, w.requests]), [['mooncake', 300], ['rag@heldout', 300]]);
+  t.is(path.resolve(out.options.trace), path.join(repoRoot, 'bench', 'traces', 'mooncake-conversation.jsonl'), 'default trace path');
+  for (const w of ['mooncake', 'rag@heldout']) {
+    for (const run of ['one level', 'split']) {
+      const rows = out.rows.filter((x) => x.workload === w && x.run === run);
+      t.deepEqual(rows.map((x) => x.policy).slice(0, 2), ['kvstash (lfuda)', run === 'split' ? 'kvstash (lfuda), SSD admits seen ≥ 2' : 'LRU']);
+      for (const x of rows) {
+        t.is(x.badReads, 0);
+        t.true(x.hits > 0 && x.hits <= x.beladyHits, `${w} ${run} ${x.policy}: bounded by Belady`);
+        t.true(x.dramHits <= x.hits);
+        if (run === 'split') t.true(x.ssdModelBytesWritten > 0);
+      }
+    }
   }
 });
