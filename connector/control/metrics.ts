@@ -63,6 +63,7 @@ export class MetricsPlugin implements SidecarPlugin {
     tierGauge('kvstash_tier_budget_bytes', 'Byte budget of the tier.', (t) => t.budgetBytes);
     tierGauge('kvstash_tier_blocks', 'Blocks held by the tier.', (t) => t.blocks);
     tierGauge('kvstash_tier_write_queue_depth', 'Write-behind jobs queued or running for the tier.', (t) => t.queueDepth);
+    tierGauge('kvstash_tier_degraded', 'The tier\'s last write failed (disk full, I/O error); 0 again once a write lands.', (t) => (t.degraded !== undefined ? 1 : 0));
     tierGauge('kvstash_tier_read_bytes_per_second', 'Measured read bandwidth of the tier (moving average).', (t) => t.readBps);
     tierCounter('kvstash_tier_hits_total', 'Block reads served by the tier.', (t) => t.hits);
     tierCounter('kvstash_tier_misses_total', 'Block reads the tier could not serve.', (t) => t.misses);
