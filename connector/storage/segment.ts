@@ -55,6 +55,8 @@ interface Seg {
   refs: number;
   gone: boolean;
   compacting: boolean;
+  /** More of it died while it was being compacted: look again when that compaction ends. */
+  again: boolean;
 }
 
 interface Loc { seg: Seg; off: number; size: number; checksum: string; seq: number }
@@ -89,7 +91,7 @@ export class SegmentDriver implements StorageDriver {
   private closed = false;
   private readonly c = {
     puts: 0, gets: 0, deletes: 0, batches: 0, fsyncs: 0, bytesAppended: 0, readBytes: 0, mergedReads: 0,
-    tornTails: 0, tornBytes: 0, torn: 0, errors: 0, compactions: 0, compactedBytes: 0, durableSeq: 0, segments: 0,
+    tornTails: 0, tornBytes: 0, torn: 0, errors: 0, lostTombstones: 0, compactions: 0, compactedBytes: 0, durableSeq: 0, segments: 0,
   };
 
   constructor(readonly config: SegmentDriverConfig) {
@@ -140,7 +142,7 @@ export class SegmentDriver implements StorageDriver {
   }
 
   private addSeg(name: string, fh: FileHandle, size: number): Seg {
-    const seg: Seg = { name, fh, size, live: 0, putKeys: new Set(), tombs: new Map(), refs: 0, gone: false, compacting: false };
+    const seg: Seg = { name, fh, size, live: 0, putKeys: new Set(), tombs: new Map(), refs: 0, gone: false, compacting: false, again: false };
     this.segs.set(name, seg);
     this.c.segments = this.segs.size;
     return seg;
@@ -271,7 +273,18 @@ export class SegmentDriver implements StorageDriver {
     assertKey(key);
     this.check();
     if (!this.index.has(key)) return false;
-    await this.enqueue({ type: DEL, key, value: undefined, checksum: '0'.repeat(16), seq: nextSeq() });
+    try {
+      await this.enqueue({ type: DEL, key, value: undefined, checksum: '0'.repeat(16), seq: nextSeq() });
+    } catch {
+      // No room even for a tombstone (a full disk): forget the value anyway, so whole segments can die and free
+      // space. After a restart it may come back: its bytes are intact (and verified on read), only no longer wanted.
+      const cur = this.index.get(key);
+      if (cur) {
+        this.index.delete(key);
+        this.dead(cur);
+      }
+      this.c.lostTombstones++;
+    }
     this.c.deletes++;
     return true;
   }
@@ -364,9 +377,14 @@ export class SegmentDriver implements StorageDriver {
 
   private maybeCompact(seg: Seg): void {
     const f = this.config.compactBelow;
+    if (seg.compacting) seg.again = true;
     if (f <= 0 || seg === this.active || seg.compacting || seg.gone || this.closed || seg.live >= f * seg.size) return;
     seg.compacting = true;
-    this.compactions = this.compactions.then(() => this.compact(seg)).catch(() => { seg.compacting = false; });
+    seg.again = false;
+    this.compactions = this.compactions.then(() => this.compact(seg)).catch(() => undefined).then(() => {
+      seg.compacting = false;
+      if (seg.again && !seg.gone) this.maybeCompact(seg);
+    });
   }
 
   /** Wait for every compaction scheduled so far (tests, close). */
