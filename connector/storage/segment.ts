@@ -73,7 +73,8 @@ interface Pending {
   reject: (err: unknown) => void;
 }
 
-const MERGE_BYTES = 16 << 20;
+/** Reads of back-to-back records merge up to this size (small blocks: fewer syscalls; big ones read in parallel). */
+const MERGE_BYTES = 2 << 20;
 let lastClock = 0;
 /** Hybrid clock: ms × 4096 + counter, never going back in this process. Orders records across processes. */
 const nextSeq = (): number => (lastClock = Math.max(lastClock + 1, Date.now() * 4096));
@@ -162,6 +163,7 @@ export class SegmentDriver implements StorageDriver {
   }
 
   private async flush(): Promise<void> {
+    await null; // puts issued in the same tick (a batch, a chain) go out in one group commit
     while (this.queue.length > 0) {
       let bytes = 0;
       let n = 0;
