@@ -36,8 +36,6 @@ import type { BlockEntry, LookupResult, Tier, TierStackOptions, TierStats } from
 import { PutResult } from '../protocol/wire.js';
 import { logger } from './log.js';
 
-const log = logger('tiers');
-
 export type { BlockEntry, LookupResult, TierSpec, TierStackOptions, TierStats } from './tier-types.js';
 
 export class TierStack extends EventEmitter {
@@ -330,7 +328,7 @@ export class TierStack extends EventEmitter {
       this.faultsUnlogged++;
       return;
     }
-    log.warn({ tier: t.name, key, err: t.writeFault, unlogged: this.faultsUnlogged }, 'tier write failed; the block was not stored there');
+    logger('tiers').warn({ tier: t.name, key, err: t.writeFault, unlogged: this.faultsUnlogged }, 'tier write failed; the block was not stored there');
     this.lastFaultLog = now;
     this.faultsUnlogged = 0;
   }
