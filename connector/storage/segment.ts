@@ -76,8 +76,8 @@ interface Pending {
 /** Reads of back-to-back records merge up to this size (small blocks: fewer syscalls; big ones read in parallel). */
 const MERGE_BYTES = 2 << 20;
 let lastClock = 0;
-/** Hybrid clock: ms × 4096 + counter, never going back in this process. Orders records across processes. */
-const nextSeq = (): number => (lastClock = Math.max(lastClock + 1, Date.now() * 4096));
+/** Hybrid clock: ms × 1024 + counter, never going back in this process (exact to 2^53 until the year 2248). */
+const nextSeq = (): number => (lastClock = Math.max(lastClock + 1, Date.now() * 1024));
 
 export class SegmentDriver implements StorageDriver {
   readonly name = 'segment';
