@@ -15,12 +15,11 @@
  * removes (counted `orphansSwept`); `list` (the start-up rebuild) removes damaged and misplaced block files and
  * counts them too.
  *
- * Why one file per block and not packed segments (bench/file-tier.ts, bench/drivers.ts): rename gives atomic
- * publish, delete frees space at once, and rebuild is a directory walk — no compaction, no torn-tail scans. The
- * cost is one file creation per block (~0.6–1.2 ms on this VM's ext4): at 2–64 MiB blocks (16-token vLLM blocks
- * and larger, for 7B+ models) the driver is near plain sequential I/O, but at 256 KiB it writes at a fraction of
- * it, where the append-only segment log of examples/custom-driver writes 2–3× faster. A segmented tier with
- * compaction is the way to serve small-block models; it is not built yet.
+ * Why one file per block (bench/file-tier.ts, bench/drivers.ts): rename gives atomic publish, delete frees space at
+ * once, and rebuild is a directory walk — no compaction, no torn-tail scans — and it is the layout a shared folder
+ * (NFS) needs. The cost is one file creation per block (~0.6–1.2 ms on this VM's ext4): at 2–64 MiB blocks the
+ * driver is near plain sequential I/O, at 256 KiB it writes at a fraction of it. The segment log (./segment.ts,
+ * `fileLayout: "segment"`) appends blocks to large files instead, for small blocks.
  */
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
