@@ -47,11 +47,11 @@ export class TierStack extends EventEmitter {
   /** @internal */ readonly dram: MemoryDriver;
   /** @internal */ readonly loading = new Map<string, Promise<Buffer | undefined>>();
   /**
-   * Blocks whose only copy is a queued lower-tier write, by key: the queued job holds the same buffer, so this costs
-   * no memory beyond the write queues' byte bounds. (A DRAM tier that recycles its memory must hand the write queue
-   * a buffer of its own, not a view of memory it will reuse.)
+   * The buffer of every queued lower-tier write, by key: what serves a block evicted from DRAM (or too big for it)
+   * until its write lands. The queued job holds the same buffer, so this costs no memory beyond the write queues'
+   * byte bounds. (The queued buffer must be the block's own bytes, never a view of DRAM memory that is reused.)
    */
-  private readonly inflight = new Map<string, Buffer>();
+  private readonly inflight = new Map<string, { e: BlockEntry; value: Buffer }>();
   private lastFaultLog = 0;
   private faultsUnlogged = 0;
   private closed = false;
@@ -275,7 +275,6 @@ export class TierStack extends EventEmitter {
       this.indexDrop(key);
       return PutResult.DROPPED;
     }
-    if (!stored && e.where === 0 && e.pending !== 0) this.inflight.set(key, value); // readable until its write lands
     return PutResult.STORED;
   }
 
@@ -311,11 +310,12 @@ export class TierStack extends EventEmitter {
         throw err;
       } finally {
         e.pending &= ~bit;
-        if (e.pending === 0) this.inflight.delete(e.key);
+        if (e.pending === 0 && this.inflight.get(e.key)?.e === e) this.inflight.delete(e.key);
         this.dropIfGone(e);
       }
     });
     if (!ok) e.pending &= ~bit;
+    else this.inflight.set(e.key, { e, value }); // readable from here until the write lands, whatever DRAM does
     return ok;
   }
 
@@ -362,11 +362,7 @@ export class TierStack extends EventEmitter {
         victim = cands[this.opts.policy.pick(cands, this.now())] ?? cands[0]!;
       }
       t.c.evictions++;
-      if (victim.pending !== 0) {
-        const v = this.dram.getSync(victim.key);
-        if (v) this.inflight.set(victim.key, v.value); // readable until its lower-tier write lands
-      }
-      this.removeFrom(t, victim);
+      this.removeFrom(t, victim); // a queued write keeps it readable (inflight)
       return true;
     }
     t.c.evictions++;
@@ -445,7 +441,7 @@ export class TierStack extends EventEmitter {
     const t0 = this.tiers[0]!;
     for (let i = 0; i < keys.length; i++) {
       const e = entries[i];
-      const queued = e && !(e.where & 1) ? this.inflight.get(e.key) : undefined;
+      const queued = e && !(e.where & 1) ? this.inflight.get(e.key)?.value : undefined;
       if (!e || (e.where === 0 && !queued)) { t0.c.misses++; continue; }
       t0.c.hits++;
       touched.push(e);
@@ -466,7 +462,7 @@ export class TierStack extends EventEmitter {
     const lower: { i: number; e: BlockEntry }[] = [];
     for (let i = 0; i < keys.length; i++) {
       const e = this.index.get(keys[i]!);
-      const queued = e && !(e.where & 1) && this.inflight.get(e.key);
+      const queued = e && !(e.where & 1) && this.inflight.get(e.key)?.value;
       if (!e || (e.where === 0 && !queued)) {
         this.tiers[0]!.c.misses++;
         continue;
