@@ -1,9 +1,10 @@
 /**
- * File-tier benchmark (issue 2): write and read GB/s of the file tier against a plain sequential write and
- * read of the same bytes in one file, in the same run, in the same folder. Three paths are measured:
- * the FileDriver alone (one file per block, temp + rename), the TierStack write-behind path (PUT into
- * DRAM, queued writes to the file tier), and reads of file-tier hits through the TierStack (verify +
- * promote). Reads come from the page cache for both sides (dropping caches needs a privilege CI lacks), and
+ * File-tier benchmark (issues 2, 15): write and read GB/s of the SSD tier against a plain sequential write and
+ * read of the same bytes in one file, in the same run, in the same folder, for both on-disk layouts: `file` (one
+ * file per block, temp + rename) and `segment` (append-only segment log, group commit). Three paths each: the
+ * driver alone, the TierStack write-behind path (PUT into DRAM, queued writes to the tier), and reads of tier hits
+ * through the TierStack (read + verify + promote, 4 blocks of a chain per GET as an engine asks). With fsync: the
+ * driver's write against a plain write + one fsync of the same bytes. Reads come from the page cache for both sides (dropping caches needs a privilege CI lacks), and
  * the plain read puts each block in a new buffer, as a server handing blocks out must (a reused buffer stays
  * in the CPU cache and measures memcpy, not I/O).
  */
@@ -13,8 +14,10 @@ import os from 'node:os';
 import path from 'node:path';
 import { checksum } from '../connector/checksum.js';
 import { lruPolicy } from '../connector/policy.js';
+import type { StorageDriver } from '../connector/storage/driver.js';
 import { FileDriver } from '../connector/storage/file.js';
 import { MemoryDriver } from '../connector/storage/memory.js';
+import { SegmentDriver, parseSegmentConfig } from '../connector/storage/segment.js';
 import { TierStack } from '../connector/tiers.js';
 import { formatTable, quick, ratio } from './util.js';
 
@@ -24,6 +27,11 @@ const TOTAL = (quick ? 256 : 1024) * 2 ** 20;
 const gb = (ms: number) => TOTAL / (ms / 1000) / 1e9;
 /** Flush dirty pages before each timed phase, so one phase's write-back is not billed to the next. */
 const settle = () => execFileSync('sync');
+type Layout = 'file' | 'segment';
+const LAYOUTS: Layout[] = process.argv.includes('--segment-only') ? ['segment'] : ['file', 'segment'];
+const make = (layout: Layout, root: string, fsync: boolean): StorageDriver => (layout === 'file'
+  ? new FileDriver({ root, fsync, maxValueBytes: 1 << 30 })
+  : new SegmentDriver(parseSegmentConfig({ root, fsync, maxValueBytes: 1 << 30 })));
 const best = (a: { w: number; r: number }, b: { w: number; r: number }) => ({ w: Math.max(a.w, b.w), r: Math.max(a.r, b.r) });
 
 async function plain(dir: string, size: number, fsync: boolean): Promise<{ w: number; r: number }> {
@@ -48,9 +56,9 @@ async function plain(dir: string, size: number, fsync: boolean): Promise<{ w: nu
   return { w, r };
 }
 
-async function driver(dir: string, size: number, fsync: boolean): Promise<{ w: number; r: number }> {
-  const root = path.join(dir, `drv-${size}-${fsync}`);
-  const d = new FileDriver({ root, fsync, maxValueBytes: 1 << 30 });
+async function driver(layout: Layout, dir: string, size: number, fsync: boolean): Promise<{ w: number; r: number }> {
+  const root = path.join(dir, `drv-${layout}-${size}-${fsync}`);
+  const d = make(layout, root, fsync);
   await d.open();
   const buf = Buffer.alloc(size, 5);
   const meta = { checksum: checksum(buf) };
@@ -69,13 +77,13 @@ async function driver(dir: string, size: number, fsync: boolean): Promise<{ w: n
   return { w, r };
 }
 
-async function stack(dir: string, size: number): Promise<{ w: number; r: number }> {
-  const root = path.join(dir, `stack-${size}`);
+async function stack(layout: Layout, dir: string, size: number): Promise<{ w: number; r: number }> {
+  const root = path.join(dir, `stack-${layout}-${size}`);
   const q = { maxItems: 100_000, maxBytes: 2 ** 40, concurrency: 4 };
   const s = new TierStack({
     tiers: [
       { name: 'dram', medium: 'CPU', driver: new MemoryDriver(), budgetBytes: 64 * 2 ** 20, writeMode: 'through', admitAfter: 1, queue: q, initialReadBps: 1e10 },
-      { name: 'file', medium: 'DISK', driver: new FileDriver({ root, fsync: false, maxValueBytes: 1 << 30 }), budgetBytes: 2 ** 40, writeMode: 'through', admitAfter: 1, queue: q, initialReadBps: 1e9 },
+      { name: 'file', medium: 'DISK', driver: make(layout, root, false), budgetBytes: 2 ** 40, writeMode: 'through', admitAfter: 1, queue: q, initialReadBps: 1e9 },
     ],
     policy: lruPolicy, halfLifeMs: 60_000, promoteOnHit: true,
   });
@@ -101,25 +109,36 @@ const rows: (string | number)[][] = [];
 try {
   for (const size of [256 << 10, 2 << 20, 32 << 20]) {
     const label = size >= 2 ** 20 ? `${size / 2 ** 20} MiB` : `${size / 1024} KiB`;
-    // Best of 2 rounds, the three paths interleaved in each, so drift on a shared machine hits them alike.
+    // Best of 2 rounds, the paths interleaved in each, so drift on a shared machine hits them alike.
     let p = await plain(dir, size, false);
-    let d = await driver(dir, size, false);
-    let st = await stack(dir, size);
-    if (!quick) {
-      p = best(p, await plain(dir, size, false));
-      d = best(d, await driver(dir, size, false));
-      st = best(st, await stack(dir, size));
+    const d = new Map<Layout, { w: number; r: number }>();
+    const st = new Map<Layout, { w: number; r: number }>();
+    for (let round = 0; round < (quick ? 1 : 2); round++) {
+      if (round > 0) p = best(p, await plain(dir, size, false));
+      for (const l of LAYOUTS) {
+        const a = await driver(l, dir, size, false);
+        d.set(l, d.has(l) ? best(d.get(l)!, a) : a);
+        const b = await stack(l, dir, size);
+        st.set(l, st.has(l) ? best(st.get(l)!, b) : b);
+      }
     }
-    rows.push([label, 'driver write', d.w.toFixed(2), p.w.toFixed(2), ratio(d.w, p.w)]);
-    rows.push([label, 'driver read', d.r.toFixed(2), p.r.toFixed(2), ratio(d.r, p.r)]);
-    rows.push([label, 'stack write-behind', st.w.toFixed(2), p.w.toFixed(2), ratio(st.w, p.w)]);
-    rows.push([label, 'stack read+verify', st.r.toFixed(2), p.r.toFixed(2), ratio(st.r, p.r)]);
+    for (const l of LAYOUTS) {
+      rows.push([label, l, 'driver write', d.get(l)!.w.toFixed(2), p.w.toFixed(2), ratio(d.get(l)!.w, p.w)]);
+      rows.push([label, l, 'driver read', d.get(l)!.r.toFixed(2), p.r.toFixed(2), ratio(d.get(l)!.r, p.r)]);
+      rows.push([label, l, 'stack write-behind', st.get(l)!.w.toFixed(2), p.w.toFixed(2), ratio(st.get(l)!.w, p.w)]);
+      rows.push([label, l, 'stack read+verify+promote', st.get(l)!.r.toFixed(2), p.r.toFixed(2), ratio(st.get(l)!.r, p.r)]);
+    }
   }
-  const pf = await plain(dir, 2 << 20, true);
-  const df = await driver(dir, 2 << 20, true);
-  rows.push(['2 MiB', 'driver write, fsync', df.w.toFixed(2), pf.w.toFixed(2), ratio(df.w, pf.w)]);
+  for (const size of [256 << 10, 2 << 20]) {
+    const label = size >= 2 ** 20 ? `${size / 2 ** 20} MiB` : `${size / 1024} KiB`;
+    const pf = await plain(dir, size, true);
+    for (const l of LAYOUTS) {
+      const df = await driver(l, dir, size, true);
+      rows.push([label, l, 'driver write, fsync', df.w.toFixed(2), pf.w.toFixed(2), ratio(df.w, pf.w)]);
+    }
+  }
 } finally {
   rmSync(dir, { recursive: true, force: true });
 }
 process.stdout.write(`File tier vs plain sequential I/O of the same ${TOTAL / 2 ** 20} MiB, GB/s (target ratio ≥ 0.8)\n`);
-process.stdout.write(formatTable(['block', 'path', 'kvstash', 'plain', 'ratio'], rows) + '\n');
+process.stdout.write(formatTable(['block', 'layout', 'path', 'kvstash', 'plain', 'ratio'], rows) + '\n');

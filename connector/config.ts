@@ -68,6 +68,7 @@ export const SETTINGS: Setting[] = [
   s('fileRoot', 'string', () => path.join(cacheDir(), 'kvstash'), '`$XDG_CACHE_HOME/kvstash` (or `~/.cache/kvstash`)', 'Folder of the local-file tier; empty string disables the tier.'),
   s('fileBytes', 'bytes', () => diskShare(path.join(cacheDir(), 'kvstash')), 'half the free disk space, at most 100 GiB', 'File tier byte budget.'),
   s('fileFsync', 'bool', () => false, 'false', 'fsync each block before publishing it (survives power loss, slower). Without it a block survives a sidecar crash, not a host crash.'),
+  s('fileLayout', 'string', () => 'files', 'files', '`files`: one file per block (rename-published); `segment`: an append-only segment log, sequential writes whatever the block size (faster for small blocks; see docs/storage.md "Segment log").'),
   s('fileWriteMode', 'string', () => 'through', 'through', '`through`: every stored block is also queued for the file tier; `back`: only blocks evicted from DRAM are.'),
   s('policy', 'string', () => 'lfuda', 'lfuda', 'Eviction policy: `lfuda` (LFU with dynamic ageing, frequency cap chosen online against LRU; docs/eviction.md), `heat` (the coldest of the `heatWindow` least recently used blocks) or `lru`.'),
   s('heatWindow', 'int', () => 256, '256', 'How many of the least recently used blocks the `heat` policy compares (1 = LRU). Larger keeps reused blocks in DRAM longer against a flood of new ones (bench trace, first 4,000 requests: 256 instead of 8 gives 1.4× the DRAM hits, same overall hit ratio).'),
@@ -96,6 +97,7 @@ export interface Config {
   fileRoot: string;
   fileBytes: number;
   fileFsync: boolean;
+  fileLayout: 'files' | 'segment';
   fileWriteMode: 'through' | 'back';
   policy: 'lfuda' | 'heat' | 'lru';
   heatHalfLifeMs: number;
@@ -160,6 +162,7 @@ function coerce(st: Setting, v: unknown, source: string): unknown {
 
 const ENUMS: Record<string, string[]> = {
   fileWriteMode: ['through', 'back'],
+  fileLayout: ['files', 'segment'],
   policy: ['lfuda', 'heat', 'lru'],
   logLevel: ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'],
 };

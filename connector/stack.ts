@@ -21,8 +21,8 @@ import type { WriteQueueOptions } from './write-queue.js';
 import './storage/nfs.js';
 import './storage/s3.js';
 
-const MEDIUM: Record<string, string> = { memory: 'CPU', file: 'DISK', nfs: 'NFS', s3: 'S3' };
-const READ_BPS: Record<string, number> = { memory: 10e9, file: 2e9, nfs: 200e6, s3: 150e6 };
+const MEDIUM: Record<string, string> = { memory: 'CPU', file: 'DISK', segment: 'DISK', nfs: 'NFS', s3: 'S3' };
+const READ_BPS: Record<string, number> = { memory: 10e9, file: 2e9, segment: 2e9, nfs: 200e6, s3: 150e6 };
 const PROBE_KEYS = ['perSecond', 'burst', 'negativeTtlMs', 'maxNegative', 'maxPerLookup', 'concurrency'];
 
 function fail(what: string, msg: string): never {
@@ -111,7 +111,7 @@ export function buildTierStack(config: Config, registry: DriverRegistry): TierSt
   } else if (config.fileRoot) {
     tiers.push({
       name: 'file', medium: 'DISK',
-      driver: registry.create('file', { root: config.fileRoot, fsync: config.fileFsync, maxValueBytes: config.maxBlockBytes }),
+      driver: registry.create(config.fileLayout === 'segment' ? 'segment' : 'file', { root: config.fileRoot, fsync: config.fileFsync, maxValueBytes: config.maxBlockBytes }),
       budgetBytes: config.fileBytes, writeMode: config.fileWriteMode, admitAfter: 1, queue, initialReadBps: READ_BPS.file!,
     });
   }

@@ -58,12 +58,16 @@ export interface Tier extends TierSpec {
   writes: WriteQueue;
   readBps: number;
   c: { hits: number; misses: number; evictions: number; checksumFailures: number; promotions: number; demotions: number; writeErrors: number; bytesWritten: number; readErrors: number };
+  /** Why the tier's last write failed; cleared by the next write that lands. Health says DEGRADED meanwhile. */
+  writeFault?: string | undefined;
 }
 
 export interface TierStats {
   name: string; medium: string; bytes: number; blocks: number; budgetBytes: number; hits: number; misses: number;
   evictions: number; queueDepth: number; droppedSaves: number; checksumFailures: number; promotions: number;
   demotions: number; writeErrors: number; bytesWritten: number; readBps: number; readErrors: number; available: boolean;
+  /** The tier's last write failed (disk full, I/O error …): why, else absent. */
+  degraded?: string;
 }
 
 export interface LookupResult {

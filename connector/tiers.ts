@@ -10,6 +10,12 @@
  *   already holds the block; hits in a lower tier are promoted to DRAM.
  * - Writes to lower tiers go through each tier's WriteQueue: when full the save is dropped and counted; reads
  *   never wait for writes.
+ * - "Stored" holds until the lower-tier write lands: a block evicted from DRAM (or too big for it) while its write
+ *   is queued stays readable from the queued buffer (`inflight`), and LOOKUP counts it as a DRAM hit. DRAM never
+ *   evicts a block that no lower tier holds or is writing if the next tier would take it but its queue is full: it
+ *   evicts another, and if none can go the new PUT answers DROPPED (what really happened) instead of an older
+ *   acknowledged block being lost. A write that fails drops the block (LOOKUP then says so), is counted and
+ *   logged, and marks the tier degraded until a write lands again.
  * - Every value read from a lower tier is verified against its checksum; a mismatch is a miss, the copy is
  *   quarantined and counted, and the next tier is tried.
  * - Emits 'stored' and 'removed' ({ key, tier, medium }) for tier-aware KV events, and 'corrupt' ({ key, tier })
@@ -19,13 +25,15 @@ import { EventEmitter } from 'node:events';
 import { checksum as computeChecksum } from './checksum.js';
 import { AccessHistory, bumpHeat, firstUnpinned } from './policy.js';
 import { SharedProbe } from './shared-probe.js';
-import type { DramStore, ListedValue, StoredValue } from './storage/driver.js';
+import type { DramStore, ListedValue } from './storage/driver.js';
 import { WriteQueue } from './write-queue.js';
 import { FastIndex } from './fast-index.js';
 import { PinBook } from './pin-book.js';
 import { clearBlocks, evictFrom, moveBlock } from './tier-control.js';
+import { load, loadBatch } from './tier-reads.js';
 import type { BlockEntry, LookupResult, Tier, TierStackOptions, TierStats } from './tier-types.js';
 import { PutResult } from '../protocol/wire.js';
+import { logger } from './log.js';
 
 export type { BlockEntry, LookupResult, TierSpec, TierStackOptions, TierStats } from './tier-types.js';
 
@@ -39,7 +47,15 @@ export class TierStack extends EventEmitter {
   private readonly fast = new FastIndex();
   readonly tiers: Tier[];
   /** @internal */ readonly dram: DramStore;
-  private readonly loading = new Map<string, Promise<Buffer | undefined>>();
+  /** @internal */ readonly loading = new Map<string, Promise<Buffer | undefined>>();
+  /**
+   * The buffer of every queued lower-tier write, by key: what serves a block evicted from DRAM (or too big for it)
+   * until its write lands. The queued job holds the same buffer, so this costs no memory beyond the write queues'
+   * byte bounds. (The queued buffer must be the block's own bytes, never a view of DRAM memory that is reused.)
+   */
+  private readonly inflight = new Map<string, { e: BlockEntry; value: Buffer }>();
+  private lastFaultLog = 0;
+  private faultsUnlogged = 0;
   private closed = false;
   private readonly now: () => number;
   /** Present when a tier is shared: asks it about index misses (see connector/shared-probe.ts). */
@@ -49,7 +65,7 @@ export class TierStack extends EventEmitter {
   /** Access counts that outlive evictions, when some tier filters admission by them. */
   private readonly history: AccessHistory | undefined;
 
-  constructor(private readonly opts: TierStackOptions) {
+  constructor(/** @internal */ readonly opts: TierStackOptions) {
     super();
     if (opts.tiers.length === 0 || opts.tiers[0]!.driver.name !== 'memory') throw new Error('tier 0 must be the memory driver');
     this.tiers = opts.tiers.map((t, index) => ({
@@ -75,7 +91,7 @@ export class TierStack extends EventEmitter {
   }
 
   /** Tiers whose driver can serve reads now (a driver with an open circuit breaker says no). Bit i = tier i. */
-  private availableMask(): number {
+  /** @internal */ availableMask(): number {
     let m = 0;
     for (const t of this.tiers) if (!t.driver.available || t.driver.available()) m |= 1 << t.index;
     return m;
@@ -179,7 +195,8 @@ export class TierStack extends EventEmitter {
     let hit = 0;
     for (; hit < n; hit++) {
       const h = find(hit);
-      const w = h === -1 ? 0 : where(h) & avail; // copies in a tier that cannot serve now do not count
+      let w = h === -1 ? 0 : where(h) & avail; // copies in a tier that cannot serve now do not count
+      if (w === 0 && h !== -1 && this.inflight.size > 0 && this.inflight.has(entry(h as H).key)) w = 1;
       if (w === 0) break;
       const ti = 31 - Math.clz32(w & -w);
       for (; slowest < ti; slowest++) depthAt[slowest] = hit; // the first block tier `slowest` alone cannot reach
@@ -204,7 +221,7 @@ export class TierStack extends EventEmitter {
     const out = new Array<boolean>(keys.length / 32);
     for (let i = 0; i < out.length; i++) {
       const slot = nsSlot === undefined ? -1 : this.fast.find(nsSlot, keys, i);
-      out[i] = slot !== -1 && this.fast.where(slot) !== 0;
+      out[i] = slot !== -1 && (this.fast.where(slot) !== 0 || this.inflight.has(this.fast.entry(slot).key));
     }
     return out;
   }
@@ -238,7 +255,7 @@ export class TierStack extends EventEmitter {
   }
 
   exists(keys: string[]): boolean[] {
-    return keys.map((k) => (this.index.get(k)?.where ?? 0) !== 0);
+    return keys.map((k) => (this.index.get(k)?.where ?? 0) !== 0 || this.inflight.has(k));
   }
 
   /** Store a block. The buffer is kept as is (not copied): callers hand over ownership. */
@@ -311,19 +328,36 @@ export class TierStack extends EventEmitter {
           await t.driver.delete(e.key).catch(() => undefined);
           return;
         }
+        t.writeFault = undefined;
         this.addTo(t, e);
         this.enforceBudget(t);
         if (after) await after();
       } catch (err) {
-        t.c.writeErrors++;
+        this.writeFailed(t, e.key, err);
         throw err;
       } finally {
         e.pending &= ~bit;
+        if (e.pending === 0 && this.inflight.get(e.key)?.e === e) this.inflight.delete(e.key);
         this.dropIfGone(e);
       }
     });
     if (!ok) e.pending &= ~bit;
+    else this.inflight.set(e.key, { e, value }); // readable from here until the write lands, whatever DRAM does
     return ok;
+  }
+
+  /** Count, log (at most every 5 s, with how many went unlogged) and remember a failed lower-tier write. */
+  private writeFailed(t: Tier, key: string, err: unknown): void {
+    t.c.writeErrors++;
+    t.writeFault = (err as Error)?.message ?? String(err);
+    const now = Date.now();
+    if (now - this.lastFaultLog < 5000) {
+      this.faultsUnlogged++;
+      return;
+    }
+    logger('tiers').warn({ tier: t.name, key, err: t.writeFault, unlogged: this.faultsUnlogged }, 'tier write failed; the block was not stored there');
+    this.lastFaultLog = now;
+    this.faultsUnlogged = 0;
   }
 
   /** @internal */ enforceBudget(t: Tier): void {
@@ -354,7 +388,19 @@ export class TierStack extends EventEmitter {
       t.lru.set(e.key, e);
     }
     if (cands.length === 0) return false;
-    const victim = cands[this.opts.policy.pick(cands, this.now())] ?? cands[0]!;
+    let victim = cands[this.opts.policy.pick(cands, this.now())] ?? cands[0]!;
+    if (t.index === 0) {
+      // A block only DRAM holds, which the next tier would take but cannot queue now, is not evicted (it would be
+      // an acknowledged save lost): another candidate goes, else nothing does.
+      while (!this.demoteFromDram(victim)) {
+        cands.splice(cands.indexOf(victim), 1);
+        if (cands.length === 0) return false;
+        victim = cands[this.opts.policy.pick(cands, this.now())] ?? cands[0]!;
+      }
+      t.c.evictions++;
+      this.removeFrom(t, victim); // a queued write keeps it readable (inflight)
+      return true;
+    }
     t.c.evictions++;
     if (this.demote(t, victim)) this.forget(t, victim);
     else this.removeFrom(t, victim);
@@ -362,14 +408,27 @@ export class TierStack extends EventEmitter {
   }
 
   /** Promote a lower-tier hit into DRAM? Always while DRAM has room; when full, only past the policy's next victim. */
-  private promotes(e: BlockEntry): boolean {
+  /** @internal */ promotes(e: BlockEntry): boolean {
     const t = this.tiers[0]!;
     if (t.used + e.size <= t.budgetBytes || !t.order?.outranksVictim) return true;
     return t.order.outranksVictim(e.seen);
   }
 
+  /** Before a block leaves DRAM: copy it down if it needs to be. False when it needs to be and cannot be now. */
+  private demoteFromDram(e: BlockEntry): boolean {
+    if (this.tiers.length === 1 || (e.where | e.pending) & ~1) return true;
+    const now = this.now();
+    const next = this.tiers.find((b) => b.index > 0 && this.admits(b, e, now));
+    if (!next) return true; // no tier takes it (admission): evicting it is the policy's choice, not a loss
+    const v = this.dram.getSync(e.key);
+    if (!v) return true;
+    if (!this.queueWrite(next, e, v.value)) return false;
+    this.tiers[0]!.c.demotions++;
+    return true;
+  }
+
   /**
-   * Before a block leaves tier t, copy it down if no lower tier has it and the next tier admits it.
+   * Before a block leaves lower tier t, copy it down if no lower tier has it and the next tier admits it.
    * Returns true when a queued job took over deleting tier t's stored copy (lower → lower demotion).
    */
   private demote(t: Tier, e: BlockEntry): boolean {
@@ -378,11 +437,6 @@ export class TierStack extends EventEmitter {
     const now = this.now();
     const next = below.find((b) => this.admits(b, e, now));
     if (!next) return false;
-    if (t.index === 0) {
-      const v = this.dram.getSync(e.key);
-      if (v && this.queueWrite(next, e, v.value)) t.c.demotions++;
-      return false;
-    }
     const bit = 1 << next.index;
     e.pending |= bit;
     const ok = next.writes.offer(e.size, async () => {
@@ -426,17 +480,18 @@ export class TierStack extends EventEmitter {
     const entries = new Array<BlockEntry | undefined>(keys.length);
     for (let i = 0; i < keys.length; i++) {
       const e = (entries[i] = this.index.get(keys[i]!));
-      if (e && e.where !== 0 && !(e.where & 1)) return undefined;
+      if (e && e.where !== 0 && !(e.where & 1) && !this.inflight.has(e.key)) return undefined;
     }
     const out: (Buffer | undefined)[] = new Array(keys.length);
     const touched: BlockEntry[] = [];
     const t0 = this.tiers[0]!;
     for (let i = 0; i < keys.length; i++) {
       const e = entries[i];
-      if (!e || e.where === 0) { t0.c.misses++; continue; }
+      const queued = e && !(e.where & 1) ? this.inflight.get(e.key)?.value : undefined;
+      if (!e || (e.where === 0 && !queued)) { t0.c.misses++; continue; }
       t0.c.hits++;
       touched.push(e);
-      out[i] = inPlace ? IN_DRAM : this.dram.getSync(e.key)?.value;
+      out[i] = queued ?? (inPlace ? IN_DRAM : this.dram.getSync(e.key)?.value);
     }
     const now = this.now();
     this.touchChain(touched, now);
@@ -450,76 +505,37 @@ export class TierStack extends EventEmitter {
     const out: (Buffer | undefined)[] = new Array(keys.length);
     const waits: Promise<void>[] = [];
     const touched: BlockEntry[] = [];
+    const lower: { i: number; e: BlockEntry }[] = [];
     for (let i = 0; i < keys.length; i++) {
       const e = this.index.get(keys[i]!);
-      if (!e || e.where === 0) {
+      const queued = e && !(e.where & 1) && this.inflight.get(e.key)?.value;
+      if (!e || (e.where === 0 && !queued)) {
         this.tiers[0]!.c.misses++;
         continue;
       }
       touched.push(e);
-      if (e.where & 1) {
+      if (e.where & 1 || queued) {
         this.tiers[0]!.c.hits++;
-        out[i] = inPlace ? IN_DRAM : this.dram.getSync(e.key)?.value;
+        out[i] = queued || (inPlace ? IN_DRAM : this.dram.getSync(e.key)?.value);
       } else {
-        waits.push(this.load(e).then((v) => { out[i] = v; }));
+        lower.push({ i, e });
       }
     }
     this.touchChain(touched, now);
     if (this.lateAdmission) for (const e of touched) this.admitLater(e, now);
+    if (lower.length > 1) loadBatch(this, lower.map((l) => l.e));
+    for (const { i, e } of lower) waits.push(this.load(e).then((v) => { out[i] = v; }));
     if (waits.length) await Promise.all(waits);
     return out;
   }
 
-  /** Read one block from the lower tiers (deduplicated), verify it, promote it. */
+  /** Read one block from the lower tiers (deduplicated), verify it, promote it (see tier-reads.ts). */
   /** @internal */ load(e: BlockEntry): Promise<Buffer | undefined> {
-    let p = this.loading.get(e.key);
-    if (!p) {
-      p = this.loadFromTiers(e).finally(() => this.loading.delete(e.key));
-      this.loading.set(e.key, p);
-    }
-    return p;
-  }
-
-  private async loadFromTiers(e: BlockEntry): Promise<Buffer | undefined> {
-    const avail = this.availableMask();
-    for (const t of this.tiers.slice(1)) {
-      if (!(e.where & avail & (1 << t.index))) continue;
-      const t0 = performance.now();
-      let got: StoredValue | undefined;
-      try {
-        got = await t.driver.get(e.key);
-      } catch {
-        // A failing tier (timeout, server down) still holds the block: try the next tier, keep the index entry.
-        t.c.readErrors++;
-        continue;
-      }
-      if (!got) {
-        t.c.misses++;
-        if (this.index.get(e.key) === e && e.where & (1 << t.index)) this.forget(t, e);
-        continue;
-      }
-      if (got.value.length !== e.size || computeChecksum(got.value) !== e.checksum || got.meta.checksum !== e.checksum) {
-        t.c.checksumFailures++;
-        this.emit('corrupt', { key: e.key, tier: t.name });
-        const q = t.driver.quarantine ? t.driver.quarantine(e.key) : t.driver.delete(e.key).then(() => undefined);
-        await q.catch(() => undefined);
-        this.forget(t, e);
-        continue;
-      }
-      const secs = Math.max((performance.now() - t0) / 1000, 1e-6);
-      t.readBps = 0.8 * t.readBps + 0.2 * (got.value.length / secs);
-      t.c.hits++;
-      if (this.opts.promoteOnHit && this.index.get(e.key) === e && !(e.where & 1) && this.promotes(e)) {
-        if (this.insertDram(e, got.value)) t.c.promotions++;
-      }
-      return got.value;
-    }
-    this.tiers[0]!.c.misses++;
-    return undefined;
+    return load(this, e);
   }
 
   /** Drop a tier's copy from the index without touching storage (it is already gone or quarantined). */
-  private forget(t: Tier, e: BlockEntry): void {
+  /** @internal */ forget(t: Tier, e: BlockEntry): void {
     if (!(e.where & (1 << t.index))) return;
     e.where &= ~(1 << t.index);
     this.fast.sync(e);
@@ -538,6 +554,7 @@ export class TierStack extends EventEmitter {
       if (!e) continue;
       n++;
       this.indexDrop(k);
+      this.inflight.delete(k);
       for (const t of this.tiers) this.removeFrom(t, e);
     }
     return n;
@@ -554,6 +571,7 @@ export class TierStack extends EventEmitter {
       checksumFailures: t.c.checksumFailures, promotions: t.c.promotions, demotions: t.c.demotions,
       writeErrors: t.c.writeErrors, bytesWritten: t.c.bytesWritten, readBps: Math.round(t.readBps),
       readErrors: t.c.readErrors, available: (this.availableMask() & (1 << t.index)) !== 0,
+      ...(t.writeFault !== undefined ? { degraded: t.writeFault } : {}),
     }));
   }
 

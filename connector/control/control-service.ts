@@ -182,6 +182,7 @@ export class ControlService {
       const t0 = performance.now();
       if (i === 0) return { name: t.name, driver: t.driver.name, ok: true, error: '', probe_ms: 0 };
       let timer: NodeJS.Timeout | undefined;
+      if (t.writeFault !== undefined) return { name: t.name, driver: t.driver.name, ok: false, error: `last write failed: ${t.writeFault}`, probe_ms: 0 };
       try {
         await Promise.race([t.driver.has(PROBE_KEY), new Promise((_, rej) => { timer = setTimeout(() => rej(new Error('no answer within 2000 ms')), 2000); })]);
         return { name: t.name, driver: t.driver.name, ok: true, error: '', probe_ms: performance.now() - t0 };

@@ -72,7 +72,16 @@ export class MetricsPlugin implements SidecarPlugin {
     tierGauge('kvstash_tier_budget_bytes', 'Byte budget of the tier.', (t) => t.budgetBytes);
     tierGauge('kvstash_tier_blocks', 'Blocks held by the tier.', (t) => t.blocks);
     tierGauge('kvstash_tier_write_queue_depth', 'Write-behind jobs queued or running for the tier.', (t) => t.queueDepth);
+    tierGauge('kvstash_tier_degraded', 'The tier\'s last write failed (disk full, I/O error); 0 again once a write lands.', (t) => (t.degraded !== undefined ? 1 : 0));
     tierGauge('kvstash_tier_read_bytes_per_second', 'Measured read bandwidth of the tier (moving average).', (t) => t.readBps);
+    new Gauge({
+      name: 'kvstash_tier_driver_stat', help: 'The tier driver\'s own counters (stats()), e.g. orphansSwept, misplaced, tornTails, compactions.',
+      labelNames: ['tier', 'stat'], registers,
+      collect() {
+        this.reset();
+        for (const t of s.sidecar?.tiers.tiers.slice(1) ?? []) for (const [k, v] of Object.entries(t.driver.stats())) if (Number.isFinite(v)) this.set({ tier: t.name, stat: k }, v);
+      },
+    });
     tierCounter('kvstash_tier_hits_total', 'Block reads served by the tier.', (t) => t.hits);
     tierCounter('kvstash_tier_misses_total', 'Block reads the tier could not serve.', (t) => t.misses);
     tierCounter('kvstash_tier_evictions_total', 'Blocks evicted from the tier (budget or Evict).', (t) => t.evictions);

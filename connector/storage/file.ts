@@ -4,18 +4,22 @@
  * Layout under `root`:  v1/<ns>/<first 2 hex of hash>/<hash>.kvb   (fan-out keeps folders small)
  *                        tmp/<pid>-<n>.tmp                          (writes in progress)
  *                        quarantine/<ns>-<hash>.kvb                 (values that failed their checksum)
- * File format: a 32-byte header — "KVSB", u32le version 1, u64le value length, 8-byte xxh64 (big-endian,
- * as the hex string reads), 8 reserved zero bytes — then the value bytes.
+ * File format: an 80-byte header — "KVSB", u32le version 2, u64le value length, 8-byte xxh64 (big-endian,
+ * as the hex string reads), the key (16-byte namespace, 32-byte hash), 8 reserved zero bytes — then the value.
+ * The key in the header is checked against the key asked for on every read and listing: a file copied or moved to
+ * another key's name is a miss (counted `misplaced`), never that key's block. Version-1 files (no key) are not
+ * served; like files with damaged headers they are orphans.
  *
- * Publish: write header+value to a unique temp file (one writev), fsync if configured, rename into place.
- * A killed writer leaves only a temp file, which `open` removes.
+ * Publish: write header+value to a unique temp file (one writev; a short write is an error), fsync if configured,
+ * rename into place. A failed write removes its temp file. A killed writer leaves only a temp file, which `open`
+ * removes (counted `orphansSwept`); `list` (the start-up rebuild) removes damaged and misplaced block files and
+ * counts them too.
  *
- * Why one file per block and not packed segments (bench/file-tier.ts, bench/drivers.ts): rename gives atomic
- * publish, delete frees space at once, and rebuild is a directory walk — no compaction, no torn-tail scans. The
- * cost is one file creation per block (~0.6–1.2 ms on this VM's ext4): at 2–64 MiB blocks (16-token vLLM blocks
- * and larger, for 7B+ models) the driver is near plain sequential I/O, but at 256 KiB it writes at a fraction of
- * it, where the append-only segment log of examples/custom-driver writes 2–3× faster. A segmented tier with
- * compaction is the way to serve small-block models; it is not built yet.
+ * Why one file per block (bench/file-tier.ts, bench/drivers.ts): rename gives atomic publish, delete frees space at
+ * once, and rebuild is a directory walk — no compaction, no torn-tail scans — and it is the layout a shared folder
+ * (NFS) needs. The cost is one file creation per block (~0.6–1.2 ms on this VM's ext4): at 2–64 MiB blocks the
+ * driver is near plain sequential I/O, at 256 KiB it writes at a fraction of it. The segment log (./segment.ts,
+ * `fileLayout: "segment"`) appends blocks to large files instead, for small blocks.
  */
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
@@ -25,7 +29,8 @@ import {
   type DriverLimits, type ListedValue, type StorageDriver, type StoredValue,
 } from './driver.js';
 
-export const HEADER_BYTES = 32;
+export const HEADER_BYTES = 80;
+const VERSION = 2;
 const MAGIC = 0x4253564b; // "KVSB" little-endian
 
 export interface FileDriverConfig {
@@ -35,18 +40,42 @@ export interface FileDriverConfig {
   maxValueBytes: number;
 }
 
-export function encodeHeader(size: number, checksum: string): Buffer {
+export interface BlockHeader { size: number; checksum: string; key: string }
+
+export function encodeHeader(size: number, checksum: string, key: string): Buffer {
   const h = Buffer.alloc(HEADER_BYTES);
   h.writeUInt32LE(MAGIC, 0);
-  h.writeUInt32LE(1, 4);
+  h.writeUInt32LE(VERSION, 4);
   h.writeBigUInt64LE(BigInt(size), 8);
   h.write(checksum, 16, 8, 'hex');
+  h.write(key.slice(0, 32), 24, 16, 'hex');
+  h.write(key.slice(33), 40, 32, 'hex');
   return h;
 }
 
-export function decodeHeader(h: Buffer): { size: number; checksum: string } | undefined {
-  if (h.length < HEADER_BYTES || h.readUInt32LE(0) !== MAGIC || h.readUInt32LE(4) !== 1) return undefined;
-  return { size: Number(h.readBigUInt64LE(8)), checksum: h.toString('hex', 16, 24) };
+export function decodeHeader(h: Buffer): BlockHeader | undefined {
+  if (h.length < HEADER_BYTES || h.readUInt32LE(0) !== MAGIC || h.readUInt32LE(4) !== VERSION) return undefined;
+  const size = h.readBigUInt64LE(8);
+  if (size > BigInt(Number.MAX_SAFE_INTEGER)) return undefined;
+  return { size: Number(size), checksum: h.toString('hex', 16, 24), key: `${h.toString('hex', 24, 40)}/${h.toString('hex', 40, 72)}` };
+}
+
+/**
+ * writev every part at `position` or fail: a short write (a full disk can give one) is finished or becomes an
+ * error (ENOSPC), never a published file.
+ */
+export async function writeAll(fh: fs.FileHandle, parts: Buffer[], position = 0): Promise<void> {
+  const want = parts.reduce((n, b) => n + b.length, 0);
+  const { bytesWritten } = await fh.writev(parts, position);
+  if (bytesWritten === want) return;
+  // writev may stop early without an error (ENOSPC shows up on the next call): finish it, or surface why not.
+  let off = bytesWritten;
+  const all = Buffer.concat(parts);
+  while (off < want) {
+    const { bytesWritten: n } = await fh.write(all, off, want - off, position + off);
+    if (n === 0) throw Object.assign(new Error(`short write: ${off} of ${want} bytes`), { code: 'ENOSPC' });
+    off += n;
+  }
 }
 
 let tmpCounter = 0;
@@ -55,7 +84,7 @@ export class FileDriver implements StorageDriver {
   readonly name: string = 'file';
   readonly limits: DriverLimits;
   readonly durable: boolean;
-  protected readonly counters = { reads: 0, writes: 0, readBytes: 0, writeBytes: 0, errors: 0, torn: 0 };
+  protected readonly counters = { reads: 0, writes: 0, readBytes: 0, writeBytes: 0, errors: 0, torn: 0, misplaced: 0, orphansSwept: 0 };
   private closed = false;
 
   constructor(readonly config: FileDriverConfig) {
@@ -76,8 +105,10 @@ export class FileDriver implements StorageDriver {
   async open(): Promise<void> {
     await fs.mkdir(path.join(this.config.root, 'v1'), { recursive: true });
     await fs.mkdir(path.join(this.config.root, 'quarantine'), { recursive: true });
-    await fs.rm(path.join(this.config.root, 'tmp'), { recursive: true, force: true });
-    await fs.mkdir(path.join(this.config.root, 'tmp'), { recursive: true });
+    const tmp = path.join(this.config.root, 'tmp');
+    this.counters.orphansSwept += (await readdirSafe(tmp)).length;
+    await fs.rm(tmp, { recursive: true, force: true });
+    await fs.mkdir(tmp, { recursive: true });
   }
 
   private check(): void {
@@ -105,6 +136,10 @@ export class FileDriver implements StorageDriver {
       this.counters.torn++;
       return { value: buf.subarray(Math.min(HEADER_BYTES, buf.length)), meta: { checksum: 'ffffffffffffffff' } };
     }
+    if (h.key !== key) {
+      this.counters.misplaced++; // another key's block under this key's name: a miss, never served
+      return undefined;
+    }
     this.counters.reads++;
     this.counters.readBytes += h.size;
     return { value: buf.subarray(HEADER_BYTES), meta: { checksum: h.checksum } };
@@ -119,7 +154,7 @@ export class FileDriver implements StorageDriver {
     try {
       const fh = await fs.open(tmp, 'wx');
       try {
-        await fh.writev([encodeHeader(value.length, meta.checksum), value]);
+        await writeAll(fh, [encodeHeader(value.length, meta.checksum, key), value]);
         if (this.config.fsync) await fh.sync();
       } finally {
         await fh.close();
@@ -182,8 +217,13 @@ export class FileDriver implements StorageDriver {
     const base = path.join(this.config.root, 'v1');
     for (const ns of await readdirSafe(base)) {
       if (!/^[0-9a-f]{32}$/.test(ns)) continue;
-      for (const fan of await readdirSafe(path.join(base, ns))) yield* listBlockFolder(path.join(base, ns, fan), ns);
+      for (const fan of await readdirSafe(path.join(base, ns))) yield* listBlockFolder(path.join(base, ns, fan), ns, 64, (f) => this.sweepOrphan(f));
     }
+  }
+
+  /** A block file that is not what its name says (damaged header, another key's block): removed and counted. */
+  private async sweepOrphan(file: string): Promise<void> {
+    if (await fs.unlink(file).then(() => true, () => false)) this.counters.orphansSwept++;
   }
 
   stats(): Record<string, number> {
@@ -223,7 +263,7 @@ export async function readdirSafe(dir: string): Promise<string[]> {
 }
 
 /** Header of a published block file, or undefined if it is not one (damaged, foreign). ENOENT/ESTALE propagate. */
-export async function readHeader(file: string): Promise<{ size: number; checksum: string } | undefined> {
+export async function readHeader(file: string): Promise<BlockHeader | undefined> {
   const fh = await fs.open(file, 'r');
   try {
     const buf = Buffer.alloc(HEADER_BYTES);
@@ -238,15 +278,19 @@ export async function readHeader(file: string): Promise<{ size: number; checksum
 
 /**
  * The complete block files of one fan-out folder with their headers, for rebuilding an index. Headers are read
- * `batch` at a time (rebuild is I/O bound on open + 32-byte read); a file that vanishes or is not a block is skipped.
+ * `batch` at a time (rebuild is I/O bound on open + header read); a file that vanishes is skipped; a file that is
+ * not a block, or holds another key than its name says, is skipped and handed to `orphan`.
  */
-export async function* listBlockFolder(dir: string, ns: string, batch = 64): AsyncIterable<ListedValue> {
+export async function* listBlockFolder(dir: string, ns: string, batch = 64, orphan?: (file: string) => Promise<void>): AsyncIterable<ListedValue> {
   const names = (await readdirSafe(dir)).filter((n) => /^[0-9a-f]{64}\.kvb$/.test(n));
   for (let i = 0; i < names.length; i += batch) {
-    const hs = await Promise.all(names.slice(i, i + batch).map((n) => readHeader(path.join(dir, n)).catch(() => undefined)));
+    // null: vanished or unreadable (skipped); undefined: not a block file (an orphan)
+    const hs = await Promise.all(names.slice(i, i + batch).map((n) => readHeader(path.join(dir, n)).catch(() => null)));
     for (let j = 0; j < hs.length; j++) {
       const h = hs[j];
-      if (h) yield { key: `${ns}/${names[i + j]!.slice(0, 64)}`, size: h.size, meta: { checksum: h.checksum } };
+      const key = `${ns}/${names[i + j]!.slice(0, 64)}`;
+      if (h && h.key === key) yield { key, size: h.size, meta: { checksum: h.checksum } };
+      else if (h !== null && orphan) await orphan(path.join(dir, names[i + j]!));
     }
   }
 }

@@ -14,6 +14,9 @@
  *   namespace, so a million blocks make ~16 files per folder).
  * - Temp files of writers that died are removed by age (`tmpMaxAgeMs`, at open and every `sweepIntervalMs`), never
  *   "all at open": other hosts are writing theirs right now.
+ * - Orphans (damaged headers, or a header naming another key than the file's name) are never served and are counted
+ *   (`orphans` at listing, `misplaced` at reads), but not removed: on a shared folder the tier keeps its hands off
+ *   files it cannot prove are its own to delete; `kvstash` operators clear them with the quarantine folder's tools.
  * - `directIO`: open data files with O_DIRECT (bypasses the client page cache; the Linux NFS client accepts
  *   unaligned O_DIRECT). If the filesystem refuses it (EINVAL), that write or read falls back to buffered I/O
  *   and `directFallbacks` counts it.
@@ -26,7 +29,7 @@ import {
   assertKey, assertValueSize, getManyBySingle, putManyBySingle, type BlockMeta, type DriverFactory, type DriverLimits,
   type ListedValue, type StorageDriver, type StoredValue,
 } from './driver.js';
-import { HEADER_BYTES, decodeHeader, encodeHeader, listBlockFolder, parseFileConfig, readdirSafe, readHeader } from './file.js';
+import { HEADER_BYTES, decodeHeader, encodeHeader, listBlockFolder, parseFileConfig, readdirSafe, readHeader, writeAll } from './file.js';
 import { registerBuiltinDriver } from './registry.js';
 
 export interface NfsDriverConfig {
@@ -61,7 +64,7 @@ export class NfsDriver implements StorageDriver {
   readonly shared = true;
   readonly limits: DriverLimits;
   readonly durable: boolean;
-  private readonly c = { reads: 0, writes: 0, readBytes: 0, writeBytes: 0, errors: 0, torn: 0, staleRetries: 0, raceMisses: 0, tmpSwept: 0, directFallbacks: 0 };
+  private readonly c = { reads: 0, writes: 0, readBytes: 0, writeBytes: 0, errors: 0, torn: 0, staleRetries: 0, raceMisses: 0, tmpSwept: 0, directFallbacks: 0, misplaced: 0, orphans: 0 };
   private closed = false;
   private sweeper: NodeJS.Timeout | undefined;
 
@@ -139,6 +142,10 @@ export class NfsDriver implements StorageDriver {
       this.c.torn++; // cannot come from rename-publish; reported upstream as a checksum failure
       return { value: buf.subarray(Math.min(HEADER_BYTES, buf.length)), meta: { checksum: 'ffffffffffffffff' } };
     }
+    if (h.key !== key) {
+      this.c.misplaced++; // the header names another key: a miss, never that key's block
+      return undefined;
+    }
     this.c.reads++;
     this.c.readBytes += h.size;
     return { value: buf.subarray(HEADER_BYTES), meta: { checksum: h.checksum } };
@@ -151,7 +158,7 @@ export class NfsDriver implements StorageDriver {
       let fh: fs.FileHandle | undefined;
       try {
         fh = await fs.open(tmp, direct ? flags | C.O_DIRECT : flags, 0o644);
-        await fh.writev(parts);
+        await writeAll(fh, parts);
         if (this.config.fsync) await fh.sync();
         return;
       } catch (err) {
@@ -174,7 +181,7 @@ export class NfsDriver implements StorageDriver {
     const tmp = this.tmpPath();
     const dest = this.pathOf(key);
     try {
-      await this.writeTmp(tmp, [encodeHeader(value.length, meta.checksum), value]);
+      await this.writeTmp(tmp, [encodeHeader(value.length, meta.checksum, key), value]);
       await staleRetry(async () => {
         try {
           await fs.rename(tmp, dest);
@@ -197,7 +204,8 @@ export class NfsDriver implements StorageDriver {
     this.check();
     try {
       const h = await staleRetry(() => readHeader(this.pathOf(key)), () => this.c.staleRetries++);
-      return h && { key, size: h.size, meta: { checksum: h.checksum } };
+      if (h && h.key !== key) this.c.misplaced++;
+      return h && h.key === key ? { key, size: h.size, meta: { checksum: h.checksum } } : undefined;
     } catch (err) {
       if (gone(err)) return undefined;
       throw this.fail('stat', key, err);
@@ -248,7 +256,7 @@ export class NfsDriver implements StorageDriver {
     for (const ns of await readdirSafe(base)) {
       if (!/^[0-9a-f]{32}$/.test(ns)) continue;
       for (const a of await readdirSafe(path.join(base, ns))) {
-        for (const b of await readdirSafe(path.join(base, ns, a))) yield* listBlockFolder(path.join(base, ns, a, b), ns, 32);
+        for (const b of await readdirSafe(path.join(base, ns, a))) yield* listBlockFolder(path.join(base, ns, a, b), ns, 32, async () => { this.c.orphans++; });
       }
     }
   }

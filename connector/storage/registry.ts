@@ -6,6 +6,7 @@ import { ErrorCode, KvstashError } from '../../protocol/errors.js';
 import type { DriverFactory, StorageDriver } from './driver.js';
 import { fileDriverFactory } from './file.js';
 import { memoryDriverFactory } from './memory.js';
+import { segmentDriverFactory } from './segment.js';
 
 export class DriverRegistry {
   private readonly factories = new Map<string, DriverFactory<unknown>>();
@@ -34,7 +35,8 @@ export class DriverRegistry {
 }
 
 /** Hooks other modules use to add their built-in drivers (nfs, s3) without an import cycle. */
-const builtins: DriverFactory<unknown>[] = [memoryDriverFactory as DriverFactory<unknown>, fileDriverFactory as DriverFactory<unknown>];
+const builtins: DriverFactory<unknown>[] = [memoryDriverFactory as DriverFactory<unknown>, fileDriverFactory as DriverFactory<unknown>,
+  segmentDriverFactory as DriverFactory<unknown>];
 
 export function registerBuiltinDriver<C>(f: DriverFactory<C>): void {
   if (!builtins.some((b) => b.name === f.name)) builtins.push(f as DriverFactory<unknown>);

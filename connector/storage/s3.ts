@@ -3,7 +3,9 @@
  *
  * Objects: `<prefix>v1/<ns>/<hash>`, checksum and length in user metadata (`x-amz-meta-kvs-checksum`, `-kvs-size`);
  * an object whose length differs from its declared size is incomplete (a server assembling it in place) and reads
- * as a miss. Quarantined values move to `<prefix>quarantine/<ns>-<hash>`.
+ * as a miss. The key itself is in user metadata too (`x-amz-meta-kvs-key`) and checked on every get and head: an
+ * object copied or moved under another key's name (or one without the field) is a miss, counted `misplaced`, never
+ * that key's block. Quarantined values move to `<prefix>quarantine/<ns>-<hash>`.
  * - put: one PutObject (Buffer body) below `multipartThresholdBytes`, else a multipart upload — S3 publishes the
  *   object only at CompleteMultipartUpload, so a writer killed mid-upload leaves nothing visible (stale uploads are
  *   aborted at open, by age). `conditionalPut` adds `If-None-Match: *` (412 = someone stored it first = done).
@@ -36,6 +38,7 @@ type Op = 'get' | 'put' | 'head' | 'delete' | 'list' | 'multipart' | 'copy';
 const OPS: Op[] = ['get', 'put', 'head', 'delete', 'list', 'multipart', 'copy'];
 const META = 'kvs-checksum';
 const SIZE = 'kvs-size';
+const KEY = 'kvs-key';
 const notFound = (f: S3Failure) => (f.status === 404 ? null : undefined);
 const complete = (m: Record<string, string> | undefined, length: number) => !!m?.[META] && m[SIZE] === String(length);
 
@@ -47,7 +50,7 @@ export class S3Driver implements StorageDriver {
   readonly client: S3Client;
   readonly breaker: CircuitBreaker;
   private closed = false;
-  private readonly c: Record<string, number> = { retries: 0, timeouts: 0, bytesIn: 0, bytesOut: 0, conditionalConflicts: 0, incomplete: 0 };
+  private readonly c: Record<string, number> = { retries: 0, timeouts: 0, bytesIn: 0, bytesOut: 0, conditionalConflicts: 0, incomplete: 0, misplaced: 0 };
 
   /** `clientOverrides` (not JSON config): extra S3Client settings for embedders and tests (e.g. an HTTP agent). */
   constructor(readonly config: S3DriverConfig, clientOverrides: Partial<S3ClientConfig> = {}) {
@@ -146,6 +149,11 @@ export class S3Driver implements StorageDriver {
         this.c.incomplete!++;
         return null;
       }
+      if (r.Metadata?.[KEY] !== key) {
+        (r.Body as Readable | undefined)?.destroy();
+        this.c.misplaced!++;
+        return null;
+      }
       if (total > this.limits.maxValueBytes) throw new KvstashError(ErrorCode.STORAGE, `s3 object ${Key} is ${total} bytes, over the limit`);
       // Big value: keep only the first part of this response and fetch the rest as parallel ranges.
       const want = threshold > 0 && total >= threshold ? Math.min(this.config.partBytes, total) : total;
@@ -180,7 +188,7 @@ export class S3Driver implements StorageDriver {
     assertValueSize(value, this.limits);
     const Key = this.objectKey(key);
     const Bucket = this.config.bucket;
-    const Metadata = { [META]: meta.checksum, [SIZE]: String(value.length) };
+    const Metadata = { [META]: meta.checksum, [SIZE]: String(value.length), [KEY]: key };
     const IfNoneMatch = this.config.conditionalPut ? '*' : undefined;
     // 412: the object exists (someone stored these bytes first); 409: a concurrent conditional write won. Both mean done.
     const exists = (f: S3Failure) => (IfNoneMatch && (f.status === 412 || f.status === 409) ? (this.c.conditionalConflicts!++, true) : undefined);
@@ -220,6 +228,10 @@ export class S3Driver implements StorageDriver {
     const r = await this.call('head', `head ${key}`, (signal) =>
       this.client.send(new HeadObjectCommand({ Bucket: this.config.bucket, Key: this.objectKey(key) }), { abortSignal: signal }), notFound);
     if (r && !complete(r.Metadata, r.ContentLength ?? 0)) this.c.incomplete!++;
+    else if (r && r.Metadata?.[KEY] !== key) {
+      this.c.misplaced!++;
+      return undefined;
+    }
     return r && complete(r.Metadata, r.ContentLength ?? 0) ? { key, size: r.ContentLength!, meta: { checksum: r.Metadata![META]! } } : undefined;
   }
 

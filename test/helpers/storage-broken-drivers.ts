@@ -15,7 +15,7 @@ export class TornWriterDriver extends FileDriver {
     await fs.mkdir(path.dirname(dest), { recursive: true });
     const fh = await fs.open(dest, 'w');
     try {
-      await fh.write(encodeHeader(value.length, meta.checksum));
+      await fh.write(encodeHeader(value.length, meta.checksum, key));
       for (let off = 0; off < value.length; off += 2 ** 20) await fh.write(value.subarray(off, off + 2 ** 20));
     } finally {
       await fh.close();
