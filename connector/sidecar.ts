@@ -25,6 +25,7 @@ import { logger } from './log.js';
 import { buildTierStack } from './stack.js';
 import { defaultRegistry, type DriverRegistry } from './storage/registry.js';
 import type { TierStack } from './tiers.js';
+import { LeaseBook } from './leases.js';
 
 export const SERVER_VERSION = 'kvstash/0.1.0';
 /** Namespaces one sidecar registers at most (each HELLO of a new descriptor adds one; they are persisted). */
@@ -94,9 +95,12 @@ export class Sidecar {
   private boundEndpoints: string[] = [];
   private readonly startedAt = Date.now();
   private stopped = false;
+  /** Short pins an engine's LOOKUP takes on the blocks it promised (leases.ts). */
+  readonly leases: LeaseBook;
 
   constructor(readonly config: Config, readonly registry: DriverRegistry = defaultRegistry()) {
     this.tiers = buildTierStack(config, registry);
+    this.leases = new LeaseBook(this.tiers);
     this.limits = {
       maxMessageBytes: config.maxMessageBytes, maxBlockBytes: config.maxBlockBytes,
       maxInflightBytes: config.maxInflightBytes, maxKeysPerRequest: config.maxKeysPerRequest,
@@ -150,6 +154,7 @@ export class Sidecar {
     }
     for (const p of [...this.plugins].reverse()) await p.stop().catch((err) => this.log.warn({ err }, `plugin ${p.name} stop failed`));
     this.router?.close();
+    this.leases.close();
     await this.tiers.close();
   }
 
@@ -305,7 +310,10 @@ export class Sidecar {
       case 'LOOKUP': {
         this.nsOf(peer, req.op, req.ns);
         const r = this.tiers.lookupRaw(req.ns, req.keys, req.prefetch === true);
-        const reply = (x: typeof r) => encodeReply({ id: req.id, hit: x.hit, tiers: x.tiers, load_ms: x.loadMs });
+        const reply = (x: typeof r) => {
+          if (req.lease !== undefined) this.leases.apply(req.ns, req.lease, storageKeys(req.ns, req.keys.subarray(0, x.hit * KEY_BYTES)), req.lease_ms ?? 0);
+          return encodeReply({ id: req.id, hit: x.hit, tiers: x.tiers, load_ms: x.loadMs });
+        };
         // A miss with a shared tier (nfs, s3): ask it about blocks other hosts wrote (rate-limited; shared-probe.ts).
         if (this.tiers.probe && r.hit < req.keys.length / KEY_BYTES) return this.tiers.lookupShared(req.ns, req.keys, r, req.prefetch === true).then(reply);
         return reply(r);

@@ -79,6 +79,10 @@ export function decodeRequest(frames: Buffer[], limits: Limits, extraOps?: Reado
     if (n === 0 && op !== 'LOOKUP' && op !== 'EXISTS') fail(ErrorCode.KEY_LENGTH, `${op} needs at least one key`);
     if (n > limits.maxKeysPerRequest) fail(ErrorCode.TOO_LARGE, `${n} keys is over the limit of ${limits.maxKeysPerRequest} per request`);
     h.keys = Buffer.isBuffer(kb) ? kb : Buffer.from(kb.buffer, kb.byteOffset, kb.byteLength);
+    if (op === 'LOOKUP' && (h.lease !== undefined || h.lease_ms !== undefined)) {
+      if (typeof h.lease !== 'string' || h.lease.length === 0 || h.lease.length > 128) fail(ErrorCode.BAD_FIELD, `"lease" must be a tag of 1..128 chars`);
+      if (!isUint(h.lease_ms) || (h.lease_ms as number) > 600_000) fail(ErrorCode.BAD_FIELD, `"lease_ms" must be an integer in 0..600000`);
+    }
     if (op === 'PUT') {
       const sizes = h.sizes;
       if (!Array.isArray(sizes) || sizes.length !== n || !sizes.every(isUint)) {

@@ -26,8 +26,15 @@ Hybrid KV-cache manager (HMA): the class subclasses ``SupportsHMA`` (when vLLM h
 ``--disable-hybrid-kv-cache-manager``, with which vLLM puts all layers in one full-attention group.
 
 Failures never break the engine: a lookup error or timeout counts as 0 hits; a failed load is reported
-through ``get_block_ids_with_load_errors`` (run vLLM with ``kv_load_failure_policy: "recompute"``); a failed
-save is dropped and counted.
+through ``get_block_ids_with_load_errors`` (and ``get_transfer_results``); a failed save is dropped and counted.
+vLLM's ``kv_load_failure_policy`` defaults to ``"fail"`` (vllm/config/kv_transfer.py, main 2025-12), which ends
+a request with a failed load as FINISHED_ERROR: the connector refuses to start under it (KVS_CONFIG, one line)
+unless ``kv_connector_extra_config.allow_fail_policy`` is true, and the blocks a lookup promised are leased in
+the sidecar until the worker loaded them (kvstash.vllm_scheduler), so load failures stay rare.
+
+Lifecycles (docs/support-matrix.md): the older worker order (start_load_kv before the forward pass,
+get_finished) and the newest one (start_load_kv after the forward pass when the step has no synchronous load,
+``SchedulerOutput.has_sync_kv_loads``; get_transfer_results; build_connector_worker_meta) both work.
 """
 from __future__ import annotations
 
@@ -39,7 +46,7 @@ from .kv_layout import LayoutSpec
 from .vllm_compat import HAVE_VLLM, KVConnectorBase_V1, KVConnectorRole, SupportsHMA
 from .vllm_metadata import KvstashConnectorMetadata, LoadSpec, SaveSpec
 from .vllm_scheduler import SchedulerSide
-from .vllm_settings import ConnectorSettings, extra_config, layout_spec, parallel_ranks
+from .vllm_settings import ConnectorSettings, check_failure_policy, extra_config, layout_spec, parallel_ranks
 from .vllm_worker import WorkerSide
 
 log = logging.getLogger("kvstash.vllm")
@@ -90,6 +97,7 @@ class KvstashConnector(KVConnectorBase_V1, SupportsHMA):
                              "run vLLM with --disable-hybrid-kv-cache-manager")
         ktc = vllm_config.kv_transfer_config
         self._settings = ConnectorSettings.from_extra(extra_config(vllm_config))
+        self._failure_policy = check_failure_policy(vllm_config, self._settings)
         self._spec = layout_spec(vllm_config, kv_cache_config)
         kv_role = str(getattr(ktc, "kv_role", None) or "kv_both")
         self._kv_role = kv_role
@@ -99,8 +107,10 @@ class KvstashConnector(KVConnectorBase_V1, SupportsHMA):
         if _is_scheduler(role):
             nss = [namespace_descriptor(self._settings, vllm_config, self._spec, t, r["tp_size"], p, r["pp_size"])
                    for p in range(r["pp_size"]) for t in range(r["tp_size"])]
+            kec = getattr(vllm_config, "kv_events_config", None)  # vllm/config/kv_events.py: KVEventsConfig
             self._scheduler = SchedulerSide(self._settings, self._spec.block_size, nss,
-                                            can_load=kv_role != "kv_producer", can_save=kv_role != "kv_consumer")
+                                            can_load=kv_role != "kv_producer", can_save=kv_role != "kv_consumer",
+                                            events=bool(getattr(kec, "enable_kv_cache_events", False)))
         else:
             desc = namespace_descriptor(self._settings, vllm_config, self._spec, r["tp_rank"], r["tp_size"], r["pp_rank"], r["pp_size"])
             self._worker = WorkerSide(self._settings, self._spec, desc, getattr(kv_cache_config, "num_blocks", None),
@@ -150,6 +160,13 @@ class KvstashConnector(KVConnectorBase_V1, SupportsHMA):
     def get_block_ids_with_load_errors(self) -> Set[int]:
         return self._w().get_block_ids_with_load_errors()
 
+    def get_transfer_results(self, finished_req_ids: Set[str]) -> Any:
+        """Newest vLLM: finished/failed asynchronous loads as one KVConnectorTransferResults."""
+        return self._w().get_transfer_results(finished_req_ids)
+
+    def build_connector_worker_meta(self) -> Any:
+        return self._worker.build_connector_worker_meta() if self._worker is not None else None
+
     def handle_preemptions(self, arg: Any = None) -> None:
         """Newest vLLM passes the connector metadata, older ones the set of preempted request ids."""
         if self._worker is not None and arg is not None:
@@ -176,6 +193,10 @@ class KvstashConnector(KVConnectorBase_V1, SupportsHMA):
 
     def request_finished_all_groups(self, request: Any, block_ids: Tuple[List[int], ...]) -> Tuple[bool, Optional[dict]]:
         return self._s().request_finished(request, block_ids[0] if block_ids else [])
+
+    def update_connector_output(self, connector_output: Any) -> None:
+        if self._scheduler is not None:
+            self._scheduler.update_connector_output(connector_output)
 
     def take_events(self) -> Iterable[Any]:
         return self._scheduler.take_events() if self._scheduler is not None else ()

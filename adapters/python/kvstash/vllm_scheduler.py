@@ -5,9 +5,22 @@
   hashes start from a random seed in every process unless PYTHONHASHSEED is fixed, so they cannot be
   storage keys that survive restarts and match across hosts (docs/architecture.md "Block identity").
   vLLM's hashes are used only in the KV events this side announces, so routers can match them.
-- ``lookup`` asks the sidecar, within ``lookup_timeout_ms``, how many leading blocks it holds in every
+- ``lookup`` asks the sidecar, within ``lookup_timeout_ms`` (default 50), how many leading blocks it holds in every
   tensor/pipeline-parallel rank's namespace and takes the minimum. Timeout or error → 0 tokens, and lookups
-  are skipped for ``retry_interval_ms`` (the sidecar being down costs one deadline, not one per request).
+  are skipped for ``retry_interval_ms`` (the sidecar being down costs one deadline, not one per request). Once
+  connected, a lookup with no connection to send on (the sidecar died: ZeroMQ saw its socket close) answers 0
+  at once, without waiting for the deadline: the worst case is one deadline, 50 ms at the defaults.
+- Leases: the lookup pins the blocks it promises (``lease`` = ``vllm:<request id>``, ``lease_ms`` =
+  ``lease_window_ms``, renewed by a repeated lookup) so that eviction between ``get_num_new_matched_tokens``
+  and the worker's load does not turn a hit into a load error; the worker releases the lease after its load.
+- Workers that switched themselves off (a KV layout they do not recognise) say so in their per-step worker
+  metadata (``build_connector_worker_meta`` → ``update_connector_output``, vLLM
+  ``vllm/distributed/kv_transfer/kv_connector/v1/base.py`` @ 003df29); from then on this side answers 0 hits
+  (logged once, counted as ``worker_disabled``). vLLM releases without worker metadata (13f4ad0 and older)
+  have no channel for it: there a disabled worker turns hits into load errors (recomputed).
+- KV events: only when ``kv_events_config.enable_kv_cache_events`` is on (vLLM ``vllm/config/kv_events.py``);
+  ``take_events`` never waits for the sidecar: saved runs are confirmed by LOOKUPs on a background thread
+  with its own client, and each call returns the events confirmed since the last one.
 - The last token of the sequence is never counted: at most ``(len(tokens) - 1) // block_size`` blocks.
 - ``get_num_new_matched_tokens`` has no side effect besides remembering its latest answer per request (which
   ``update_state_after_alloc`` consumes); calling it again gives the same answer for the same sidecar state.
@@ -19,7 +32,9 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -119,9 +134,15 @@ def tier_medium(tier: str) -> str:
     return "CPU" if tier == "dram" else tier.upper()
 
 
+def lease_tag(req_id: str) -> str:
+    return "vllm:" + str(req_id)[:120]
+
+
 class SchedulerSide:
-    def __init__(self, settings: Any, block_size: int, namespaces: List[Dict[str, Any]], can_load: bool, can_save: bool) -> None:
+    def __init__(self, settings: Any, block_size: int, namespaces: List[Dict[str, Any]], can_load: bool, can_save: bool,
+                 events: bool = True) -> None:
         self.s = settings
+        self.events = events
         self.bs = block_size
         self.namespaces = namespaces
         self.can_load, self.can_save = can_load, can_save
@@ -136,7 +157,13 @@ class SchedulerSide:
         self._loads: List[LoadSpec] = []
         self._runs: List[_Run] = []
         self._step = 0
-        self.counters = {"lookups": 0, "lookup_failures": 0, "asked_tokens": 0, "hit_tokens": 0, "saved_blocks_planned": 0}
+        self.counters = {"lookups": 0, "lookup_failures": 0, "asked_tokens": 0, "hit_tokens": 0, "saved_blocks_planned": 0,
+                         "worker_disabled": 0, "event_lookups": 0}
+        self._ever_connected = False
+        self.workers_disabled: Optional[str] = None
+        self._events_pool: Optional[ThreadPoolExecutor] = None
+        self._confirm: Optional[Future] = None
+        self._ev_local = threading.local()
         self._last_report = time.monotonic()
 
     # ---- sidecar access ---------------------------------------------------------------------------------
@@ -151,16 +178,21 @@ class SchedulerSide:
     def _available(self) -> bool:
         return time.monotonic() >= self._down_until
 
-    def _lookup(self, keys: List[bytes]) -> int:
+    def _lookup(self, keys: List[bytes], lease: Optional[str] = None) -> int:
+        if self._ever_connected and not self.client.connected():
+            raise E.KvstashError(E.UNAVAILABLE, f"no connection to {self.s.endpoint} (the sidecar went away)")
         deadline = time.monotonic() + self.s.lookup_timeout_ms / 1000.0
         left = lambda: max(0.0, (deadline - time.monotonic()) * 1000.0)  # noqa: E731
         if self._ns is None:
             self._ns = [self.client.namespace(d, timeout_ms=left()) for d in self.namespaces]
+        lease_ms = self.s.lease_window_ms() if lease is not None else 0
+        kw = {"lease": lease, "lease_ms": lease_ms} if lease is not None and lease_ms > 0 else {}
         hit = len(keys)
         for ns in self._ns:
-            hit = min(hit, self.client.lookup(ns, keys, timeout_ms=left()).hit)
+            hit = min(hit, self.client.lookup(ns, keys, timeout_ms=left(), **kw).hit)
             if hit == 0:
                 break
+        self._ever_connected = True
         return hit
 
     def _chain(self, request: Any) -> _Chain:
@@ -179,12 +211,12 @@ class SchedulerSide:
         n = max(0, (len(tokens) - 1) // self.bs)  # never the last token: vLLM must compute at least one
         self._match[rid] = (start, 0)
         chain = self._chain(request)
-        if not self.can_load or not chain.ok or n <= start or not self._available():
+        if not self.can_load or not chain.ok or n <= start or not self._available() or self.workers_disabled:
             return 0, False
         self.counters["lookups"] += 1
         self.counters["asked_tokens"] += (n - start) * self.bs
         try:
-            hit = self._lookup(chain.upto(tokens, n)[start:n])
+            hit = self._lookup(chain.upto(tokens, n)[start:n], lease_tag(rid))
         except Exception as err:  # a cache fault never breaks the engine
             self.counters["lookup_failures"] += 1
             self._fail(E.to_kvstash_error(err), "lookup")
@@ -209,7 +241,8 @@ class SchedulerSide:
         ids = group0(blocks.get_block_ids() if hasattr(blocks, "get_block_ids") else blocks)[start : start + k]
         k = len(ids)
         keys = self._chain(request).upto(request_tokens(request), start + k)[start:]
-        self._loads.append(LoadSpec(rid, keys, ids, bool(self.s.load_kv_async)))
+        self._loads.append(LoadSpec(rid, keys, ids, bool(self.s.load_kv_async),
+                                    lease_tag(rid) if self.s.lease_window_ms() > 0 else None))
         tr.saved_upto = max(tr.saved_upto, start + k)
 
     def build_connector_meta(self, so: Any) -> KvstashConnectorMetadata:
@@ -257,6 +290,8 @@ class SchedulerSide:
         md.saves.append(SaveSpec(req.request_id, keys, tr.block_ids[first:limit]))
         self.counters["saved_blocks_planned"] += limit - first
         tr.saved_upto = limit
+        if not self.events:
+            return
         vh = list(getattr(req, "block_hashes", None) or [])
         lora = getattr(req, "lora_request", None)
         self._runs.append(_Run(first, keys, tokens[first * self.bs : limit * self.bs], vh[first:limit],
@@ -270,31 +305,73 @@ class SchedulerSide:
         self._match.pop(rid, None)
         return False, None  # saves are copied to host memory before wait_for_save returns: free at once
 
+    def update_connector_output(self, out: Any) -> None:
+        """vLLM hands the workers' aggregated output here every step (``KVConnectorOutput``); kvstash reads
+        ``kv_connector_worker_meta`` (KvstashWorkerMetadata) for workers that cannot load."""
+        meta = getattr(out, "kv_connector_worker_meta", None)
+        reasons = getattr(meta, "disabled", None)
+        if reasons and not self.workers_disabled:
+            self.workers_disabled = "; ".join(sorted(set(reasons)))
+            self.counters["worker_disabled"] += 1
+            log.error("kvstash: the workers cannot load (%s); answering 0 hits from now on", self.workers_disabled)
+
+    def events_pending(self) -> bool:
+        return bool(self._runs) or self._confirm is not None
+
     def take_events(self) -> List[Any]:
-        """BlockStored events (vLLM's block hashes, medium per kvstash tier) for blocks saved in earlier
-        steps that the sidecar now holds. Runs not yet stored (the saver thread may lag behind the engine's steps)
-        are retried for CONFIRM_STEPS steps, then forgotten."""
-        ready = [r for r in self._runs if r.step < self._step]
-        if not ready or not self._available() or self._ns is None:
+        """BlockStored events (vLLM's block hashes, medium per kvstash tier) for blocks saved in earlier steps
+        that the sidecar now holds. Never waits: the LOOKUPs run on a background thread; this returns what it
+        confirmed since the last call and hands it the runs now due. Runs not yet stored (the saver thread may
+        lag behind the engine's steps) are retried for CONFIRM_STEPS steps, then forgotten."""
+        if not self.events:
             return []
-        self._runs = [r for r in self._runs if r.step >= self._step]
         out: List[Any] = []
-        deadline = time.monotonic() + self.s.lookup_timeout_ms / 1000.0
+        if self._confirm is not None and self._confirm.done():
+            try:
+                events, retry = self._confirm.result()
+            except Exception:  # a cache fault never breaks the engine
+                events, retry = [], []
+            out.extend(events)
+            self._runs = retry + self._runs
+            self._confirm = None
+        if self._confirm is None and self._ns is not None and self._available():
+            ready = [r for r in self._runs if r.step < self._step]
+            if ready:
+                self._runs = [r for r in self._runs if r.step >= self._step]
+                if self._events_pool is None:
+                    self._events_pool = ThreadPoolExecutor(1, thread_name_prefix="kvstash-events")
+                self._confirm = self._events_pool.submit(self._confirm_runs, ready, self._ns[0])
+        return out
+
+    def _ev_client(self) -> KvstashClient:
+        c = getattr(self._ev_local, "client", None)
+        if c is None:
+            c = self._ev_local.client = KvstashClient(self.s.endpoint, timeout_ms=self.s.lookup_timeout_ms,
+                                                      client_name="kvstash-vllm-events", **self.s.client_auth())
+        return c
+
+    def _confirm_runs(self, ready: List[_Run], ns: str) -> Tuple[List[Any], List[_Run]]:
+        """Events thread: look the runs up (own client), return (events, runs to retry)."""
+        out: List[Any] = []
+        retry: List[_Run] = []
+        c = self._ev_client()
+        deadline = time.monotonic() + max(self.s.lookup_timeout_ms, 1000.0) / 1000.0
         try:
             for r in ready:
                 left = max(0.0, (deadline - time.monotonic()) * 1000.0)
-                res = self.client.lookup(self._ns[0], r.keys, timeout_ms=left)
+                self.counters["event_lookups"] += 1
+                res = c.lookup(ns, r.keys, timeout_ms=left)
                 if res.hit:
-                    out.extend(self._events(r, res.hit, res.tiers, left))
+                    out.extend(self._events(c, ns, r, res.hit, res.tiers, left))
                 if res.hit < len(r.keys) and r.tries < CONFIRM_STEPS:
-                    self._runs.append(_Run(r.first + res.hit, r.keys[res.hit:], r.token_ids[res.hit * self.bs:],
-                                           r.vllm_hashes[res.hit:], r.vllm_hashes[res.hit - 1] if res.hit and res.hit <= len(r.vllm_hashes) else r.parent,
-                                           r.lora_name, r.step, r.tries + 1))
+                    retry.append(_Run(r.first + res.hit, r.keys[res.hit:], r.token_ids[res.hit * self.bs:],
+                                      r.vllm_hashes[res.hit:], r.vllm_hashes[res.hit - 1] if res.hit and res.hit <= len(r.vllm_hashes) else r.parent,
+                                      r.lora_name, r.step, r.tries + 1))
         except KvstashError as err:
             self._fail(err, "event confirmation")
-        return out
+        return out, retry
 
-    def _events(self, r: _Run, n: int, tiers: Dict[str, int], timeout_ms: float) -> List[Any]:
+    def _events(self, c: KvstashClient, ns: str, r: _Run, n: int, tiers: Dict[str, int], timeout_ms: float) -> List[Any]:
         n = min(n, len(r.vllm_hashes))  # without vLLM's hashes for a block there is nothing to announce
         if n <= 0:
             return []
@@ -304,7 +381,7 @@ class SchedulerSide:
         else:  # mixed tiers: ask per block (a one-key lookup names that block's fastest tier)
             media = []
             for k in r.keys[:n]:
-                t = self.client.lookup(self._ns[0], [k], timeout_ms=timeout_ms).tiers  # type: ignore[index]
+                t = c.lookup(ns, [k], timeout_ms=timeout_ms).tiers
                 media.append(tier_medium(next((x for x, c in t.items() if c), "dram")))
         out, i = [], 0
         while i < n:
@@ -321,6 +398,13 @@ class SchedulerSide:
         return out
 
     def close(self) -> None:
+        if self._events_pool is not None:
+            def close_ev() -> None:
+                c = getattr(self._ev_local, "client", None)
+                if c is not None:
+                    c.close()
+            self._events_pool.submit(close_ev)
+            self._events_pool.shutdown(wait=True)
         self.client.close()
 
 

@@ -35,13 +35,15 @@ def make_configs(spec: Dict[str, Any], extra: Dict[str, Any], rank: int = 0):
     heads = 1 if mla else spec["heads"]
     kv_role = spec.get("kv_role", "kv_both")
     ktc = SimpleNamespace(kv_connector="KvstashConnector", kv_connector_module_path="kvstash.vllm", kv_role=kv_role,
-                          kv_load_failure_policy="recompute", kv_connector_extra_config=dict(extra),
+                          kv_load_failure_policy=spec.get("failure_policy", "recompute"), kv_connector_extra_config=dict(extra),
                           is_kv_producer=kv_role in ("kv_producer", "kv_both"), is_kv_consumer=kv_role in ("kv_consumer", "kv_both"))
     model = SimpleNamespace(model=spec.get("model", "test/tiny-llama"), dtype=spec["dtype"], use_mla=mla,
                             hf_config=SimpleNamespace(num_hidden_layers=spec["layers"]),
                             get_num_kv_heads=lambda pc: heads, get_head_size=lambda: spec["head_size"])
+    # vllm/config/kv_events.py KVEventsConfig: the connector announces events only when they are on
+    kec = SimpleNamespace(enable_kv_cache_events=bool(spec.get("kv_events", False)), publisher="zmq")
     vllm_config = SimpleNamespace(
-        kv_transfer_config=ktc, model_config=model,
+        kv_transfer_config=ktc, model_config=model, kv_events_config=kec,
         cache_config=SimpleNamespace(block_size=spec["block_size"], cache_dtype="auto"),
         parallel_config=SimpleNamespace(tensor_parallel_size=spec.get("tp", 1), pipeline_parallel_size=1, rank=rank))
     cls = MLAAttentionSpec if mla else FullAttentionSpec

@@ -1,7 +1,14 @@
 """Worker process of the vLLM connector harness: holds real paged KV tensors (CPU torch) and drives the
-WORKER-role KvstashConnector exactly in vLLM's per-step order (docs/engine-interfaces.md §1.5):
-bind_connector_metadata → start_load_kv → per layer (wait_for_layer_load, write this step's KV,
-save_kv_layer) → wait_for_save → get_finished → get_block_ids_with_load_errors → clear_connector_metadata.
+WORKER-role KvstashConnector exactly in vLLM's per-step order (docs/engine-interfaces.md §1.5), in one of two
+lifecycles (scenario key ``lifecycle``):
+
+- ``old`` (vLLM base.py @ 13f4ad0, v1/worker/kv_connector_model_runner_mixin.py of that time):
+  bind_connector_metadata → start_load_kv → per layer (wait_for_layer_load, write this step's KV,
+  save_kv_layer) → wait_for_save → get_finished → get_block_ids_with_load_errors → clear_connector_metadata.
+- ``new`` (vLLM main: mixin ``pre_forward``/``post_forward`` with ``SchedulerOutput.has_sync_kv_loads``,
+  base.py @ 7ba3df63 ``get_transfer_results``): handle_preemptions(metadata) → bind → start_load_kv before
+  the forward pass only when the step has a synchronous load, else after it → wait_for_save →
+  get_transfer_results → get_block_ids_with_load_errors → build_connector_worker_meta → clear.
 
 A shadow copy of the cache tracks what every byte should be: the initial random garbage, the KV this
 worker computed, and — for loads the connector reported as successful — the true KV of those tokens. At
@@ -67,7 +74,10 @@ class Worker:
         for x in self.tshape:
             tb *= x
         self.truth = Truth(spec["layers"], tb, spec.get("rank", 0))
-        self.conn.register_kv_caches(dict(self.kv))
+        if spec.get("break_layout"):  # a layout the connector does not know: it must switch itself off, and say so
+            self.conn.register_kv_caches({n: v.flatten(-2) for n, v in self.kv.items()})
+        else:
+            self.conn.register_kv_caches(dict(self.kv))
         self.async_pending = {}  # req id -> (block ids, token ids, start, end)
         self.bad_loads = 0  # loads reported fine whose slots were wrong at wait_for_layer_load time
 
@@ -110,8 +120,13 @@ class Worker:
             if r.get("async_load"):
                 self.async_pending[r["id"]] = r
         t0 = time.monotonic()
+        new = self.spec.get("lifecycle") == "new"
+        has_sync = any(r.get("load") and not r.get("async_load") for r in reqs)
+        if new:
+            self.conn.handle_preemptions(md)
         self.conn.bind_connector_metadata(md)
-        self.conn.start_load_kv(None)
+        if not new or has_sync:
+            self.conn.start_load_kv(None)
         poisoned = set()
         for li, name in enumerate(self.order):
             self.conn.wait_for_layer_load(name)
@@ -125,9 +140,18 @@ class Worker:
                         b = bytes(x ^ 0xFF for x in b)
                     self._write(name, li, r["blocks"][t // bs], t % bs, b)
             self.conn.save_kv_layer(name, self.kv[name], None)
+        if new and not has_sync:  # post_forward: asynchronous loads start after the forward pass
+            self.conn.start_load_kv(None)
         self.conn.wait_for_save()
-        _sending, recving = self.conn.get_finished(set(msg.get("finished", ())))
+        failed_recving = set()
+        if new:
+            tr = self.conn.get_transfer_results(set(msg.get("finished", ())))
+            recving, failed_recving = set(tr.finished_recving), set(tr.failed_recving)
+            assert failed_recving <= recving, "a failed receive must also be reported finished"
+        else:
+            _sending, recving = self.conn.get_finished(set(msg.get("finished", ())))
         errors = set(self.conn.get_block_ids_with_load_errors())
+        wmeta = self.conn.build_connector_worker_meta() if new else None
         self.conn.clear_connector_metadata()
         elapsed = time.monotonic() - t0
         for r in reqs:
@@ -139,7 +163,8 @@ class Worker:
             r = self.async_pending.pop(rid, None)
             if r is not None:
                 self._accept_load(r, errors)
-        return {"finished_recving": sorted(recving or ()), "errors": sorted(errors), "poisoned": sorted(poisoned), "elapsed": elapsed}
+        return {"finished_recving": sorted(recving or ()), "errors": sorted(errors), "poisoned": sorted(poisoned), "elapsed": elapsed,
+                "failed_recving": sorted(failed_recving), "worker_meta": pickle.dumps(wmeta)}
 
     def check(self):
         bad = 0
