@@ -7,9 +7,10 @@
   vLLM's hashes are used only in the KV events this side announces, so routers can match them.
 - ``lookup`` asks the sidecar, within ``lookup_timeout_ms`` (default 50), how many leading blocks it holds in every
   tensor/pipeline-parallel rank's namespace and takes the minimum. Timeout or error → 0 tokens, and lookups
-  are skipped for ``retry_interval_ms`` (the sidecar being down costs one deadline, not one per request). Once
-  connected, a lookup with no connection to send on (the sidecar died: ZeroMQ saw its socket close) answers 0
-  at once, without waiting for the deadline: the worst case is one deadline, 50 ms at the defaults.
+  are skipped for ``retry_interval_ms`` (the sidecar being down costs one deadline, not one per request). A
+  lookup with no connection to send on (sidecar absent, or dead: ZeroMQ saw its socket close) answers 0 at
+  once, without waiting for the deadline: the worst case is one deadline, 50 ms at the defaults. The first
+  lookup on a live connection also registers the namespaces (HELLO), once, within max(lookup deadline, 1 s).
 - Leases: the lookup pins the blocks it promises (``lease`` = ``vllm:<request id>``, ``lease_ms`` =
   ``lease_window_ms``, renewed by a repeated lookup) so that eviction between ``get_num_new_matched_tokens``
   and the worker's load does not turn a hit into a load error; the worker releases the lease after its load.
@@ -159,7 +160,6 @@ class SchedulerSide:
         self._step = 0
         self.counters = {"lookups": 0, "lookup_failures": 0, "asked_tokens": 0, "hit_tokens": 0, "saved_blocks_planned": 0,
                          "worker_disabled": 0, "event_lookups": 0}
-        self._ever_connected = False
         self.workers_disabled: Optional[str] = None
         self._events_pool: Optional[ThreadPoolExecutor] = None
         self._confirm: Optional[Future] = None
@@ -179,12 +179,13 @@ class SchedulerSide:
         return time.monotonic() >= self._down_until
 
     def _lookup(self, keys: List[bytes], lease: Optional[str] = None) -> int:
-        if self._ever_connected and not self.client.connected():
-            raise E.KvstashError(E.UNAVAILABLE, f"no connection to {self.s.endpoint} (the sidecar went away)")
+        if not self.client.connected():  # nothing could be sent: do not wait for the deadline
+            raise E.KvstashError(E.UNAVAILABLE, f"no connection to {self.s.endpoint}")
+        if self._ns is None:  # once, while connected: the namespaces' HELLOs get their own (longer) deadline
+            hello = time.monotonic() + max(self.s.lookup_timeout_ms, 1000.0) / 1000.0
+            self._ns = [self.client.namespace(d, timeout_ms=max(0.0, (hello - time.monotonic()) * 1000.0)) for d in self.namespaces]
         deadline = time.monotonic() + self.s.lookup_timeout_ms / 1000.0
         left = lambda: max(0.0, (deadline - time.monotonic()) * 1000.0)  # noqa: E731
-        if self._ns is None:
-            self._ns = [self.client.namespace(d, timeout_ms=left()) for d in self.namespaces]
         lease_ms = self.s.lease_window_ms() if lease is not None else 0
         kw = {"lease": lease, "lease_ms": lease_ms} if lease is not None and lease_ms > 0 else {}
         hit = len(keys)
@@ -192,7 +193,6 @@ class SchedulerSide:
             hit = min(hit, self.client.lookup(ns, keys, timeout_ms=left(), **kw).hit)
             if hit == 0:
                 break
-        self._ever_connected = True
         return hit
 
     def _chain(self, request: Any) -> _Chain:
