@@ -48,7 +48,7 @@ function run(scenario: Record<string, unknown>, opts: HarnessOpts): Promise<Resu
   const extra = { lookup_timeout_ms: 3000, ...(scenario.extra as object | undefined) };
   proc.stdin.write(JSON.stringify({ layers: 4, block_size: BS, heads: 2, head_size: 32, num_blocks: 160, token_budget: 64, decode_steps: 2, dtype: 'bfloat16', ...scenario, extra }) + '\n');
   return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => { proc.kill('SIGKILL'); reject(new Error(`harness past its deadline\n${out}\n${err}`)); }, opts.deadlineMs ?? 60_000);
+    const timer = setTimeout(() => { proc.kill('SIGKILL'); reject(new Error(`harness past its deadline\n${out}\n${err}`)); }, opts.deadlineMs ?? 180_000);
     proc.stdout.on('data', (d) => {
       out += d;
       if (out.includes('"PAUSED"') && opts.onPaused) {
