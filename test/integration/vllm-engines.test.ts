@@ -124,3 +124,20 @@ test('vllm-engines - sidecar dies: every later lookup answers 0 within 50 ms at 
   t.true(Math.max(...after) <= 0.05, `slowest lookup after the death ${(Math.max(...after) * 1000).toFixed(1)} ms`);
   for (const r of Object.values(b.results).filter((x) => (x.lookup_step ?? 0) > 1)) t.is(r.ext_tokens, 0);
 });
+
+test('vllm-engines - layouts of every backend: CPU (heads before slots) and per-token-head-scale (padded head dim) round trips', async (t) => {
+  const sc = await startSidecar();
+  t.teardown(() => sc.stop());
+  const A = [tokens(101, 70), tokens(102, 50)];
+  for (const [w, r] of [['cpu', 'blocks_first'], ['pad', 'pad']] as const) {
+    const base = { endpoint: sc.endpoint, model: `layouts/${w}` };
+    const a = await runHarness({ ...base, layout: w, seed: 1, prompts: A });
+    assertClean(t, a);
+    t.true(a.counters.saved_blocks! >= 7, `${w}: saved ${a.counters.saved_blocks}`);
+    const b = await runHarness({ ...base, layout: r, seed: 2, prompts: A });
+    assertClean(t, b);
+    t.is(b.results['req-0']!.ext_tokens, 64, `${w} → ${r}`);
+    t.is(b.results['req-1']!.ext_tokens, 48);
+    t.is(b.counters.loaded_blocks, 7);
+  }
+});

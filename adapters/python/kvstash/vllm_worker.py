@@ -28,6 +28,7 @@ Saving (``save_kv_layer`` per layer → ``wait_for_save``):
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -127,6 +128,13 @@ class WorkerSide:
             self.disabled = str(err)
             log.error("kvstash connector disabled on this worker (loads fail over to recompute, nothing is saved): %s", err)
             return
+        dims = {lay.dim for lay in layouts.values()}
+        if len(dims) > 1:
+            self.disabled = f"layers disagree on the padded head dim ({sorted(dims)})"
+            log.error("kvstash connector disabled on this worker (loads fail over to recompute, nothing is saved): %s", self.disabled)
+            return
+        if dims != {0}:  # per-token-head-scale cache: the stored block holds the whole padded row
+            self.spec = dataclasses.replace(self.spec, head_size=dims.pop())
         self.layers, self.layouts = layers, layouts
         self.index = {n: i for i, n in enumerate(layers)}
         self.kv = {n: kv_caches[n] for n in layers}

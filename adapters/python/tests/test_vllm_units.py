@@ -48,6 +48,15 @@ class Layout(unittest.TestCase):
         mla = LayoutSpec("bfloat16", 16, 4, 1, 8, True)
         self.assertEqual(detect_layout((10, 16, 8), strides((10, 16, 8)), mla, 10).kind, "mla")
 
+    def test_backend_shapes(self):
+        cpu = detect_layout((2, 10, 2, 16, 8), strides((2, 10, 2, 16, 8)), self.spec, 10)
+        self.assertEqual((cpu.kind, cpu.heads_first, cpu.dim), ("kv_first", True, 0))
+        pad = detect_layout((10, 2, 16, 2, 12), strides((10, 2, 16, 2, 12)), self.spec, 10)
+        self.assertEqual((pad.kind, pad.heads_first, pad.dim), ("blocks_first", False, 12))
+        for shape in ((2, 10, 16 * 2 * 8), (10, 2, 16, 2, 4), (10, 2, 16, 2, 17)):  # flat paged, narrower, too wide
+            with self.assertRaises(LayoutError):
+                detect_layout(shape, strides(shape), self.spec, 10)
+
     def test_layer_order_is_natural(self):
         self.assertEqual(ordered_layers(["l.10.attn", "l.2.attn", "l.1.attn"]), ["l.1.attn", "l.2.attn", "l.10.attn"])
 

@@ -37,7 +37,10 @@ DT = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.flo
 def alloc(spec, gen):
     """Per-layer KV tensor in the requested layout, plus its physical (contiguous) storage tensor."""
     nb, bs, h, d, kind = spec["num_blocks"], spec["block_size"], spec["heads"], spec["head_size"], spec["layout"]
-    shape = {"kv_first": (2, nb, bs, h, d), "blocks_first": (nb, 2, bs, h, d), "hnd": (nb, 2, h, bs, d), "mla": (nb, bs, d)}[kind]
+    pad = spec.get("pad", 8)
+    # cpu: vLLM's CPU attention backend shape (heads before slots); pad: per-token-head-scale cache (head_size + pad)
+    shape = {"kv_first": (2, nb, bs, h, d), "blocks_first": (nb, 2, bs, h, d), "hnd": (nb, 2, h, bs, d), "mla": (nb, bs, d),
+             "cpu": (2, nb, h, bs, d), "pad": (nb, 2, bs, h, d + pad)}[kind]
     n = 1
     for x in shape:
         n *= x
@@ -48,6 +51,8 @@ def alloc(spec, gen):
 def slot(kv, kind, block, s):
     if kind == "kv_first":
         return kv[:, block, s]
+    if kind == "cpu":
+        return kv[:, block, :, s]
     if kind == "mla":
         return kv[block, s]
     return kv[block, :, s]
@@ -69,7 +74,8 @@ class Worker:
             self.shadow_phys[n] = sp
             self.shadow[n] = sp.permute(0, 1, 3, 2, 4) if self.kind == "hnd" else sp
         self.dtype = DT[spec["dtype"]]
-        self.tshape = (spec["head_size"],) if self.kind == "mla" else (2, spec["heads"], spec["head_size"])
+        d = spec["head_size"] + (spec.get("pad", 8) if self.kind == "pad" else 0)  # the model writes the whole padded row
+        self.tshape = (spec["head_size"],) if self.kind == "mla" else (2, spec["heads"], d)
         tb = ITEMSIZE[spec["dtype"]]
         for x in self.tshape:
             tb *= x
