@@ -4,11 +4,13 @@
  * dead sidecar at the default lookup deadline. Every case runs the emulated engine of
  * test/integration/py/vllm_harness.py against a real sidecar.
  */
+import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import path from 'node:path';
 import test from 'ava';
 import { blockHashes } from '../../connector/keys.js';
-import { killAndWait, NS, spawnSidecar, startSidecar, tempDir, uniqueIpc } from '../helpers/sidecar.js';
-import { assertClean, BS, expectedHit, runHarness, runHarnessFailing, tokens } from '../helpers/vllm-harness.js';
+import { killAndWait, NS, repoRoot, spawnSidecar, startSidecar, tempDir, uniqueIpc } from '../helpers/sidecar.js';
+import { assertClean, BS, expectedHit, py, runHarness, runHarnessFailing, tokens } from '../helpers/vllm-harness.js';
 
 test('vllm-engines - kv_load_failure_policy "fail" is refused with one line naming the setting, unless allowed', async (t) => {
   const sc = await startSidecar();
@@ -140,4 +142,12 @@ test('vllm-engines - layouts of every backend: CPU (heads before slots) and per-
     t.is(b.results['req-1']!.ext_tokens, 48);
     t.is(b.counters.loaded_blocks, 7);
   }
+});
+
+test('vllm-engines - support matrix: the connector matches every recorded vLLM base class (test/fixtures/vllm-base)', (t) => {
+  const r = spawnSync(py, [path.join(repoRoot, 'adapters', 'python', 'tests', 'test_vllm_support_matrix.py')], {
+    cwd: repoRoot, env: { ...process.env, PYTHONPATH: path.join(repoRoot, 'adapters', 'python') }, encoding: 'utf8', timeout: 60_000,
+  });
+  t.is(r.status, 0, `${r.stdout}\n${r.stderr}`);
+  t.regex(r.stderr, /Ran 2 tests/);
 });
