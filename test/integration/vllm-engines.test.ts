@@ -151,3 +151,26 @@ test('vllm-engines - support matrix: the connector matches every recorded vLLM b
   t.is(r.status, 0, `${r.stdout}\n${r.stderr}`);
   t.regex(r.stderr, /Ran 2 tests/);
 });
+
+test('vllm-engines - prefill/decode through the shared store: a kv_producer engine saves, a kv_consumer engine loads', async (t) => {
+  const sc = await startSidecar();
+  t.teardown(() => sc.stop());
+  const prompts = [tokens(111, 90), [...tokens(111, 40), ...tokens(112, 45)], tokens(113, 33)];
+  const base = { endpoint: sc.endpoint, decode_steps: 1 };
+  // both engines at once, on one sidecar: the consumer's requests are the producer's, its lookups run while the
+  // producer is still saving, so it asks again for the ones not there yet (a second consumer pass below)
+  const [p, early] = await Promise.all([
+    // a prefill-only engine never loads: vLLM's default kv_load_failure_policy "fail" is fine there
+    runHarness({ ...base, layout: 'blocks_first', seed: 1, prompts, kv_role: 'kv_producer', failure_policy: 'fail' }),
+    runHarness({ ...base, layout: 'hnd', seed: 2, prompts: [tokens(114, 40)], kv_role: 'kv_consumer' }),
+  ]);
+  assertClean(t, p);
+  assertClean(t, early);
+  t.true(Object.values(p.results).every((r) => r.ext_tokens === 0), 'the producer never loads');
+  t.is(p.counters.saved_blocks, 5 + 2 + 5 - 2, 'prefill blocks saved (the shared 2 blocks once), nothing generated past the prompt');
+  const d = await runHarness({ ...base, layout: 'hnd', seed: 3, prompts, kv_role: 'kv_consumer' });
+  assertClean(t, d);
+  prompts.forEach((q, j) => t.is(d.results[`req-${j}`]!.ext_tokens, expectedHit(q, prompts), `consumer prompt ${j}`));
+  t.is(d.counters.saved_blocks ?? 0, 0, 'the consumer never saves');
+  t.is(d.counters.loaded_blocks, 5 + 5 + 2);
+});

@@ -97,9 +97,10 @@ class KvstashConnector(KVConnectorBase_V1, SupportsHMA):
                              "run vLLM with --disable-hybrid-kv-cache-manager")
         ktc = vllm_config.kv_transfer_config
         self._settings = ConnectorSettings.from_extra(extra_config(vllm_config))
-        self._failure_policy = check_failure_policy(vllm_config, self._settings)
         self._spec = layout_spec(vllm_config, kv_cache_config)
         kv_role = str(getattr(ktc, "kv_role", None) or "kv_both")
+        # a pure producer never loads: the failure policy cannot fail any of its requests
+        self._failure_policy = check_failure_policy(vllm_config, self._settings) if kv_role != "kv_producer" else None
         self._kv_role = kv_role
         r = parallel_ranks(vllm_config)
         self._scheduler: Optional[SchedulerSide] = None
