@@ -174,3 +174,28 @@ test('vllm-engines - prefill/decode through the shared store: a kv_producer engi
   t.is(d.counters.saved_blocks ?? 0, 0, 'the consumer never saves');
   t.is(d.counters.loaded_blocks, 5 + 5 + 2);
 });
+
+test('vllm-engines - hybrid KV-cache manager: full-attention and sliding-window groups with per-group block ids', async (t) => {
+  const sc = await startSidecar();
+  t.teardown(() => sc.stop());
+  const groups = [{ layers: [0, 2] }, { layers: [1, 3], window: 24 }];
+  const A = [tokens(121, 100), [...tokens(121, 50), ...tokens(122, 40)]];
+  const base = { endpoint: sc.endpoint, layout: 'blocks_first', groups, token_budget: 128 };
+  const a = await runHarness({ ...base, seed: 1, prompts: A });
+  assertClean(t, a);
+  t.is(a.counters.saved_blocks, 2 * (6 + 5 - 3), 'every full block once per group (each group its own namespace)');
+  for (const async of [false, true]) {
+    const b = await runHarness({ ...base, seed: async ? 3 : 2, prompts: A, extra: { load_kv_async: async } });
+    assertClean(t, b); // bit-exact, and every token a sliding-window layer attends to was loaded before its attention
+    t.is(b.results['req-0']!.ext_tokens, 96);
+    t.is(b.results['req-0']!.load_errors, 0);
+    // full group: 6 blocks; window 24 tokens → ceil(23/16) + 1 = 3 blocks before the hit end
+    t.true(b.counters.loaded_blocks! <= 6 + 3 + 5 + 3, `${b.counters.loaded_blocks} blocks loaded`);
+    t.true(b.counters.loaded_blocks! >= 6 + 3, `${b.counters.loaded_blocks} blocks loaded`);
+  }
+  // a sliding-window block missing inside the window shrinks nothing silently: it is a miss for the lookup
+  const P = A[0]!;
+  const d = await runHarness({ ...base, seed: 4, prompts: [P], delete_at_start: { rank: 1 /* group 1, rank 0 */, keys: [blockHashes(P, BS)[5]!.toString('hex')] } });
+  assertClean(t, d);
+  t.is(d.results['req-0']!.ext_tokens, 80, 'the sliding-window group lacks block 5: the hit stops before it');
+});

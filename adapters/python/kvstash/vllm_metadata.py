@@ -2,7 +2,7 @@
 
 It travels inside ``SchedulerOutput.kv_connector_metadata`` and is pickled (msgspec/pickle) between
 processes, so it holds only plain data: request ids, 32-byte keys (kvstash canonical block hashes, chain
-order) and vLLM block ids (KV-cache group 0).
+order) and vLLM block ids (of the spec's KV-cache group).
 """
 from __future__ import annotations
 
@@ -22,6 +22,8 @@ class LoadSpec:
     is_async: bool = False
     #: lease tag the scheduler's lookup pinned these blocks under; the worker releases it after loading
     lease: Optional[str] = None
+    #: KV-cache group (vLLM's hybrid KV-cache manager): the block ids are that group's
+    group: int = 0
 
 
 @dataclass
@@ -31,6 +33,7 @@ class SaveSpec:
     req_id: str
     keys: List[bytes]
     block_ids: List[int]
+    group: int = 0
 
 
 @dataclass

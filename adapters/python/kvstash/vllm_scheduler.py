@@ -56,6 +56,19 @@ def request_tokens(request: Any) -> List[int]:
     return list(toks)
 
 
+NULL_BLOCK = 0  # vLLM's BlockPool reserves block 0 as null_block (sliding-window positions outside the window)
+
+
+def group_ids(block_ids: Any, n: int) -> List[List[int]]:
+    """Block ids per KV-cache group (vLLM: a tuple of lists, one per group; older: one list)."""
+    if block_ids is None:
+        return [[] for _ in range(n)]
+    if isinstance(block_ids, (tuple, list)) and block_ids and isinstance(block_ids[0], (list, tuple)):
+        out = [list(x) for x in block_ids][:n]
+        return out + [[] for _ in range(n - len(out))]
+    return [list(block_ids)] + [[] for _ in range(n - 1)]
+
+
 def group0(block_ids: Any) -> List[int]:
     """vLLM passes block ids as a tuple of lists (one per KV-cache group) or, in older versions, one list."""
     if block_ids is None:
@@ -105,7 +118,7 @@ CONFIRM_STEPS = 20
 @dataclass
 class _Tracked:
     request: Any
-    block_ids: List[int] = field(default_factory=list)
+    block_ids: List[List[int]] = field(default_factory=list)  #: per KV-cache group
     saved_upto: int = 0
 
 
@@ -141,9 +154,12 @@ def lease_tag(req_id: str) -> str:
 
 class SchedulerSide:
     def __init__(self, settings: Any, block_size: int, namespaces: List[Dict[str, Any]], can_load: bool, can_save: bool,
-                 events: bool = True) -> None:
+                 events: bool = True, windows: Optional[List[Optional[int]]] = None) -> None:
+        """``namespaces``: every (KV-cache group, rank) namespace, group 0's ranks first; ``windows``: per group,
+        None for full attention or the blocks a sliding-window group needs before the hit end."""
         self.s = settings
         self.events = events
+        self.windows: List[Optional[int]] = list(windows or [None])
         self.bs = block_size
         self.namespaces = namespaces
         self.can_load, self.can_save = can_load, can_save
@@ -238,11 +254,16 @@ class SchedulerSide:
         k = min(hit, max(0, num_external_tokens) // self.bs)
         if k <= 0:
             return
-        ids = group0(blocks.get_block_ids() if hasattr(blocks, "get_block_ids") else blocks)[start : start + k]
-        k = len(ids)
+        gids = group_ids(blocks.get_block_ids() if hasattr(blocks, "get_block_ids") else blocks, len(self.windows))
+        k = len(gids[0][start : start + k])
         keys = self._chain(request).upto(request_tokens(request), start + k)[start:]
-        self._loads.append(LoadSpec(rid, keys, ids, bool(self.s.load_kv_async),
-                                    lease_tag(rid) if self.s.lease_window_ms() > 0 else None))
+        lease = lease_tag(rid) if self.s.lease_window_ms() > 0 else None
+        for g, window in enumerate(self.windows):
+            pairs = list(zip(keys, gids[g][start : start + k]))
+            if window is not None:  # a sliding-window group only needs the blocks inside its window
+                pairs = [(key, b) for key, b in pairs[-window:] if b != NULL_BLOCK]
+            if pairs:
+                self._loads.append(LoadSpec(rid, [x for x, _ in pairs], [b for _, b in pairs], bool(self.s.load_kv_async), lease, g))
         tr.saved_upto = max(tr.saved_upto, start + k)
 
     def build_connector_meta(self, so: Any) -> KvstashConnectorMetadata:
@@ -256,16 +277,17 @@ class SchedulerSide:
         for nr in getattr(so, "scheduled_new_reqs", None) or []:
             tr = self._tracked.get(nr.req_id)
             if tr is not None:
-                tr.block_ids = group0(nr.block_ids)
+                tr.block_ids = group_ids(nr.block_ids, len(self.windows))
                 self._plan_save(md, tr, int(nr.num_computed_tokens) + int(nst.get(nr.req_id, 0)))
         for rid, new_ids, computed, resumed in _cached_reqs(getattr(so, "scheduled_cached_reqs", None)):
             tr = self._tracked.get(rid)
             if tr is None:
                 continue
             if resumed:
-                tr.block_ids = group0(new_ids)
+                tr.block_ids = group_ids(new_ids, len(self.windows))
             elif new_ids is not None:
-                tr.block_ids.extend(group0(new_ids))
+                for g, more in enumerate(group_ids(new_ids, len(self.windows))):
+                    tr.block_ids[g].extend(more)
             self._plan_save(md, tr, int(computed) + int(nst.get(rid, 0)))
         md.preempted_req_ids = sorted(getattr(so, "preempted_req_ids", None) or [])
         return md
@@ -282,12 +304,15 @@ class SchedulerSide:
         pub = getattr(req, "num_publishable_block_hashes", None)
         if isinstance(pub, int):
             limit = min(limit, pub)
-        limit = min(limit, len(tr.block_ids))
+        limit = min(limit, len(tr.block_ids[0]) if tr.block_ids else 0)
         first = tr.saved_upto
         if limit <= first:
             return
         keys = chain.upto(tokens, limit)[first:limit]
-        md.saves.append(SaveSpec(req.request_id, keys, tr.block_ids[first:limit]))
+        for g, window in enumerate(self.windows):
+            pairs = [(key, b) for key, b in zip(keys, tr.block_ids[g][first:limit]) if window is None or b != NULL_BLOCK]
+            if pairs:
+                md.saves.append(SaveSpec(req.request_id, [x for x, _ in pairs], [b for _, b in pairs], g))
         self.counters["saved_blocks_planned"] += limit - first
         tr.saved_upto = limit
         if not self.events:

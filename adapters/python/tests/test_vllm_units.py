@@ -105,9 +105,16 @@ class SchedulerPlan(unittest.TestCase):
         self.assertEqual(c.build_connector_meta(output([NewRequestData("k", r.prompt_token_ids, (list(range(6)),), 0)], nst={"k": 22})).saves, [])
         c.shutdown()
 
-    def test_refuses_several_kv_cache_groups(self):
+    def test_several_kv_cache_groups_and_refused_mamba(self):
         vc, kcc = make_configs(SPEC, NOWHERE)
-        kcc.kv_cache_groups = kcc.kv_cache_groups * 2
+        g = kcc.kv_cache_groups[0]
+        sw = SimpleNamespace(layer_names=["model.layers.1.attn"], kv_cache_spec=SimpleNamespace(**{**vars(g.kv_cache_spec), "sliding_window": 8}))
+        kcc.kv_cache_groups = [SimpleNamespace(layer_names=["model.layers.0.attn"], kv_cache_spec=g.kv_cache_spec), sw]
+        c = KvstashConnector(vc, KVConnectorRole.SCHEDULER, kcc)
+        self.assertEqual(c._scheduler.windows, [None, 3])  # ceil((8 - 1) / 4) + 1 blocks
+        self.assertEqual(len({d["layout"] for d in c._scheduler.namespaces}), 2)
+        c.shutdown()
+        kcc.kv_cache_groups = [kcc.kv_cache_groups[0], SimpleNamespace(layer_names=["m.1.mixer"], kv_cache_spec=SimpleNamespace(shapes=((4, 8),), block_size=4))]
         with self.assertRaisesRegex(ValueError, "disable-hybrid-kv-cache-manager"):
             KvstashConnector(vc, KVConnectorRole.SCHEDULER, kcc)
 

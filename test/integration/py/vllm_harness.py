@@ -34,7 +34,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 from vllm_harness_common import (  # noqa: E402
-    CachedRequestData, KVCacheBlocks, NewRequestData, Request, make_configs, next_token, recv, send, vllm_block_hashes)
+    CachedRequestData, KVCacheBlocks, NewRequestData, Request, make_configs, next_token, per_group, recv, send, vllm_block_hashes)
 
 from kvstash.vllm import KvstashConnector  # noqa: E402
 from kvstash.vllm_compat import KVConnectorRole  # noqa: E402
@@ -49,7 +49,7 @@ class Engine:
         self.sc, self.bs = sc, sc["block_size"]
         vc, kcc = make_configs(sc, sc["extra"])
         self.conn = KvstashConnector(vc, KVConnectorRole.SCHEDULER, kcc)
-        self.free = list(range(sc["num_blocks"]))
+        self.free = list(range(1 if sc.get("groups") else 0, sc["num_blocks"]))  # hybrid: block 0 is vLLM's null block
         random.Random(sc["seed"]).shuffle(self.free)
         self.local = {}  # vLLM block hash -> block id (local prefix cache)
         self.workers = []  # one process per tensor-parallel rank, as in vLLM
@@ -136,7 +136,7 @@ class Engine:
                 cached.req_ids.append(r.request_id)
                 cached.resumed_from_preemption.append(False)
                 cached.new_token_ids.append([])
-                cached.new_block_ids.append((extra_ids,) if extra_ids else None)
+                cached.new_block_ids.append(per_group(extra_ids, sc) if extra_ids else None)
                 cached.num_computed_tokens.append(r.num_computed_tokens)
                 nst[r.request_id] = n
                 budget -= n
@@ -158,7 +158,7 @@ class Engine:
                     res = self.results[r.request_id]
                     res.update(ext_tokens=ext, local_tokens=r.local, lookup_step=steps, **{"async": is_async})
                     r.blocks = local + self.alloc(-(-len(r.prompt_token_ids) // bs) - len(local))
-                    conn.update_state_after_alloc(r, KVCacheBlocks(r.blocks), ext)
+                    conn.update_state_after_alloc(r, KVCacheBlocks(r.blocks, sc), ext)
                     if is_async:
                         waiting.popleft()
                         r.state, r.num_computed_tokens = "remote", r.local
@@ -170,10 +170,10 @@ class Engine:
                     if ext:
                         load = (r.local, r.local + ext)
                 elif r.state == "resumed":  # asynchronous load finished: scheduled again, no new lookup
-                    conn.update_state_after_alloc(r, KVCacheBlocks(r.blocks), 0)
+                    conn.update_state_after_alloc(r, KVCacheBlocks(r.blocks, sc), 0)
                 waiting.popleft()
                 n = min(len(r.prompt_token_ids) - r.num_computed_tokens, budget)
-                new.append(NewRequestData(r.request_id, r.prompt_token_ids, (list(r.blocks),), r.num_computed_tokens))
+                new.append(NewRequestData(r.request_id, r.prompt_token_ids, per_group(r.blocks, sc), r.num_computed_tokens))
                 nst[r.request_id] = n
                 budget -= n
                 r.state = "running"
@@ -196,7 +196,7 @@ class Engine:
                     sys.stdin.readline()
             rep = self.call({"op": "step", "metadata": wire, "reqs": plan})
             self.max_step_s = max(self.max_step_s, rep["elapsed"])
-            errors = set(rep["errors"])
+            errors = {e % sc["num_blocks"] for e in rep["errors"]}  # any group's id of a position → that position's id
             for r in running:
                 n = nst.get(r.request_id, 0)
                 r.num_computed_tokens += n

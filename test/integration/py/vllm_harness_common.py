@@ -29,6 +29,10 @@ class FullAttentionSpec(SimpleNamespace):
     pass
 
 
+class SlidingWindowSpec(SimpleNamespace):
+    pass
+
+
 def make_configs(spec: Dict[str, Any], extra: Dict[str, Any], rank: int = 0):
     """(vllm_config, kv_cache_config) like vLLM's, for a tiny model described by ``spec``."""
     mla = spec["layout"] == "mla"
@@ -48,9 +52,25 @@ def make_configs(spec: Dict[str, Any], extra: Dict[str, Any], rank: int = 0):
         parallel_config=SimpleNamespace(tensor_parallel_size=spec.get("tp", 1), pipeline_parallel_size=1, rank=rank))
     cls = MLAAttentionSpec if mla else FullAttentionSpec
     kspec = cls(block_size=spec["block_size"], num_kv_heads=heads, head_size=spec["head_size"], dtype=spec["dtype"])
-    kv_cache_config = SimpleNamespace(num_blocks=spec["num_blocks"],
-                                      kv_cache_groups=[SimpleNamespace(layer_names=layer_names(spec["layers"]), kv_cache_spec=kspec)])
+    groups = [SimpleNamespace(layer_names=layer_names(spec["layers"]), kv_cache_spec=kspec)]
+    if spec.get("groups"):  # vLLM's hybrid KV-cache manager: one spec per group (SlidingWindowSpec has sliding_window)
+        names = layer_names(spec["layers"])
+        groups = [SimpleNamespace(layer_names=[n for n in names if int(n.split(".")[2]) in g["layers"]],
+                                  kv_cache_spec=(SlidingWindowSpec if g.get("window") else cls)(
+                                      block_size=spec["block_size"], num_kv_heads=heads, head_size=spec["head_size"], dtype=spec["dtype"],
+                                      **({"sliding_window": g["window"]} if g.get("window") else {})))
+                  for g in spec["groups"]]
+    kv_cache_config = SimpleNamespace(num_blocks=pool_blocks(spec), kv_cache_groups=groups)
     return vllm_config, kv_cache_config
+
+
+def pool_blocks(spec: Dict[str, Any]) -> int:
+    """Blocks of the (shared) pool: with KV-cache groups each group's id of position i is id + group × num_blocks."""
+    return spec["num_blocks"] * len(spec.get("groups") or [None])
+
+
+def group_block(spec: Dict[str, Any], block: int, group: int) -> int:
+    return block + group * spec["num_blocks"]
 
 
 # ---- vLLM's own block hashes (sha256_cbor, PYTHONHASHSEED=0), for requests' block_hashes and events ----------
@@ -94,11 +114,18 @@ class Request:
 
 
 class KVCacheBlocks:
-    def __init__(self, ids: List[int]) -> None:
+    def __init__(self, ids: List[int], spec: Optional[Dict[str, Any]] = None) -> None:
         self._ids = list(ids)
+        self._spec = spec
 
     def get_block_ids(self):
-        return (list(self._ids),)
+        return per_group(self._ids, self._spec)
+
+
+def per_group(ids: List[int], spec: Optional[Dict[str, Any]]) -> tuple:
+    """Block ids as vLLM hands them over: one list per KV-cache group."""
+    n = len((spec or {}).get("groups") or [None])
+    return tuple([group_block(spec, b, g) for b in ids] if g else list(ids) for g in range(n))
 
 
 @dataclass

@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
 
-from vllm_harness_common import ITEMSIZE, Truth, layer_names, make_configs, recv, send  # noqa: E402
+from vllm_harness_common import ITEMSIZE, Truth, group_block, layer_names, make_configs, pool_blocks, recv, send  # noqa: E402
 
 from kvstash.vllm import KvstashConnector  # noqa: E402
 from kvstash.vllm_compat import KVConnectorRole  # noqa: E402
@@ -36,7 +36,7 @@ DT = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.flo
 
 def alloc(spec, gen):
     """Per-layer KV tensor in the requested layout, plus its physical (contiguous) storage tensor."""
-    nb, bs, h, d, kind = spec["num_blocks"], spec["block_size"], spec["heads"], spec["head_size"], spec["layout"]
+    nb, bs, h, d, kind = pool_blocks(spec), spec["block_size"], spec["heads"], spec["head_size"], spec["layout"]
     pad = spec.get("pad", 8)
     # cpu: vLLM's CPU attention backend shape (heads before slots); pad: per-token-head-scale cache (head_size + pad)
     shape = {"kv_first": (2, nb, bs, h, d), "blocks_first": (nb, 2, bs, h, d), "hnd": (nb, 2, h, bs, d), "mla": (nb, bs, d),
@@ -85,6 +85,12 @@ class Worker:
         else:
             self.conn.register_kv_caches(dict(self.kv))
         self.async_pending = {}  # req id -> (block ids, token ids, start, end)
+        # KV-cache groups (scenario "groups"): layer -> group, and the sliding window (tokens) of its group
+        self.group_of, self.window_of = {}, {}
+        for g, grp in enumerate(spec.get("groups") or []):
+            for n in self.names:
+                if int(n.split(".")[2]) in grp["layers"]:
+                    self.group_of[n], self.window_of[n] = g, grp.get("window")
         self.bad_loads = 0  # loads reported fine whose slots were wrong at wait_for_layer_load time
 
     def _val(self, b):
@@ -95,10 +101,21 @@ class Worker:
         slot(self.kv[name], self.kind, block, s).copy_(v)
         slot(self.shadow[name], self.kind, block, s).copy_(v)
 
+    def gb(self, name, block):
+        """The id of position `block` (group 0's id) in the layer's KV-cache group."""
+        return group_block(self.spec, block, self.group_of.get(name, 0))
+
+    def _needed(self, name, t, end):
+        """Does attention at the first computed position `end` read token t of this layer? (sliding window)"""
+        w = self.window_of.get(name)
+        return w is None or t >= end - w + 1
+
     def _loaded_ok(self, name, li, r, hashes):
         bs = self.spec["block_size"]
         for t in range(r["load"][0], r["load"][1]):
-            got = slot(self.kv[name], self.kind, r["blocks"][t // bs], t % bs).contiguous().view(-1).view(torch.uint8)
+            if not self._needed(name, t, r["load"][1]):
+                continue
+            got = slot(self.kv[name], self.kind, self.gb(name, r["blocks"][t // bs]), t % bs).contiguous().view(-1).view(torch.uint8)
             if bytes(got.numpy()) != self.truth.layer(hashes[t], li):
                 return False
         return True
@@ -108,12 +125,13 @@ class Worker:
         bs = self.spec["block_size"]
         hashes = self.truth.prefix_hashes(r["tokens"])
         for t in range(r["load"][0], r["load"][1]):
-            block = r["blocks"][t // bs]
             for li, name in enumerate(self.order):
+                block = self.gb(name, r["blocks"][t // bs])
+                true = self._val(self.truth.layer(hashes[t], li))
                 if block in failed:
                     slot(self.shadow[name], self.kind, block, t % bs).copy_(slot(self.kv[name], self.kind, block, t % bs))
-                else:
-                    slot(self.shadow[name], self.kind, block, t % bs).copy_(self._val(self.truth.layer(hashes[t], li)))
+                elif self._needed(name, t, r["load"][1]) or bytes(slot(self.kv[name], self.kind, block, t % bs).contiguous().view(-1).view(torch.uint8).numpy()) == self.truth.layer(hashes[t], li):
+                    slot(self.shadow[name], self.kind, block, t % bs).copy_(true)  # outside the window: only if loaded
 
     def step(self, msg):
         import pickle
@@ -144,7 +162,7 @@ class Worker:
                     b = self.truth.layer(hashes[r["id"]][t], li)
                     if r["id"] in poisoned:
                         b = bytes(x ^ 0xFF for x in b)
-                    self._write(name, li, r["blocks"][t // bs], t % bs, b)
+                    self._write(name, li, self.gb(name, r["blocks"][t // bs]), t % bs, b)
             self.conn.save_kv_layer(name, self.kv[name], None)
         if new and not has_sync:  # post_forward: asynchronous loads start after the forward pass
             self.conn.start_load_kv(None)
