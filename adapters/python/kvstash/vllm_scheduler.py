@@ -283,7 +283,7 @@ class SchedulerSide:
             tr = self._tracked.get(rid)
             if tr is None:
                 continue
-            if resumed:
+            if resumed or not tr.block_ids:
                 tr.block_ids = group_ids(new_ids, len(self.windows))
             elif new_ids is not None:
                 for g, more in enumerate(group_ids(new_ids, len(self.windows))):
