@@ -28,6 +28,7 @@ import { buildTierStack } from './stack.js';
 import { ArenaStore } from './storage/arena.js';
 import { defaultRegistry, type DriverRegistry } from './storage/registry.js';
 import type { TierStack } from './tiers.js';
+import { LeaseBook } from './leases.js';
 
 export const SERVER_VERSION = 'kvstash/0.1.0';
 /** Namespaces one sidecar registers at most (each HELLO of a new descriptor adds one; they are persisted). */
@@ -101,6 +102,8 @@ export class Sidecar {
   private boundEndpoints: string[] = [];
   private readonly startedAt = Date.now();
   private stopped = false;
+  /** Short pins an engine's LOOKUP takes on the blocks it promised (leases.ts). */
+  readonly leases: LeaseBook;
 
   constructor(readonly config: Config, readonly registry: DriverRegistry = defaultRegistry()) {
     this.tiers = buildTierStack(config, registry);
@@ -109,6 +112,7 @@ export class Sidecar {
       dram.tenantOf = (ns) => this.namespaces.get(ns)?.tenant ?? 'default';
       this.arena = new ArenaOps(dram, this.tiers);
     }
+    this.leases = new LeaseBook(this.tiers);
     this.limits = {
       maxMessageBytes: config.maxMessageBytes, maxBlockBytes: config.maxBlockBytes,
       maxInflightBytes: config.maxInflightBytes, maxKeysPerRequest: config.maxKeysPerRequest,
@@ -177,6 +181,7 @@ export class Sidecar {
     for (const ep of this.boundEndpoints) {
       while (Date.now() < until && (await probeEndpoint(ep, 200)) === 'live') await new Promise((r) => setTimeout(r, 10));
     }
+    this.leases.close();
     await this.tiers.close();
   }
 
@@ -309,7 +314,10 @@ export class Sidecar {
       case 'LOOKUP': {
         this.nsOf(peer, req.op, req.ns);
         const r = this.tiers.lookupRaw(req.ns, req.keys, req.prefetch === true);
-        const reply = (x: typeof r) => encodeReply({ id: req.id, hit: x.hit, tiers: x.tiers, load_ms: x.loadMs, depth: x.depth });
+        const reply = (x: typeof r) => {
+          if (req.lease !== undefined) this.leases.apply(req.ns, req.lease, storageKeys(req.ns, req.keys.subarray(0, x.hit * KEY_BYTES)), req.lease_ms ?? 0);
+          return encodeReply({ id: req.id, hit: x.hit, tiers: x.tiers, load_ms: x.loadMs, depth: x.depth });
+        };
         // A miss with a shared tier (nfs, s3): ask it about blocks other hosts wrote (rate-limited; shared-probe.ts).
         if (this.tiers.probe && r.hit < req.keys.length / KEY_BYTES) return this.tiers.lookupShared(req.ns, req.keys, r, req.prefetch === true).then(reply);
         return reply(r);

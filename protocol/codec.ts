@@ -129,6 +129,10 @@ export function decodeRequest(frames: Buffer[], limits: Limits, extraOps?: Reado
         fail(ErrorCode.BAD_FIELD, `"sizes" must list one byte length per key (${n}), each at most ${limits.maxBlockBytes}`);
       }
     }
+    if (op === 'LOOKUP' && (h.lease !== undefined || h.lease_ms !== undefined)) {
+      if (typeof h.lease !== 'string' || h.lease.length === 0 || h.lease.length > 128) fail(ErrorCode.BAD_FIELD, `"lease" must be a tag of 1..128 chars`);
+      if (!isUint(h.lease_ms) || (h.lease_ms as number) > 600_000) fail(ErrorCode.BAD_FIELD, `"lease_ms" must be an integer in 0..600000`);
+    }
     if (op === 'PUT') {
       const sizes = h.sizes;
       if (!Array.isArray(sizes) || sizes.length !== n || !sizes.every(isUint)) {

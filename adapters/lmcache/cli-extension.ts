@@ -22,7 +22,7 @@ const setting = (key: string, kind: Setting['kind'], def: unknown, defDoc: strin
 export const lmcacheExtension: CliExtension = {
   name: 'lmcache',
   settings: [
-    setting('lmcache', 'list', [], 'none (off)', 'LMCache `lm://` server listeners: `host:port` or `host:port/generation` (generation `auto`, `legacy`, `v1-early` or `v1`; default auto-detects per connection). Point LMCache at it with `remote_url: "lm://host:port"`.'),
+    setting('lmcache', 'list', [], 'none (off)', 'LMCache `lm://` server listeners: `host:port` or `host:port/generation` (generation `auto`, `legacy`, `v1-early`, `v1` or `v1-loc5` — v1 requests, replies with `location` 5th for LMCache @ 0851d06c clients, never auto-detected; default auto-detects per connection). Point LMCache at it with `remote_url: "lm://host:port"`.'),
     setting('lmcacheTenant', 'string', 'default', 'default', 'Tenant of the lm:// namespaces (all LMCache clients of this sidecar share it).'),
     setting('lmcacheStallMs', 'int', 2000, '2000', 'Close an lm:// connection whose request header is still incomplete this long after its first byte, ms (catches clients of a shorter header generation, which would otherwise wait forever, and header tricklers).'),
     setting('lmcacheRequestMs', 'int', 30000, '30000', 'Close an lm:// connection whose request (header and payload) is still incomplete this long after its first byte, ms (slow or stalled senders).'),

@@ -12,7 +12,7 @@ import net from 'node:net';
 import { ErrorCode, KvstashError } from '../../protocol/errors.js';
 import {
   Command, decodeReplyHeader, encodeClientHeader, LAYOUTS, NO_META, ReturnCode,
-  type Generation, type LmMeta, type ReplyHeader,
+  type Generation, type LmMeta, type ReplyHeader, type ReplyOrder,
 } from './protocol.js';
 
 export interface LmReply {
@@ -30,6 +30,8 @@ interface Waiter {
 export interface LmClientOptions {
   timeoutMs?: number;
   noDelay?: boolean;
+  /** Read replies as LMCache @ 0851d06c's client does (location 5th). Default 'location-last'. */
+  replyOrder?: ReplyOrder;
 }
 
 export class LmClient {
@@ -40,9 +42,11 @@ export class LmClient {
   private filled = 0;
   private error: Error | undefined;
   private readonly timeoutMs: number;
+  private readonly replyOrder: ReplyOrder;
 
   private constructor(private readonly sock: net.Socket, readonly generation: Generation, opts: LmClientOptions) {
     this.timeoutMs = opts.timeoutMs ?? 5000;
+    this.replyOrder = opts.replyOrder ?? 'location-last';
     sock.setNoDelay(opts.noDelay ?? true);
     sock.on('data', (c: Buffer) => this.onData(c));
     sock.on('error', (err) => this.abort(new KvstashError(ErrorCode.UNAVAILABLE, `lm:// connection failed: ${err.message}`, { cause: err })));
@@ -124,7 +128,7 @@ export class LmClient {
         const hdr = this.buf.length ? Buffer.concat([this.buf, data.subarray(0, take)]) : data.subarray(0, take);
         data = data.subarray(take);
         this.buf = Buffer.alloc(0);
-        this.header = decodeReplyHeader(this.generation, hdr);
+        this.header = decodeReplyHeader(this.generation, hdr, this.replyOrder);
         const n = w.withPayload && this.header.code === ReturnCode.SUCCESS ? this.header.length : 0;
         this.payload = Buffer.allocUnsafe(n);
         this.filled = 0;

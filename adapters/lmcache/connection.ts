@@ -24,14 +24,14 @@ import { PutResult } from '../../protocol/wire.js';
 import { LmFrameParser, type LmFrame } from './frame-parser.js';
 import type { LmMemoryBudget } from './memory-budget.js';
 import {
-  Command, encodeReplyHeader, LAYOUTS, LmProtocolError, NO_META, ReturnCode, ZERO_META,
-  type Generation, type GenerationSetting, type LmMeta, type ReplyHeader,
+  Command, encodeReplyHeader, LAYOUTS, LmProtocolError, NO_META, ReturnCode, wireOf, ZERO_META,
+  type Generation, type LmListenSetting, type LmMeta, type ReplyHeader, type ReplyOrder,
 } from './protocol.js';
 import type { LmStore } from './store.js';
 import { storedHeaderBytes, writeStoredHeader, type StoredObject } from './stored-value.js';
 
 export interface ConnectionOptions {
-  generation: GenerationSetting;
+  generation: LmListenSetting;
   maxPayloadBytes: number;
   stallMs: number;
   /** Deadline of a whole request (header and payload) from its first byte, ms. */
@@ -54,12 +54,15 @@ export class LmConnection {
   private stallTimer: NodeJS.Timeout | undefined;
   private stallAt = 0;
   private readonly peer: string;
+  private readonly order: ReplyOrder;
 
   constructor(private readonly socket: Socket, private readonly store: LmStore, private readonly opts: ConnectionOptions,
     private readonly log: Logger, private readonly c: LmCounters) {
     this.peer = `${socket.remoteAddress}:${socket.remotePort}`;
+    const wire = wireOf(opts.generation);
+    this.order = wire.replyOrder;
     this.parser = new LmFrameParser({
-      generation: opts.generation, maxPayloadBytes: opts.maxPayloadBytes, payloadOffset: (h) => storedHeaderBytes(h.key), budget: opts.budget,
+      generation: wire.generation, maxPayloadBytes: opts.maxPayloadBytes, payloadOffset: (h) => storedHeaderBytes(h.key), budget: opts.budget,
     });
     socket.setNoDelay(true);
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
@@ -242,15 +245,15 @@ export class LmConnection {
     const hb = LAYOUTS[this.gen].replyHeaderBytes;
     let ok: boolean;
     if (!payload || payload.length === 0) {
-      ok = this.socket.write(encodeReplyHeader(this.gen, r));
+      ok = this.socket.write(encodeReplyHeader(this.gen, r, undefined, 0, this.order));
     } else if (payload.length < this.opts.concatBelow) {
       const b = Buffer.allocUnsafe(hb + payload.length);
-      encodeReplyHeader(this.gen, r, b, 0);
+      encodeReplyHeader(this.gen, r, b, 0, this.order);
       payload.copy(b, hb);
       ok = this.socket.write(b);
     } else {
       this.socket.cork();
-      this.socket.write(encodeReplyHeader(this.gen, r));
+      this.socket.write(encodeReplyHeader(this.gen, r, undefined, 0, this.order));
       ok = this.socket.write(payload);
       this.socket.uncork();
     }

@@ -9,6 +9,7 @@
  * | `legacy`   | 0.1.x `lmcache/protocol.py` (54641ca, 0.1.2)     | `ii150s` 158 B           | `ii` 8 B           |
  * | `v1-early` | `lmcache/v1/protocol.py` @ 0e65d2fc              | `iiiiiiii150s` 182 B     | `iiiiiiii` 32 B    |
  * | `v1`       | `lmcache/v1/protocol.py` @ c1a02cc8 and later    | `iiiiiiiii150s` 186 B    | `iiiiiiiii` 36 B   |
+ * | `v1-loc5`  | `lmcache/v1/protocol.py` @ 0851d06c              | as `v1`                  | as `v1`, location 5th |
  *
  * Rules:
  * - Ints are Python `struct` native int32 = little-endian on x86-64/arm64 (always read/written LE here).
@@ -22,6 +23,12 @@
  *   and ignored without a reply, as LMCache's servers do.
  * - fmt, dtype, location and shape are opaque ints: a server stores them with a PUT and echoes them on GET.
  *   Replies without stored metadata (GET miss, EXIST, HEALTH) carry fmt 1, dtype 2, zero shape, location 0.
+ * - `v1-loc5` (LmListenSetting only, never sniffed): LmCache @ 0851d06c's `ServerMetaMessage.serialize` writes
+ *   location LAST but its `deserialize` reads `code, length, fmt, dtype, location, shape×4`, so its clients misread
+ *   every GET-hit reply of a v1 server (LMCache's own included). Its requests are byte-identical to `v1` (same
+ *   `ClientMetaMessage`, same dtype/location tables), so nothing in the bytes tells the two apart: a port
+ *   configured `/v1-loc5` decodes requests as `v1` and writes replies in the order that client reads
+ *   (`ReplyOrder` 'location-fifth'); stored objects are shared with `v1`.
  * - Generation of a connection: configured per port, or sniffed from the first request (`sniffGeneration`):
  *   no byte below 0x20 in bytes 8–11 → legacy (key text there — ASCII or UTF-8 —, fmt in v1, whose upper
  *   bytes are 0); else a NUL in bytes 32–35 → v1 (shape3 there, any dim below 2^24 has one; early v1 has key
@@ -37,6 +44,15 @@ import { ErrorCode, KvstashError } from '../../protocol/errors.js';
 
 export type Generation = 'legacy' | 'v1-early' | 'v1';
 export type GenerationSetting = Generation | 'auto';
+/** Where `location` sits in a v1 reply header: last (LMCache's servers and clients from c1a02cc8) or 5th (0851d06c clients). */
+export type ReplyOrder = 'location-last' | 'location-fifth';
+/** What a listening port may be configured with: a generation, `auto`, or `v1-loc5` (v1 requests, location-fifth replies). */
+export type LmListenSetting = GenerationSetting | 'v1-loc5';
+export const LISTEN_SETTINGS: readonly LmListenSetting[] = ['auto', 'legacy', 'v1-early', 'v1', 'v1-loc5'];
+/** The parser generation and reply order of a listen setting. */
+export function wireOf(s: LmListenSetting): { generation: GenerationSetting; replyOrder: ReplyOrder } {
+  return s === 'v1-loc5' ? { generation: 'v1', replyOrder: 'location-fifth' } : { generation: s, replyOrder: 'location-last' };
+}
 export const GENERATIONS: readonly Generation[] = ['legacy', 'v1-early', 'v1'];
 
 export interface GenerationLayout {
@@ -172,20 +188,22 @@ export function encodeClientHeader(gen: Generation, h: ClientHeader): Buffer {
   return b;
 }
 
-export function encodeReplyHeader(gen: Generation, r: ReplyHeader, into?: Buffer, at = 0): Buffer {
+export function encodeReplyHeader(gen: Generation, r: ReplyHeader, into?: Buffer, at = 0, order: ReplyOrder = 'location-last'): Buffer {
   const b = into ?? Buffer.allocUnsafe(LAYOUTS[gen].replyHeaderBytes);
   const ints = gen === 'legacy' ? [r.code, r.length]
     : gen === 'v1-early' ? [r.code, r.length, r.fmt, r.dtype, ...r.shape]
-      : [r.code, r.length, r.fmt, r.dtype, ...r.shape, r.location];
+      : order === 'location-fifth' ? [r.code, r.length, r.fmt, r.dtype, r.location, ...r.shape]
+        : [r.code, r.length, r.fmt, r.dtype, ...r.shape, r.location];
   for (let n = 0; n < ints.length; n++) b.writeInt32LE(ints[n]!, at + n * 4);
   return b;
 }
 
-export function decodeReplyHeader(gen: Generation, buf: Buffer): ReplyHeader {
+export function decodeReplyHeader(gen: Generation, buf: Buffer, order: ReplyOrder = 'location-last'): ReplyHeader {
   const L = LAYOUTS[gen];
   if (buf.length < L.replyHeaderBytes) throw new LmProtocolError(ErrorCode.BAD_HEADER, `${gen} reply header must be ${L.replyHeaderBytes} bytes, got ${buf.length}`, gen, buf);
   const i = (n: number) => buf.readInt32LE(n * 4);
   if (gen === 'legacy') return { code: i(0), length: i(1), ...ZERO_META, shape: [0, 0, 0, 0] };
   if (gen === 'v1-early') return { code: i(0), length: i(1), fmt: i(2), dtype: i(3), location: 0, shape: [i(4), i(5), i(6), i(7)] };
+  if (order === 'location-fifth') return { code: i(0), length: i(1), fmt: i(2), dtype: i(3), location: i(4), shape: [i(5), i(6), i(7), i(8)] };
   return { code: i(0), length: i(1), fmt: i(2), dtype: i(3), shape: [i(4), i(5), i(6), i(7)], location: i(8) };
 }

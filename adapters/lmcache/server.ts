@@ -24,21 +24,21 @@ import { logger } from '../../connector/log.js';
 import type { Sidecar, SidecarPlugin } from '../../connector/sidecar.js';
 import { LmConnection, type LmCounters } from './connection.js';
 import { LmMemoryBudget } from './memory-budget.js';
-import { GENERATIONS, type GenerationSetting } from './protocol.js';
+import { LISTEN_SETTINGS, type LmListenSetting } from './protocol.js';
 import { LmStore } from './store.js';
 
 export interface LmListenSpec {
   host: string;
   port: number;
-  generation: GenerationSetting;
+  generation: LmListenSetting;
 }
 
 /** Parse `host:port` or `host:port/generation` (IPv6 as `[::1]:port`). Throws KVS_CONFIG. */
 export function parseListenSpec(spec: string): LmListenSpec {
   const m = /^(\[[^\]]+\]|[^:/\s]+):(\d{1,5})(?:\/([a-z0-9-]+))?$/.exec(spec.trim());
-  const gen = (m?.[3] ?? 'auto') as GenerationSetting;
-  if (!m || Number(m[2]) > 65535 || !(gen === 'auto' || GENERATIONS.includes(gen as never))) {
-    throw new KvstashError(ErrorCode.CONFIG, `lmcache: expected host:port or host:port/generation with generation one of auto, ${GENERATIONS.join(', ')}; got ${JSON.stringify(spec)}`);
+  const gen = (m?.[3] ?? 'auto') as LmListenSetting;
+  if (!m || Number(m[2]) > 65535 || !LISTEN_SETTINGS.includes(gen)) {
+    throw new KvstashError(ErrorCode.CONFIG, `lmcache: expected host:port or host:port/generation with generation one of ${LISTEN_SETTINGS.join(', ')}; got ${JSON.stringify(spec)}`);
   }
   return { host: m[1]!.replace(/^\[|\]$/g, ''), port: Number(m[2]), generation: gen };
 }
@@ -69,7 +69,7 @@ export class LmcacheServer implements SidecarPlugin {
     lists: 0, health: 0, unknown: 0, protocolErrors: 0, timeouts: 0,
   };
   readonly budget: LmMemoryBudget;
-  readonly bound: { host: string; port: number; generation: GenerationSetting; url: string }[] = [];
+  readonly bound: { host: string; port: number; generation: LmListenSetting; url: string }[] = [];
   private readonly servers: net.Server[] = [];
   private readonly sockets = new Set<net.Socket>();
   private store: LmStore | undefined;

@@ -140,3 +140,47 @@ test('sglang - the example extra-config loads the class the way the dynamic back
   t.deepEqual([r.name, r.v1, r.endpoint, r.timeout], ['kvstash', 1, 'ipc:///tmp/kvstash.sock', 2000]);
   t.like(r.desc, { model: 'm', engine: 'sglang', tp_rank: 1, tp_size: 2, tenant: 'default' });
 });
+
+function runV2(req: Record<string, unknown>, deadlineMs = 60_000): Promise<Record<string, any>> { // eslint-disable-line @typescript-eslint/no-explicit-any
+  const script = path.join(repoRoot, 'test', 'integration', 'py', 'sglang_v2_harness.py');
+  return new Promise((resolve, reject) => {
+    const p = spawn(python, [script], { env: { ...process.env, PYTHONPATH: path.join(repoRoot, 'adapters', 'python') }, stdio: ['pipe', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    const timer = setTimeout(() => { p.kill('SIGKILL'); reject(new Error(`v2 harness passed its ${deadlineMs} ms deadline:\n${err}`)); }, deadlineMs);
+    p.stdout.on('data', (d) => { out += d; });
+    p.stderr.on('data', (d) => { err += d; });
+    p.on('close', (code) => {
+      clearTimeout(timer);
+      if (code !== 0) return reject(new Error(`v2 harness exited ${code}:\n${err}`));
+      resolve(JSON.parse(out) as Record<string, unknown>);
+    });
+    p.stdin.end(JSON.stringify(req));
+  });
+}
+
+test('sglang - hybrid models: the v2 API moves KV, Mamba, sliding-window and indexer pools; hit policies shrink the prefix', async (t) => {
+  const sc = await startSidecar();
+  t.teardown(() => sc.stop());
+  const w = await runV2({ mode: 'write', endpoint: sc.endpoint, seed: 5, pages: 6, window: 2 });
+  t.deepEqual(w.set, { kv: Array(6).fill(true), mamba: [true], swa: [true, true], indexer: Array(6).fill(true) });
+  const r = await runV2({ mode: 'read', endpoint: sc.endpoint, seed: 5, pages: 6, window: 2 });
+  t.deepEqual(r.exists_full, [6, { kv: 6, mamba: 6, swa: 6, indexer: 6 }]);
+  t.is(r.exists_longer[0], 6, 'a page more: the KV prefix stops at 6 and the state of page 6 serves it');
+  t.deepEqual(r.exists_shorter, [0, { kv: 5 }], 'no Mamba state was saved at page 5: nothing is usable (later pools are not asked)');
+  t.deepEqual(r.get, { kv: Array(6).fill(true), mamba: [true], swa: [true, true], indexer: Array(6).fill(true) });
+  t.deepEqual(r.same, { kv: true, mamba: true, swa: true, indexer: true }, 'every pool reads back bit for bit');
+});
+
+test('sglang - no exception from a backend call reaches SGLang\'s thread: malformed calls answer their failure values', async (t) => {
+  const sc = await startSidecar();
+  t.teardown(() => sc.stop());
+  const g = await runV2({ mode: 'guard', endpoint: sc.endpoint });
+  t.true(g.done, 'the calling thread ran to its end');
+  t.false(g.thread_alive_after);
+  t.deepEqual(g.batch_get_v1, []);
+  t.false(g.batch_set);
+  t.deepEqual(g.batch_get_v2, { nosuchpool: [false] });
+  t.deepEqual(g.batch_set_v2, { swa: [false] });
+  t.is(g.batch_exists_v2, 0);
+});

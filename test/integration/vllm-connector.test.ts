@@ -12,71 +12,9 @@ import { loadConfig } from '../../connector/config.js';
 import { blockHashes } from '../../connector/keys.js';
 import { Sidecar } from '../../connector/sidecar.js';
 import { killAndWait, repoRoot, fixturesDir, spawnSidecar, startSidecar, tempDir, uniqueIpc } from '../helpers/sidecar.js';
+import { assertClean, BS, expectedHit, range, runHarness, tokens } from '../helpers/vllm-harness.js';
 
 const py = process.env.KVSTASH_PYTHON || '/usr/bin/python3';
-const harness = path.join(repoRoot, 'test', 'integration', 'py', 'vllm_harness.py');
-const BS = 16;
-
-interface Res { ext_tokens: number; local_tokens: number; async: boolean; load_errors: number; poisoned: number }
-interface Ev { block_hashes: string[]; parent: string | null; token_ids: number[]; block_size: number; medium: string }
-interface Result {
-  steps: number; results: Record<string, Res>; check: { mismatched_bytes: number; bad_loads: number };
-  counters: Record<string, number>; events: Ev[]; lookup_s: number; max_step_s: number; elapsed_s: number;
-  shutdown_s: number; scheduler_imported_torch: boolean;
-}
-
-const range = (a: number, n: number) => Array.from({ length: n }, (_, i) => a + i);
-/** Deterministic pseudo-random tokens. */
-function tokens(seed: number, n: number): number[] {
-  let x = seed * 2654435761 % 2 ** 32;
-  return Array.from({ length: n }, () => (x = (x * 1103515245 + 12345) % 2 ** 31) % 32000);
-}
-
-function runHarness(scenario: Record<string, unknown>, opts: { onPaused?: () => Promise<void>; deadlineMs?: number } = {}): Promise<Result> {
-  const proc = spawn(py, [harness], {
-    cwd: repoRoot, env: { ...process.env, PYTHONPATH: path.join(repoRoot, 'adapters', 'python') }, stdio: ['pipe', 'pipe', 'pipe'],
-  });
-  let out = '';
-  let err = '';
-  proc.stderr.on('data', (d) => { err += d; });
-  // A generous lookup deadline: this suite runs many processes on 2 cores (the default is 100 ms).
-  const extra = { lookup_timeout_ms: 3000, ...(scenario.extra as object | undefined) };
-  proc.stdin.write(JSON.stringify({ layers: 4, block_size: BS, heads: 2, head_size: 32, num_blocks: 160, token_budget: 64, decode_steps: 2, dtype: 'bfloat16', ...scenario, extra }) + '\n');
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => { proc.kill('SIGKILL'); reject(new Error(`harness past its deadline\n${out}\n${err}`)); }, opts.deadlineMs ?? 60_000);
-    proc.stdout.on('data', (d) => {
-      out += d;
-      if (out.includes('"PAUSED"') && opts.onPaused) {
-        const f = opts.onPaused;
-        opts.onPaused = undefined;
-        void f().then(() => proc.stdin.write('go\n'));
-      }
-    });
-    proc.on('exit', (code) => {
-      clearTimeout(timer);
-      const last = out.trim().split('\n').pop() ?? '';
-      if (code !== 0 || !last.includes('"RESULT"')) reject(new Error(`harness exited ${code}\n${out}\n${err}`));
-      else resolve(JSON.parse(last) as Result);
-    });
-  });
-}
-
-/** Tokens kvstash can supply for `p` given the saved sequences (full blocks, never the last token). */
-function expectedHit(p: number[], saved: number[][]): number {
-  let lcp = 0;
-  for (const s of saved) {
-    let i = 0;
-    while (i < p.length && i < s.length && p[i] === s[i]) i++;
-    lcp = Math.max(lcp, i);
-  }
-  return Math.floor(Math.min(lcp, p.length - 1) / BS) * BS;
-}
-
-function assertClean(t: import('ava').ExecutionContext, r: Result): void {
-  t.is(r.check.mismatched_bytes, 0, 'every byte of the KV cache is what it should be');
-  t.is(r.check.bad_loads, 0, 'no load reported fine whose slots were wrong at wait_for_layer_load');
-  t.false(r.scheduler_imported_torch, 'the scheduler side does not import torch');
-}
 
 const shared = tokens(1, 50);
 const A_PROMPTS = [
@@ -125,7 +63,7 @@ for (const [name, layouts, dtype] of [
 test('vllm-connector - KV events announce saved blocks with vLLM hashes and the DRAM tier as medium', async (t) => {
   const sc = await startSidecar();
   t.teardown(() => sc.stop());
-  const a = await runHarness({ endpoint: sc.endpoint, layout: 'blocks_first', seed: 3, prompts: A_PROMPTS, idle_steps: 3 });
+  const a = await runHarness({ endpoint: sc.endpoint, layout: 'blocks_first', seed: 3, prompts: A_PROMPTS, idle_steps: 3, kv_events: true });
   assertClean(t, a);
   const vec = JSON.parse(readFileSync(path.join(fixturesDir, 'vllm-kv-events', 'hash-vectors.json'), 'utf8')) as {
     vectors: { algorithm: string; blocks: { name: string; event_int: string }[] }[];

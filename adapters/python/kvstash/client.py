@@ -11,7 +11,8 @@ Stable API (the vLLM and SGLang adapters build on it; keep it backwards compatib
 token=None, curve_server_key=None, curve_public_key=None, curve_secret_key=None)``
   - ``hello(desc) -> ns`` / ``namespace(desc) -> ns`` (HELLO once per descriptor, cached; ``desc`` is a dict
     with the NS_FIELDS of kvstash.hashing or a ``Namespace``)
-  - ``lookup(ns, keys, prefetch=False) -> LookupResult(hit, tiers, load_ms)``
+  - ``lookup(ns, keys, prefetch=False, lease=None, lease_ms=None) -> LookupResult(hit, tiers, load_ms)`` (``lease``:
+    pin the leading hits under that tag for ``lease_ms``, 0 releases)
   - ``put(ns, keys, blocks, sums=None) -> list[int]`` (PUT_STORED / PUT_PRESENT / PUT_DROPPED / PUT_BAD_CHECKSUM)
   - ``get(ns, keys) -> list[memoryview | None]`` (None = miss)
   - ``exists(ns, keys) -> ExistsResult(exists, prefix)``, ``delete(ns, keys) -> int``
@@ -353,10 +354,13 @@ class KvstashClient(ArenaClientMixin):
         ns = namespace_id(d)
         return ns if ns in self._hellos else self._hello(d, self._deadline(timeout_ms))
 
-    def lookup(self, ns: str, keys: Keys, prefetch: bool = False, timeout_ms: Optional[float] = None) -> LookupResult:
+    def lookup(self, ns: str, keys: Keys, prefetch: bool = False, timeout_ms: Optional[float] = None,
+               lease: Optional[str] = None, lease_ms: Optional[float] = None) -> LookupResult:
         h: Dict[str, Any] = {"op": "LOOKUP", "keys": keys_field(keys)}
         if prefetch:
             h["prefetch"] = True
+        if lease is not None:  # pin the leading hits under this tag for lease_ms (0: release); protocol/README.md
+            h["lease"], h["lease_ms"] = lease, int(max(0, lease_ms or 0))
         r = self._with_ns(ns, h, (), self._deadline(timeout_ms)).header
         return LookupResult(int(r["hit"]), dict(r.get("tiers") or {}), dict(r.get("load_ms") or {}), dict(r.get("depth") or {}))
 
@@ -382,6 +386,14 @@ class KvstashClient(ArenaClientMixin):
 
     def stats(self, timeout_ms: Optional[float] = None) -> Dict[str, Any]:
         return dict(self._call({"op": "STATS"}, (), self._deadline(timeout_ms)).header["stats"])
+
+    def connected(self) -> bool:
+        """True when ZeroMQ holds a connection to send on (``IMMEDIATE``: without one nothing could be sent). A
+        sidecar that died is seen here as soon as ZeroMQ sees its socket close, before any deadline."""
+        try:
+            return bool(self._sock.getsockopt(zmq.EVENTS) & zmq.POLLOUT)
+        except zmq.ZMQError:
+            return False
 
     def ping(self, timeout_ms: Optional[float] = None) -> str:
         return str(self.request({"op": "PING"}, (), timeout_ms).header.get("server"))

@@ -11,18 +11,29 @@ does not depend on the engine's physical tensor layout: a block saved from an HN
 cache, and from the old 5-D layout into the v0.23 one, because the namespace layout fingerprint
 (``LayoutSpec.fingerprint``) names only what changes the canonical bytes.
 
-Per-layer tensor layouts recognised (docs/engine-interfaces.md §1.6):
+Per-layer tensor layouts recognised (docs/engine-interfaces.md §1.6; the attention backends'
+``get_kv_cache_shape`` / ``get_kv_cache_stride_order`` in vLLM ``vllm/v1/attention/backends/*.py``):
 
-==============  =======================================  ====================================
-kind            logical shape                            notes
-==============  =======================================  ====================================
-kv_first        (2, num_blocks, block_size, heads, dim)  FlashAttention up to v0.22
-blocks_first    (num_blocks, 2, block_size, heads, dim)  from v0.23; HND when strides say so
-mla             (num_blocks, block_size, dim)            MLA backends
-==============  =======================================  ====================================
+==============  ============================================  ================================================
+kind            logical shape                                 backends
+==============  ============================================  ================================================
+kv_first        (2, num_blocks, block_size, heads, dim)       FlashAttention up to v0.22, FlexAttention, Triton
+                                                              (older), xFormers-era backends
+blocks_first    (num_blocks, 2, block_size, heads, dim)       FlashAttention from v0.23, FlashInfer, Triton;
+                                                              HND when the strides say so (stride order)
+(either)        … heads, block_size, dim) as the SHAPE        CPU attention (``(2, num_blocks, heads,
+                                                              block_size, dim)``): ``heads_first``
+(either)        … dim + pad) as the last dimension            per-token-head-scale caches ``(num_blocks, 2,
+                                                              block_size, heads, head_size + pad)``: the whole
+                                                              padded row is stored (scales included)
+mla             (num_blocks, block_size, dim)                 MLA backends (FlashMLA, Triton MLA, CUTLASS MLA)
+==============  ============================================  ================================================
 
 The block-count dimension is checked against the registered number of blocks, because ``num_kv_heads``
-(or the block count itself) can also be 2. The 4-D "standardized view" is not supported (LayoutError).
+(or the block count itself) can also be 2. Refused with LayoutError (the worker then switches itself off and
+tells the scheduler, never loading half a layout): the 4-D "standardized view", the flat 3-D paged-attention
+shape ``(2, num_blocks, block_size * heads * dim)`` (its token order is not token-major), packed fp8 MLA caches
+(``fp8_ds_mla``: uint8 rows of 656 bytes), and anything else.
 """
 from __future__ import annotations
 
@@ -82,6 +93,8 @@ class TensorLayout:
     kind: str  #: "kv_first" | "blocks_first" | "mla"
     hnd: bool  #: physical order has heads outside token slots
     num_blocks: int
+    heads_first: bool = False  #: the SHAPE (not only the strides) puts heads before the token slot (CPU backend)
+    dim: int = 0  #: last dimension as allocated (head_size + pad for per-token-head-scale caches); 0: head_size
 
 
 def ordered_layers(names: Iterable[str]) -> List[str]:
@@ -109,9 +122,16 @@ def detect_layout(shape: Sequence[int], strides: Sequence[int], spec: LayoutSpec
         raise LayoutError(f"KV tensor of shape {shape} is not a supported layout")
     if spec.mla:
         raise LayoutError(f"5-D KV tensor {shape} but the model config says MLA")
-    want_tail = (spec.block_size, spec.num_kv_heads, spec.head_size)
-    if shape[2:] != want_tail:
-        raise LayoutError(f"KV tensor {shape}: trailing dims must be (block_size, kv_heads, head_size) = {want_tail}")
+    dim = shape[4]
+    if dim < spec.head_size or dim > 2 * spec.head_size:
+        raise LayoutError(f"KV tensor {shape}: last dim {dim} is neither head_size {spec.head_size} nor head_size + pad")
+    if shape[2:4] == (spec.block_size, spec.num_kv_heads):
+        heads_first = False
+    elif shape[2:4] == (spec.num_kv_heads, spec.block_size):
+        heads_first = True
+    else:
+        raise LayoutError(f"KV tensor {shape}: dims 2-3 must be (block_size, kv_heads) or (kv_heads, block_size) = "
+                          f"({spec.block_size}, {spec.num_kv_heads})")
     a, b = shape[0], shape[1]
     cands = []
     if a == 2 and (num_blocks is None or b == num_blocks):
@@ -128,14 +148,20 @@ def detect_layout(shape: Sequence[int], strides: Sequence[int], spec: LayoutSpec
         raise LayoutError(f"KV tensor {shape}: neither (2, {num_blocks}, …) nor ({num_blocks}, 2, …)")
     kind = cands[0]
     nb = b if kind == "kv_first" else a
-    hnd = spec.num_kv_heads > 1 and spec.block_size > 1 and strides[3] > strides[2]
-    return TensorLayout(kind, hnd, nb)
+    hnd = heads_first or (spec.num_kv_heads > 1 and spec.block_size > 1 and strides[3] > strides[2])
+    return TensorLayout(kind, hnd, nb, heads_first, dim if dim != spec.head_size else 0)
+
+
+def _logical(kv: Any, layout: TensorLayout) -> Any:
+    """View of a layer tensor with the token slot before the heads (what the stored order needs)."""
+    return kv.transpose(-3, -2) if layout.heads_first else kv
 
 
 def gather_blocks(kv: Any, layout: TensorLayout, idx: Any, dst: Any, non_blocking: bool = False) -> None:
     """Copy blocks ``idx`` (int64 tensor on kv's device) of one layer into ``dst`` (n, *layer_shape)."""
     import torch
 
+    kv = _logical(kv, layout)
     if layout.kind == "kv_first":
         dst.copy_(torch.index_select(kv, 1, idx).transpose(0, 1), non_blocking=non_blocking)
     else:
@@ -146,6 +172,7 @@ def scatter_blocks(kv: Any, layout: TensorLayout, idx: Any, src: Any) -> None:
     """Write ``src`` (n, *layer_shape) into blocks ``idx`` of one layer; src may live on the host."""
     if src.device != kv.device:
         src = src.to(kv.device, non_blocking=True)
+    kv = _logical(kv, layout)
     if layout.kind == "kv_first":
         kv.index_copy_(1, idx, src.transpose(0, 1))
     else:

@@ -32,8 +32,10 @@ key                 default                                      meaning
 
 Base class: SGLang's ``HiCacheStorage`` when ``sglang`` is importable; otherwise a local stand-in with the same
 method names and signatures (``get``, ``batch_get``, ``set``, ``batch_set``, ``exists``, ``batch_exists``,
-``batch_get_v1``, ``batch_set_v1``, ``register_mem_pool_host``, ``clear``, ``get_stats``), so the module imports
-and runs in tests and tools without SGLang.
+``batch_get_v1``, ``batch_set_v1``, the v2 ``batch_exists_v2`` / ``batch_get_v2`` / ``batch_set_v2`` /
+``register_mem_host_pool_v2``, ``register_mem_pool_host``, ``clear``, ``get_stats``), so the module imports and
+runs in tests and tools without SGLang. The v2 API for hybrid models (Mamba, sliding-window, DSA indexer pools)
+and the guard that turns every exception into a failure value are in kvstash.sglang_v2.
 
 Rules:
 
@@ -72,6 +74,7 @@ from .errors import KvstashError
 from .kv_layout import dtype_name
 from .load_policy import worth_loading
 from .sglang_arena import arena_get_v1, arena_set_v1
+from .sglang_v2 import HybridPoolsMixin, guard_methods
 
 log = logging.getLogger("kvstash.sglang")
 
@@ -108,6 +111,20 @@ except Exception:  # sglang absent (or broken): same method names, no behaviour
                 if not self.exists(k):
                     return i
             return len(keys)
+
+        def register_mem_host_pool_v2(self, host_pool: Any, host_pool_name: Any) -> None:
+            if not hasattr(self, "registered_pools"):
+                self.registered_pools = {}
+            self.registered_pools[host_pool_name] = host_pool
+
+        def batch_exists_v2(self, keys: List[str], pool_transfers: Any = None, extra_info: Any = None) -> Any:
+            raise NotImplementedError
+
+        def batch_get_v2(self, transfers: Any, extra_info: Any = None) -> Any:
+            raise NotImplementedError
+
+        def batch_set_v2(self, transfers: Any, extra_info: Any = None) -> Any:
+            raise NotImplementedError
 
         def batch_get_v1(self, keys: List[str], host_indices: Any, extra_info: Any = None) -> List[bool]:
             raise NotImplementedError
@@ -147,7 +164,7 @@ class _FastFail(KvstashError):
     """Refused without trying: the sidecar failed less than ``retry_ms`` ago."""
 
 
-class KvstashHiCacheStorage(HiCacheStorage):
+class KvstashHiCacheStorage(HybridPoolsMixin, HiCacheStorage):
     def __init__(self, storage_config: Any, kwargs: Optional[Dict[str, Any]] = None) -> None:
         try:  # SGLang's base takes no arguments in the versions examined; accept one that takes the config
             super().__init__()
@@ -471,3 +488,6 @@ class KvstashHiCacheStorage(HiCacheStorage):
 
     def close(self) -> None:
         self._clients.close_all()
+
+
+guard_methods(KvstashHiCacheStorage)  # no exception ever reaches SGLang's prefetch/backup threads (sglang_v2.py)

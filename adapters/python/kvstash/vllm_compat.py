@@ -10,7 +10,7 @@ behaviour beyond what the base class documents. ``HAVE_VLLM`` says which one is 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, fields as dc_fields
+from dataclasses import dataclass, field as dataclass_field, fields as dc_fields
 from typing import Any, Iterable, List, Optional, Tuple
 
 HAVE_VLLM = False
@@ -84,6 +84,29 @@ except Exception:  # vLLM absent (or too old to have the V1 API): local stand-in
 
         def shutdown(self) -> None:
             return None
+
+try:  # newer vLLM only (base.py @ 003df29): worker -> scheduler metadata, folded with aggregate()
+    from vllm.distributed.kv_transfer.kv_connector.v1.base import KVConnectorWorkerMetadata  # type: ignore  # pragma: no cover
+except Exception:
+
+    class KVConnectorWorkerMetadata:  # type: ignore[no-redef]
+        """Stand-in for vLLM's worker -> scheduler metadata base (abstract ``aggregate(other)``)."""
+
+        def aggregate(self, other: Any) -> Any:
+            raise NotImplementedError
+
+try:  # newest vLLM only (base.py @ 7ba3df63: get_transfer_results returns it)
+    from vllm.distributed.kv_transfer.kv_connector.v1.base import KVConnectorTransferResults  # type: ignore  # pragma: no cover
+except Exception:
+
+    @dataclass
+    class KVConnectorTransferResults:  # type: ignore[no-redef]
+        """Stand-in: ids of requests whose asynchronous transfers finished; failed receives are in both
+        ``finished_recving`` and ``failed_recving``."""
+
+        finished_sending: set = dataclass_field(default_factory=set)
+        finished_recving: set = dataclass_field(default_factory=set)
+        failed_recving: set = dataclass_field(default_factory=set)
 
 try:  # SupportsHMA exists in newer vLLM only
     from vllm.distributed.kv_transfer.kv_connector.v1.base import SupportsHMA  # type: ignore  # pragma: no cover

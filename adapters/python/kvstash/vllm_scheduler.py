@@ -5,9 +5,23 @@
   hashes start from a random seed in every process unless PYTHONHASHSEED is fixed, so they cannot be
   storage keys that survive restarts and match across hosts (docs/architecture.md "Block identity").
   vLLM's hashes are used only in the KV events this side announces, so routers can match them.
-- ``lookup`` asks the sidecar, within ``lookup_timeout_ms``, how many leading blocks it holds in every
+- ``lookup`` asks the sidecar, within ``lookup_timeout_ms`` (default 50), how many leading blocks it holds in every
   tensor/pipeline-parallel rank's namespace and takes the minimum. Timeout or error → 0 tokens, and lookups
-  are skipped for ``retry_interval_ms`` (the sidecar being down costs one deadline, not one per request).
+  are skipped for ``retry_interval_ms`` (the sidecar being down costs one deadline, not one per request). A
+  lookup with no connection to send on (sidecar absent, or dead: ZeroMQ saw its socket close) answers 0 at
+  once, without waiting for the deadline: the worst case is one deadline, 50 ms at the defaults. The first
+  lookup on a live connection also registers the namespaces (HELLO), once, within max(lookup deadline, 1 s).
+- Leases: the lookup pins the blocks it promises (``lease`` = ``vllm:<request id>``, ``lease_ms`` =
+  ``lease_window_ms``, renewed by a repeated lookup) so that eviction between ``get_num_new_matched_tokens``
+  and the worker's load does not turn a hit into a load error; the worker releases the lease after its load.
+- Workers that switched themselves off (a KV layout they do not recognise) say so in their per-step worker
+  metadata (``build_connector_worker_meta`` → ``update_connector_output``, vLLM
+  ``vllm/distributed/kv_transfer/kv_connector/v1/base.py`` @ 003df29); from then on this side answers 0 hits
+  (logged once, counted as ``worker_disabled``). vLLM releases without worker metadata (13f4ad0 and older)
+  have no channel for it: there a disabled worker turns hits into load errors (recomputed).
+- KV events: only when ``kv_events_config.enable_kv_cache_events`` is on (vLLM ``vllm/config/kv_events.py``);
+  ``take_events`` never waits for the sidecar: saved runs are confirmed by LOOKUPs on a background thread
+  with its own client, and each call returns the events confirmed since the last one.
 - The last token of the sequence is never counted: at most ``(len(tokens) - 1) // block_size`` blocks.
 - ``get_num_new_matched_tokens`` has no side effect besides remembering its latest answer per request (which
   ``update_state_after_alloc`` consumes); calling it again gives the same answer for the same sidecar state.
@@ -19,7 +33,9 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -39,6 +55,19 @@ def request_tokens(request: Any) -> List[int]:
     if toks is None:
         toks = getattr(request, "prompt_token_ids", None) or []
     return list(toks)
+
+
+NULL_BLOCK = 0  # vLLM's BlockPool reserves block 0 as null_block (sliding-window positions outside the window)
+
+
+def group_ids(block_ids: Any, n: int) -> List[List[int]]:
+    """Block ids per KV-cache group (vLLM: a tuple of lists, one per group; older: one list)."""
+    if block_ids is None:
+        return [[] for _ in range(n)]
+    if isinstance(block_ids, (tuple, list)) and block_ids and isinstance(block_ids[0], (list, tuple)):
+        out = [list(x) for x in block_ids][:n]
+        return out + [[] for _ in range(n - len(out))]
+    return [list(block_ids)] + [[] for _ in range(n - 1)]
 
 
 def group0(block_ids: Any) -> List[int]:
@@ -90,7 +119,7 @@ CONFIRM_STEPS = 20
 @dataclass
 class _Tracked:
     request: Any
-    block_ids: List[int] = field(default_factory=list)
+    block_ids: List[List[int]] = field(default_factory=list)  #: per KV-cache group
     saved_upto: int = 0
 
 
@@ -120,10 +149,19 @@ def tier_medium(tier: str) -> str:
     return "CPU" if tier == "dram" else tier.upper()
 
 
+def lease_tag(req_id: str) -> str:
+    return "vllm:" + str(req_id)[:120]
+
+
 class SchedulerSide:
     def __init__(self, settings: Any, block_size: int, namespaces: List[Dict[str, Any]], can_load: bool, can_save: bool,
+                 events: bool = True, windows: Optional[List[Optional[int]]] = None,
                  block_bytes: int = 0) -> None:
+        """``namespaces``: every (KV-cache group, rank) namespace, group 0's ranks first; ``windows``: per group,
+        None for full attention or the blocks a sliding-window group needs before the hit end."""
         self.s = settings
+        self.events = events
+        self.windows: List[Optional[int]] = list(windows or [None])
         self.block_bytes = block_bytes  # one rank's stored block (load-or-recompute over the socket hop)
         self.rate = PrefillRate(getattr(settings, "prefill_tokens_per_s", 0.0))
         self.bs = block_size
@@ -140,7 +178,12 @@ class SchedulerSide:
         self._loads: List[LoadSpec] = []
         self._runs: List[_Run] = []
         self._step = 0
-        self.counters = {"lookups": 0, "lookup_failures": 0, "asked_tokens": 0, "hit_tokens": 0, "saved_blocks_planned": 0}
+        self.counters = {"lookups": 0, "lookup_failures": 0, "asked_tokens": 0, "hit_tokens": 0, "saved_blocks_planned": 0,
+                         "worker_disabled": 0, "event_lookups": 0}
+        self.workers_disabled: Optional[str] = None
+        self._events_pool: Optional[ThreadPoolExecutor] = None
+        self._confirm: Optional[Future] = None
+        self._ev_local = threading.local()
         self._last_report = time.monotonic()
 
     # ---- sidecar access ---------------------------------------------------------------------------------
@@ -155,14 +198,19 @@ class SchedulerSide:
     def _available(self) -> bool:
         return time.monotonic() >= self._down_until
 
-    def _lookup(self, keys: List[bytes]) -> int:
+    def _lookup(self, keys: List[bytes], lease: Optional[str] = None) -> int:
+        if not self.client.connected():  # nothing could be sent: do not wait for the deadline
+            raise E.KvstashError(E.UNAVAILABLE, f"no connection to {self.s.endpoint}")
+        if self._ns is None:  # once, while connected: the namespaces' HELLOs get their own (longer) deadline
+            hello = time.monotonic() + max(self.s.lookup_timeout_ms, 1000.0) / 1000.0
+            self._ns = [self.client.namespace(d, timeout_ms=max(0.0, (hello - time.monotonic()) * 1000.0)) for d in self.namespaces]
         deadline = time.monotonic() + self.s.lookup_timeout_ms / 1000.0
         left = lambda: max(0.0, (deadline - time.monotonic()) * 1000.0)  # noqa: E731
-        if self._ns is None:
-            self._ns = [self.client.namespace(d, timeout_ms=left()) for d in self.namespaces]
+        lease_ms = self.s.lease_window_ms() if lease is not None else 0
+        kw = {"lease": lease, "lease_ms": lease_ms} if lease is not None and lease_ms > 0 else {}
         hit = len(keys)
         for ns in self._ns:
-            res = self.client.lookup(ns, keys, timeout_ms=left())
+            res = self.client.lookup(ns, keys, timeout_ms=left(), **kw)
             hop = 0.0 if self.client.arena_of(ns) is not None else float(getattr(self.s, "hop_bytes_per_s", 0.0))
             # only the leading blocks whose load beats recomputing them (kvstash.load_policy)
             hit = min(hit, worth_loading(res, list(res.tiers), self.bs, self.block_bytes, self.rate.tokens_per_s(), hop))
@@ -186,12 +234,12 @@ class SchedulerSide:
         n = max(0, (len(tokens) - 1) // self.bs)  # never the last token: vLLM must compute at least one
         self._match[rid] = (start, 0)
         chain = self._chain(request)
-        if not self.can_load or not chain.ok or n <= start or not self._available():
+        if not self.can_load or not chain.ok or n <= start or not self._available() or self.workers_disabled:
             return 0, False
         self.counters["lookups"] += 1
         self.counters["asked_tokens"] += (n - start) * self.bs
         try:
-            hit = self._lookup(chain.upto(tokens, n)[start:n])
+            hit = self._lookup(chain.upto(tokens, n)[start:n], lease_tag(rid))
         except Exception as err:  # a cache fault never breaks the engine
             self.counters["lookup_failures"] += 1
             self._fail(E.to_kvstash_error(err), "lookup")
@@ -213,10 +261,16 @@ class SchedulerSide:
         k = min(hit, max(0, num_external_tokens) // self.bs)
         if k <= 0:
             return
-        ids = group0(blocks.get_block_ids() if hasattr(blocks, "get_block_ids") else blocks)[start : start + k]
-        k = len(ids)
+        gids = group_ids(blocks.get_block_ids() if hasattr(blocks, "get_block_ids") else blocks, len(self.windows))
+        k = len(gids[0][start : start + k])
         keys = self._chain(request).upto(request_tokens(request), start + k)[start:]
-        self._loads.append(LoadSpec(rid, keys, ids, bool(self.s.load_kv_async)))
+        lease = lease_tag(rid) if self.s.lease_window_ms() > 0 else None
+        for g, window in enumerate(self.windows):
+            pairs = list(zip(keys, gids[g][start : start + k]))
+            if window is not None:  # a sliding-window group only needs the blocks inside its window
+                pairs = [(key, b) for key, b in pairs[-window:] if b != NULL_BLOCK]
+            if pairs:
+                self._loads.append(LoadSpec(rid, [x for x, _ in pairs], [b for _, b in pairs], bool(self.s.load_kv_async), lease, g))
         tr.saved_upto = max(tr.saved_upto, start + k)
 
     def build_connector_meta(self, so: Any) -> KvstashConnectorMetadata:
@@ -231,16 +285,17 @@ class SchedulerSide:
         for nr in getattr(so, "scheduled_new_reqs", None) or []:
             tr = self._tracked.get(nr.req_id)
             if tr is not None:
-                tr.block_ids = group0(nr.block_ids)
+                tr.block_ids = group_ids(nr.block_ids, len(self.windows))
                 self._plan_save(md, tr, int(nr.num_computed_tokens) + int(nst.get(nr.req_id, 0)))
         for rid, new_ids, computed, resumed in _cached_reqs(getattr(so, "scheduled_cached_reqs", None)):
             tr = self._tracked.get(rid)
             if tr is None:
                 continue
-            if resumed:
-                tr.block_ids = group0(new_ids)
+            if resumed or not tr.block_ids:
+                tr.block_ids = group_ids(new_ids, len(self.windows))
             elif new_ids is not None:
-                tr.block_ids.extend(group0(new_ids))
+                for g, more in enumerate(group_ids(new_ids, len(self.windows))):
+                    tr.block_ids[g].extend(more)
             self._plan_save(md, tr, int(computed) + int(nst.get(rid, 0)))
         md.preempted_req_ids = sorted(getattr(so, "preempted_req_ids", None) or [])
         return md
@@ -257,14 +312,19 @@ class SchedulerSide:
         pub = getattr(req, "num_publishable_block_hashes", None)
         if isinstance(pub, int):
             limit = min(limit, pub)
-        limit = min(limit, len(tr.block_ids))
+        limit = min(limit, len(tr.block_ids[0]) if tr.block_ids else 0)
         first = tr.saved_upto
         if limit <= first:
             return
         keys = chain.upto(tokens, limit)[first:limit]
-        md.saves.append(SaveSpec(req.request_id, keys, tr.block_ids[first:limit]))
+        for g, window in enumerate(self.windows):
+            pairs = [(key, b) for key, b in zip(keys, tr.block_ids[g][first:limit]) if window is None or b != NULL_BLOCK]
+            if pairs:
+                md.saves.append(SaveSpec(req.request_id, [x for x, _ in pairs], [b for _, b in pairs], g))
         self.counters["saved_blocks_planned"] += limit - first
         tr.saved_upto = limit
+        if not self.events:
+            return
         vh = list(getattr(req, "block_hashes", None) or [])
         lora = getattr(req, "lora_request", None)
         self._runs.append(_Run(first, keys, tokens[first * self.bs : limit * self.bs], vh[first:limit],
@@ -278,31 +338,73 @@ class SchedulerSide:
         self._match.pop(rid, None)
         return False, None  # saves are copied to host memory before wait_for_save returns: free at once
 
+    def update_connector_output(self, out: Any) -> None:
+        """vLLM hands the workers' aggregated output here every step (``KVConnectorOutput``); kvstash reads
+        ``kv_connector_worker_meta`` (KvstashWorkerMetadata) for workers that cannot load."""
+        meta = getattr(out, "kv_connector_worker_meta", None)
+        reasons = getattr(meta, "disabled", None)
+        if reasons and not self.workers_disabled:
+            self.workers_disabled = "; ".join(sorted(set(reasons)))
+            self.counters["worker_disabled"] += 1
+            log.error("kvstash: the workers cannot load (%s); answering 0 hits from now on", self.workers_disabled)
+
+    def events_pending(self) -> bool:
+        return bool(self._runs) or self._confirm is not None
+
     def take_events(self) -> List[Any]:
-        """BlockStored events (vLLM's block hashes, medium per kvstash tier) for blocks saved in earlier
-        steps that the sidecar now holds. Runs not yet stored (the saver thread may lag behind the engine's steps)
-        are retried for CONFIRM_STEPS steps, then forgotten."""
-        ready = [r for r in self._runs if r.step < self._step]
-        if not ready or not self._available() or self._ns is None:
+        """BlockStored events (vLLM's block hashes, medium per kvstash tier) for blocks saved in earlier steps
+        that the sidecar now holds. Never waits: the LOOKUPs run on a background thread; this returns what it
+        confirmed since the last call and hands it the runs now due. Runs not yet stored (the saver thread may
+        lag behind the engine's steps) are retried for CONFIRM_STEPS steps, then forgotten."""
+        if not self.events:
             return []
-        self._runs = [r for r in self._runs if r.step >= self._step]
         out: List[Any] = []
-        deadline = time.monotonic() + self.s.lookup_timeout_ms / 1000.0
+        if self._confirm is not None and self._confirm.done():
+            try:
+                events, retry = self._confirm.result()
+            except Exception:  # a cache fault never breaks the engine
+                events, retry = [], []
+            out.extend(events)
+            self._runs = retry + self._runs
+            self._confirm = None
+        if self._confirm is None and self._ns is not None and self._available():
+            ready = [r for r in self._runs if r.step < self._step]
+            if ready:
+                self._runs = [r for r in self._runs if r.step >= self._step]
+                if self._events_pool is None:
+                    self._events_pool = ThreadPoolExecutor(1, thread_name_prefix="kvstash-events")
+                self._confirm = self._events_pool.submit(self._confirm_runs, ready, self._ns[0])
+        return out
+
+    def _ev_client(self) -> KvstashClient:
+        c = getattr(self._ev_local, "client", None)
+        if c is None:
+            c = self._ev_local.client = KvstashClient(self.s.endpoint, timeout_ms=self.s.lookup_timeout_ms,
+                                                      client_name="kvstash-vllm-events", **self.s.client_auth())
+        return c
+
+    def _confirm_runs(self, ready: List[_Run], ns: str) -> Tuple[List[Any], List[_Run]]:
+        """Events thread: look the runs up (own client), return (events, runs to retry)."""
+        out: List[Any] = []
+        retry: List[_Run] = []
+        c = self._ev_client()
+        deadline = time.monotonic() + max(self.s.lookup_timeout_ms, 1000.0) / 1000.0
         try:
             for r in ready:
                 left = max(0.0, (deadline - time.monotonic()) * 1000.0)
-                res = self.client.lookup(self._ns[0], r.keys, timeout_ms=left)
+                self.counters["event_lookups"] += 1
+                res = c.lookup(ns, r.keys, timeout_ms=left)
                 if res.hit:
-                    out.extend(self._events(r, res.hit, res.tiers, left))
+                    out.extend(self._events(c, ns, r, res.hit, res.tiers, left))
                 if res.hit < len(r.keys) and r.tries < CONFIRM_STEPS:
-                    self._runs.append(_Run(r.first + res.hit, r.keys[res.hit:], r.token_ids[res.hit * self.bs:],
-                                           r.vllm_hashes[res.hit:], r.vllm_hashes[res.hit - 1] if res.hit and res.hit <= len(r.vllm_hashes) else r.parent,
-                                           r.lora_name, r.step, r.tries + 1))
+                    retry.append(_Run(r.first + res.hit, r.keys[res.hit:], r.token_ids[res.hit * self.bs:],
+                                      r.vllm_hashes[res.hit:], r.vllm_hashes[res.hit - 1] if res.hit and res.hit <= len(r.vllm_hashes) else r.parent,
+                                      r.lora_name, r.step, r.tries + 1))
         except KvstashError as err:
             self._fail(err, "event confirmation")
-        return out
+        return out, retry
 
-    def _events(self, r: _Run, n: int, tiers: Dict[str, int], timeout_ms: float) -> List[Any]:
+    def _events(self, c: KvstashClient, ns: str, r: _Run, n: int, tiers: Dict[str, int], timeout_ms: float) -> List[Any]:
         n = min(n, len(r.vllm_hashes))  # without vLLM's hashes for a block there is nothing to announce
         if n <= 0:
             return []
@@ -312,7 +414,7 @@ class SchedulerSide:
         else:  # mixed tiers: ask per block (a one-key lookup names that block's fastest tier)
             media = []
             for k in r.keys[:n]:
-                t = self.client.lookup(self._ns[0], [k], timeout_ms=timeout_ms).tiers  # type: ignore[index]
+                t = c.lookup(ns, [k], timeout_ms=timeout_ms).tiers
                 media.append(tier_medium(next((x for x, c in t.items() if c), "dram")))
         out, i = [], 0
         while i < n:
@@ -329,6 +431,13 @@ class SchedulerSide:
         return out
 
     def close(self) -> None:
+        if self._events_pool is not None:
+            def close_ev() -> None:
+                c = getattr(self._ev_local, "client", None)
+                if c is not None:
+                    c.close()
+            self._events_pool.submit(close_ev)
+            self._events_pool.shutdown(wait=True)
         self.client.close()
 
 

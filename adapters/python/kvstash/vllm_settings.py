@@ -8,7 +8,7 @@ key                      meaning                                                
 endpoint                 sidecar data socket                                     ``$KVSTASH_ENDPOINT``, else
                                                                                  ``ipc://$XDG_RUNTIME_DIR/kvstash.sock``
                                                                                  (or the temp dir)
-lookup_timeout_ms        deadline of the scheduler's lookup; past it: 0 hits     100
+lookup_timeout_ms        deadline of the scheduler's lookup; past it: 0 hits     50
 load_timeout_ms          deadline of a load (the forward pass waits at most      2000
                          this long, then reports the blocks as failed)
 save_timeout_ms          deadline of a background save (PUT)                     10000
@@ -17,6 +17,10 @@ prefill_tokens_per_s     this engine's prefill speed, for load-or-recompute     
                          (kvstash.load_policy); measured values win              own steps
 hop_bytes_per_s          sidecar→worker bandwidth over the socket (not the       2e9
                          same-host arena), for load-or-recompute
+lease_ms                 blocks a lookup promised stay pinned in the sidecar     load_timeout_ms + 5000
+                         until the worker loaded them or this long (0: no lease)
+allow_fail_policy        start although kv_load_failure_policy is "fail" (every  false
+                         failed load then ends its request with an error)
 load_kv_async            load between steps (get_finished) instead of inside     false
                          the forward pass
 model                    namespace model id                                      ``model_config.model``
@@ -57,7 +61,7 @@ def _bool(v: Any) -> bool:
 @dataclass
 class ConnectorSettings:
     endpoint: str
-    lookup_timeout_ms: float = 100
+    lookup_timeout_ms: float = 50
     load_timeout_ms: float = 2000
     save_timeout_ms: float = 10000
     retry_interval_ms: float = 1000
@@ -69,7 +73,14 @@ class ConnectorSettings:
     save_generated: bool = True
     max_pending_save_bytes: int = 1 << 30
     kv_layout: Optional[str] = None
+    lease_ms: Optional[float] = None  #: None: load_timeout_ms + 5000 (see lease_window_ms)
+    allow_fail_policy: bool = False
     auth: Dict[str, Optional[str]] = field(default_factory=dict, repr=False)  # KvstashClient auth keywords
+
+    def lease_window_ms(self) -> float:
+        """How long blocks promised by a lookup stay pinned when the worker never releases them: past the load
+        deadline, plus the scheduling delay between lookup and load (one or more steps)."""
+        return float(self.lease_ms) if self.lease_ms is not None else self.load_timeout_ms + 5000.0
 
     def client_auth(self) -> Dict[str, Optional[str]]:
         """Keyword arguments for every KvstashClient of the connector (token, curve_* keys)."""
@@ -79,10 +90,10 @@ class ConnectorSettings:
     def from_extra(cls, extra: Optional[Dict[str, Any]]) -> "ConnectorSettings":
         e = dict(extra or {})
         s = cls(endpoint=str(e.get("endpoint") or default_endpoint()))
-        for k in ("lookup_timeout_ms", "load_timeout_ms", "save_timeout_ms", "retry_interval_ms", "prefill_tokens_per_s", "hop_bytes_per_s"):
+        for k in ("lookup_timeout_ms", "load_timeout_ms", "save_timeout_ms", "retry_interval_ms", "prefill_tokens_per_s", "hop_bytes_per_s", "lease_ms"):
             if k in e:
                 setattr(s, k, float(e[k]))
-        for k in ("load_kv_async", "save_generated"):
+        for k in ("load_kv_async", "save_generated", "allow_fail_policy"):
             if k in e:
                 setattr(s, k, _bool(e[k]))
         if e.get("model"):
@@ -96,6 +107,24 @@ class ConnectorSettings:
         s.auth = options_from_extra(e)
         Credentials.resolve(**s.auth)  # bad keys or token: KVS_CONFIG now, not at the first lookup
         return s
+
+
+def check_failure_policy(vllm_config: Any, settings: ConnectorSettings) -> str:
+    """Read ``kv_transfer_config.kv_load_failure_policy`` and refuse ``"fail"`` unless ``allow_fail_policy``.
+
+    vLLM ``vllm/config/kv_transfer.py`` (main, 2025-12; field added with the policy, default ``"fail"``):
+    ``kv_load_failure_policy: Literal["recompute", "fail"] = "fail"``; ``vllm/v1/core/sched/scheduler.py`` sets
+    ``recompute_kv_load_failures = policy == "recompute"`` and under ``"fail"`` finishes every request with a
+    failed block as ``FINISHED_ERROR``. A cache miss must never fail a request, so kvstash wants ``"recompute"``.
+    Older vLLM without the field always recomputes: returns ``"recompute"``.
+    """
+    ktc = getattr(vllm_config, "kv_transfer_config", None)
+    policy = str(getattr(ktc, "kv_load_failure_policy", None) or "recompute")
+    if policy == "fail" and not settings.allow_fail_policy:
+        raise ValueError('KVS_CONFIG: kv_transfer_config.kv_load_failure_policy is "fail" (vLLM\'s default): a kvstash '
+                         'load failure would end the request with an error; set "kv_load_failure_policy":"recompute" '
+                         '(or kv_connector_extra_config.allow_fail_policy=true to accept that)')
+    return policy
 
 
 def extra_config(vllm_config: Any) -> Dict[str, Any]:

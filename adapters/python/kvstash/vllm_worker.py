@@ -35,6 +35,7 @@ Saving (``save_kv_layer`` per layer → ``wait_for_save``):
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -104,6 +105,7 @@ class WorkerSide(ArenaWorkerMixin):
         self._failed_reqs: Set[str] = set()
         self._errors: Set[int] = set()
         self._async: Dict[str, _Load] = {}
+        self._failed_async: Set[str] = set()  # asynchronous loads with failed blocks, for get_transfer_results
         self._save: Any = None
         self._side_stream: Any = None
         self._warned: Set[str] = set()
@@ -138,6 +140,13 @@ class WorkerSide(ArenaWorkerMixin):
             self.disabled = str(err)
             log.error("kvstash connector disabled on this worker (loads fail over to recompute, nothing is saved): %s", err)
             return
+        dims = {lay.dim for lay in layouts.values()}
+        if len(dims) > 1:
+            self.disabled = f"layers disagree on the padded head dim ({sorted(dims)})"
+            log.error("kvstash connector disabled on this worker (loads fail over to recompute, nothing is saved): %s", self.disabled)
+            return
+        if dims != {0}:  # per-token-head-scale cache: the stored block holds the whole padded row
+            self.spec = dataclasses.replace(self.spec, head_size=dims.pop())
         self.layers, self.layouts = layers, layouts
         self.index = {n: i for i, n in enumerate(layers)}
         self.kv = {n: kv_caches[n] for n in layers}
@@ -253,6 +262,7 @@ class WorkerSide(ArenaWorkerMixin):
                 self._warn_once("load-" + type(err).__name__, "kvstash: load failed (%s); recomputing", err)
             if ld.lease is None:
                 self._account(ld)
+        self._release_leases(self._sync)
 
     def _account(self, ld: _Load) -> None:
         failed = self._failed(ld)
@@ -302,6 +312,47 @@ class WorkerSide(ArenaWorkerMixin):
         for li, name in enumerate(self.layers):
             self._scatter_layer(ld, li, name)
 
+    def _release_leases(self, loads: List[_Load]) -> None:
+        """The loads are done: release the leases their lookups took (one empty LOOKUP with lease_ms 0 per
+        tag), on the loader thread after its current job; a failure only lets the lease run to its expiry."""
+        tags = [ld.spec.lease for ld in loads if getattr(ld.spec, "lease", None)]
+        if not tags:
+            return
+
+        def release() -> None:
+            try:
+                c = self.clients.get()
+                ns = c.namespace(self.desc, timeout_ms=self.s.load_timeout_ms)
+                for t in tags:
+                    c.lookup(ns, b"", lease=t, lease_ms=0, timeout_ms=self.s.load_timeout_ms)
+            except Exception as err:
+                self._warn_once("lease-" + type(err).__name__, "kvstash: lease release failed (%s); it expires by itself", err)
+
+        try:
+            self.loader.submit(release)
+        except RuntimeError:  # shut down
+            pass
+
+    def build_connector_worker_meta(self) -> Any:
+        """Tell the scheduler, every step, that this worker cannot load (vLLM base.py @ 003df29:
+        ``build_connector_worker_meta`` → aggregated → scheduler ``update_connector_output``)."""
+        if not self.disabled:
+            return None
+        from .vllm_metadata import KvstashWorkerMetadata
+
+        return KvstashWorkerMetadata([self.disabled])
+
+    def get_transfer_results(self, finished_req_ids: Set[str]) -> Any:
+        """Newest vLLM (base.py @ 7ba3df63): finished and failed asynchronous loads in one object; failed
+        receives are in ``finished_recving`` and ``failed_recving``. Their failed block ids stay available to
+        ``get_block_ids_with_load_errors`` in the same pass."""
+        from .vllm_compat import KVConnectorTransferResults
+
+        _sending, done = self.get_finished(finished_req_ids)
+        failed = set(self._failed_async)
+        self._failed_async = set()
+        return KVConnectorTransferResults(finished_sending=set(), finished_recving=set(done or ()), failed_recving=failed)
+
     def get_finished(self, finished_req_ids: Set[str]) -> tuple:
         done: Set[str] = set()
         for rid, ld in list(self._async.items()):
@@ -314,8 +365,11 @@ class WorkerSide(ArenaWorkerMixin):
             self._count("loaded_blocks", len(ld.spec.block_ids) - len(failed))
             self._count("failed_blocks", len(failed))
             self._errors.update(failed)
+            if failed:
+                self._failed_async.add(rid)
             done.add(rid)
             del self._async[rid]
+            self._release_leases([ld])
         return None, (done or None)
 
     def get_block_ids_with_load_errors(self) -> Set[int]:

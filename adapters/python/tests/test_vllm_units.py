@@ -48,6 +48,15 @@ class Layout(unittest.TestCase):
         mla = LayoutSpec("bfloat16", 16, 4, 1, 8, True)
         self.assertEqual(detect_layout((10, 16, 8), strides((10, 16, 8)), mla, 10).kind, "mla")
 
+    def test_backend_shapes(self):
+        cpu = detect_layout((2, 10, 2, 16, 8), strides((2, 10, 2, 16, 8)), self.spec, 10)
+        self.assertEqual((cpu.kind, cpu.heads_first, cpu.dim), ("kv_first", True, 0))
+        pad = detect_layout((10, 2, 16, 2, 12), strides((10, 2, 16, 2, 12)), self.spec, 10)
+        self.assertEqual((pad.kind, pad.heads_first, pad.dim), ("blocks_first", False, 12))
+        for shape in ((2, 10, 16 * 2 * 8), (10, 2, 16, 2, 4), (10, 2, 16, 2, 17)):  # flat paged, narrower, too wide
+            with self.assertRaises(LayoutError):
+                detect_layout(shape, strides(shape), self.spec, 10)
+
     def test_layer_order_is_natural(self):
         self.assertEqual(ordered_layers(["l.10.attn", "l.2.attn", "l.1.attn"]), ["l.1.attn", "l.2.attn", "l.10.attn"])
 
@@ -96,9 +105,16 @@ class SchedulerPlan(unittest.TestCase):
         self.assertEqual(c.build_connector_meta(output([NewRequestData("k", r.prompt_token_ids, (list(range(6)),), 0)], nst={"k": 22})).saves, [])
         c.shutdown()
 
-    def test_refuses_several_kv_cache_groups(self):
+    def test_several_kv_cache_groups_and_refused_mamba(self):
         vc, kcc = make_configs(SPEC, NOWHERE)
-        kcc.kv_cache_groups = kcc.kv_cache_groups * 2
+        g = kcc.kv_cache_groups[0]
+        sw = SimpleNamespace(layer_names=["model.layers.1.attn"], kv_cache_spec=SimpleNamespace(**{**vars(g.kv_cache_spec), "sliding_window": 8}))
+        kcc.kv_cache_groups = [SimpleNamespace(layer_names=["model.layers.0.attn"], kv_cache_spec=g.kv_cache_spec), sw]
+        c = KvstashConnector(vc, KVConnectorRole.SCHEDULER, kcc)
+        self.assertEqual(c._scheduler.windows, [None, 3])  # ceil((8 - 1) / 4) + 1 blocks
+        self.assertEqual(len({d["layout"] for d in c._scheduler.namespaces}), 2)
+        c.shutdown()
+        kcc.kv_cache_groups = [kcc.kv_cache_groups[0], SimpleNamespace(layer_names=["m.1.mixer"], kv_cache_spec=SimpleNamespace(shapes=((4, 8),), block_size=4))]
         with self.assertRaisesRegex(ValueError, "disable-hybrid-kv-cache-manager"):
             KvstashConnector(vc, KVConnectorRole.SCHEDULER, kcc)
 

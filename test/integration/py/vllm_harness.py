@@ -8,7 +8,9 @@ head_size, num_blocks, seed (block placement and initial garbage), token_budget,
 (list of token lists), extra (kv_connector_extra_config), pause_before_load (print PAUSED, wait for a stdin
 line before the first step that loads), delete_before_load (hex keys deleted from the sidecar right before
 that step), delete_at_start ({rank, keys}: deleted from that rank's namespace before any lookup), tp
-(worker processes, one per tensor-parallel rank; their answers are aggregated as vLLM does), idle_steps.
+(worker processes, one per tensor-parallel rank; their answers are aggregated as vLLM does), idle_steps, lifecycle (old | new: the
+worker's call order, see vllm_harness_worker.py), kv_events (kv_events_config.enable_kv_cache_events),
+failure_policy (kv_load_failure_policy), break_layout (the worker registers 4-D views it cannot use).
 
 The scheduler loop follows vLLM's: running requests first, then waiting ones; for a new request it takes
 the local prefix-cache hit, asks get_num_new_matched_tokens (twice — it must have no side effects),
@@ -26,12 +28,13 @@ import subprocess
 import sys
 import time
 from collections import deque
+from types import SimpleNamespace
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 from vllm_harness_common import (  # noqa: E402
-    CachedRequestData, KVCacheBlocks, NewRequestData, Request, make_configs, next_token, recv, send, vllm_block_hashes)
+    CachedRequestData, KVCacheBlocks, NewRequestData, Request, make_configs, next_token, per_group, recv, send, vllm_block_hashes)
 
 from kvstash.vllm import KvstashConnector  # noqa: E402
 from kvstash.vllm_compat import KVConnectorRole  # noqa: E402
@@ -46,7 +49,7 @@ class Engine:
         self.sc, self.bs = sc, sc["block_size"]
         vc, kcc = make_configs(sc, sc["extra"])
         self.conn = KvstashConnector(vc, KVConnectorRole.SCHEDULER, kcc)
-        self.free = list(range(sc["num_blocks"]))
+        self.free = list(range(1 if sc.get("groups") else 0, sc["num_blocks"]))  # hybrid: block 0 is vLLM's null block
         random.Random(sc["seed"]).shuffle(self.free)
         self.local = {}  # vLLM block hash -> block id (local prefix cache)
         self.workers = []  # one process per tensor-parallel rank, as in vLLM
@@ -58,6 +61,8 @@ class Engine:
             assert recv(w.stdout)["ready"]
         self.events, self.results, self.lookup_s = [], {}, 0.0
         self.max_step_s, self.paused = 0.0, False
+        self.lookups = []  # (seconds of the first get_num_new_matched_tokens call, after the pause?) per new request
+        self.take_events_max_s = 0.0
 
     def call(self, msg):
         """Send one message to every worker; vLLM aggregates: load errors are the union, a request has finished
@@ -77,7 +82,16 @@ class Engine:
         done = sorted(rid for rid, c in self.pending_fin.items() if c == len(self.workers))
         for rid in done:
             del self.pending_fin[rid]
-        return {"finished_recving": done, "errors": sorted(set().union(*[r["errors"] for r in reps])),
+        meta = None  # vLLM folds the workers' metadata with aggregate() (KVOutputAggregator)
+        for r in reps:
+            m = pickle.loads(r["worker_meta"])
+            if m is not None:
+                meta = m if meta is None else meta.aggregate(m)
+        errors = sorted(set().union(*[r["errors"] for r in reps]))
+        # the scheduler's update_from_output hands the aggregated KVConnectorOutput to the connector
+        self.conn.update_connector_output(SimpleNamespace(finished_sending=set(), finished_recving=set(done), invalid_block_ids=set(errors),
+                                                          kv_connector_worker_meta=meta))
+        return {"finished_recving": done, "errors": errors,
                 "poisoned": sorted(set().union(*[r["poisoned"] for r in reps])), "elapsed": max(r["elapsed"] for r in reps)}
 
     def alloc(self, n):
@@ -122,7 +136,7 @@ class Engine:
                 cached.req_ids.append(r.request_id)
                 cached.resumed_from_preemption.append(False)
                 cached.new_token_ids.append([])
-                cached.new_block_ids.append((extra_ids,) if extra_ids else None)
+                cached.new_block_ids.append(per_group(extra_ids, sc) if extra_ids else None)
                 cached.num_computed_tokens.append(r.num_computed_tokens)
                 nst[r.request_id] = n
                 budget -= n
@@ -134,15 +148,17 @@ class Engine:
                     local = self.local_hit(r)
                     t0 = time.monotonic()
                     ext, is_async = conn.get_num_new_matched_tokens(r, len(local) * bs)
+                    t1 = time.monotonic()
                     again = conn.get_num_new_matched_tokens(r, len(local) * bs)
                     self.lookup_s += time.monotonic() - t0
+                    self.lookups.append((t1 - t0, self.paused))
                     assert (ext, is_async) == again, f"get_num_new_matched_tokens not repeatable: {(ext, is_async)} vs {again}"
                     assert ext % bs == 0 and len(local) * bs + ext <= len(r.prompt_token_ids) - 1
                     r.local, r.ext = len(local) * bs, ext
                     res = self.results[r.request_id]
-                    res.update(ext_tokens=ext, local_tokens=r.local, **{"async": is_async})
+                    res.update(ext_tokens=ext, local_tokens=r.local, lookup_step=steps, **{"async": is_async})
                     r.blocks = local + self.alloc(-(-len(r.prompt_token_ids) // bs) - len(local))
-                    conn.update_state_after_alloc(r, KVCacheBlocks(r.blocks), ext)
+                    conn.update_state_after_alloc(r, KVCacheBlocks(r.blocks, sc), ext)
                     if is_async:
                         waiting.popleft()
                         r.state, r.num_computed_tokens = "remote", r.local
@@ -154,10 +170,10 @@ class Engine:
                     if ext:
                         load = (r.local, r.local + ext)
                 elif r.state == "resumed":  # asynchronous load finished: scheduled again, no new lookup
-                    conn.update_state_after_alloc(r, KVCacheBlocks(r.blocks), 0)
+                    conn.update_state_after_alloc(r, KVCacheBlocks(r.blocks, sc), 0)
                 waiting.popleft()
                 n = min(len(r.prompt_token_ids) - r.num_computed_tokens, budget)
-                new.append(NewRequestData(r.request_id, r.prompt_token_ids, (list(r.blocks),), r.num_computed_tokens))
+                new.append(NewRequestData(r.request_id, r.prompt_token_ids, per_group(r.blocks, sc), r.num_computed_tokens))
                 nst[r.request_id] = n
                 budget -= n
                 r.state = "running"
@@ -180,7 +196,7 @@ class Engine:
                     sys.stdin.readline()
             rep = self.call({"op": "step", "metadata": wire, "reqs": plan})
             self.max_step_s = max(self.max_step_s, rep["elapsed"])
-            errors = set(rep["errors"])
+            errors = {e % sc["num_blocks"] for e in rep["errors"]}  # any group's id of a position → that position's id
             for r in running:
                 n = nst.get(r.request_id, 0)
                 r.num_computed_tokens += n
@@ -210,19 +226,24 @@ class Engine:
                         done += 1
                     else:
                         r.output_token_ids.append(next_token(r.all_token_ids))
-            self.events.extend(conn.take_events())
+            self.take_events()
         # Let the last saves land, then collect their events: at least idle_steps, then until the scheduler
         # connector has no run left to confirm (saves are asynchronous; a loaded machine delays them).
         idle, deadline = 0, time.monotonic() + 20.0
-        while idle < sc.get("idle_steps", 2) or (getattr(conn._scheduler, "_runs", None) and time.monotonic() < deadline):
+        while idle < sc.get("idle_steps", 2) or (conn._scheduler.events_pending() and time.monotonic() < deadline):
             idle += 1
             time.sleep(0.2)
             so = type("SchedulerOutput", (), {})()
             so.scheduled_new_reqs, so.scheduled_cached_reqs, so.num_scheduled_tokens = [], CachedRequestData(), {}
             md = conn.build_connector_meta(so)
             self.call({"op": "step", "metadata": pickle.dumps(md), "reqs": []})
-            self.events.extend(conn.take_events())
+            self.take_events()
         return steps
+
+    def take_events(self):
+        t0 = time.monotonic()
+        self.events.extend(self.conn.take_events())
+        self.take_events_max_s = max(self.take_events_max_s, time.monotonic() - t0)
 
     def delete(self, keys_hex, rank=0):
         from kvstash.client import KvstashClient
@@ -259,7 +280,8 @@ def main():
     events = [{"block_hashes": [hs(h) for h in e.block_hashes], "parent": hs(e.parent_block_hash), "token_ids": list(e.token_ids),
                "block_size": e.block_size, "medium": e.medium, "lora_name": e.lora_name} for e in eng.events]
     out(event="RESULT", steps=steps, results=eng.results, check=check, counters=shut["counters"], shutdown_s=shut["shutdown_s"],
-        events=events, lookup_s=eng.lookup_s, max_step_s=eng.max_step_s, elapsed_s=time.monotonic() - t0,
+        events=events, lookup_s=eng.lookup_s, lookups=eng.lookups, take_events_max_s=eng.take_events_max_s,
+        scheduler_counters=eng.conn._scheduler.counters, max_step_s=eng.max_step_s, elapsed_s=time.monotonic() - t0,
         scheduler_imported_torch="torch" in sys.modules)
 
 

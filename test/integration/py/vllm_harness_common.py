@@ -29,26 +29,48 @@ class FullAttentionSpec(SimpleNamespace):
     pass
 
 
+class SlidingWindowSpec(SimpleNamespace):
+    pass
+
+
 def make_configs(spec: Dict[str, Any], extra: Dict[str, Any], rank: int = 0):
     """(vllm_config, kv_cache_config) like vLLM's, for a tiny model described by ``spec``."""
     mla = spec["layout"] == "mla"
     heads = 1 if mla else spec["heads"]
     kv_role = spec.get("kv_role", "kv_both")
     ktc = SimpleNamespace(kv_connector="KvstashConnector", kv_connector_module_path="kvstash.vllm", kv_role=kv_role,
-                          kv_load_failure_policy="recompute", kv_connector_extra_config=dict(extra),
+                          kv_load_failure_policy=spec.get("failure_policy", "recompute"), kv_connector_extra_config=dict(extra),
                           is_kv_producer=kv_role in ("kv_producer", "kv_both"), is_kv_consumer=kv_role in ("kv_consumer", "kv_both"))
     model = SimpleNamespace(model=spec.get("model", "test/tiny-llama"), dtype=spec["dtype"], use_mla=mla,
                             hf_config=SimpleNamespace(num_hidden_layers=spec["layers"]),
                             get_num_kv_heads=lambda pc: heads, get_head_size=lambda: spec["head_size"])
+    # vllm/config/kv_events.py KVEventsConfig: the connector announces events only when they are on
+    kec = SimpleNamespace(enable_kv_cache_events=bool(spec.get("kv_events", False)), publisher="zmq")
     vllm_config = SimpleNamespace(
-        kv_transfer_config=ktc, model_config=model,
+        kv_transfer_config=ktc, model_config=model, kv_events_config=kec,
         cache_config=SimpleNamespace(block_size=spec["block_size"], cache_dtype="auto"),
         parallel_config=SimpleNamespace(tensor_parallel_size=spec.get("tp", 1), pipeline_parallel_size=1, rank=rank))
     cls = MLAAttentionSpec if mla else FullAttentionSpec
     kspec = cls(block_size=spec["block_size"], num_kv_heads=heads, head_size=spec["head_size"], dtype=spec["dtype"])
-    kv_cache_config = SimpleNamespace(num_blocks=spec["num_blocks"],
-                                      kv_cache_groups=[SimpleNamespace(layer_names=layer_names(spec["layers"]), kv_cache_spec=kspec)])
+    groups = [SimpleNamespace(layer_names=layer_names(spec["layers"]), kv_cache_spec=kspec)]
+    if spec.get("groups"):  # vLLM's hybrid KV-cache manager: one spec per group (SlidingWindowSpec has sliding_window)
+        names = layer_names(spec["layers"])
+        groups = [SimpleNamespace(layer_names=[n for n in names if int(n.split(".")[2]) in g["layers"]],
+                                  kv_cache_spec=(SlidingWindowSpec if g.get("window") else cls)(
+                                      block_size=spec["block_size"], num_kv_heads=heads, head_size=spec["head_size"], dtype=spec["dtype"],
+                                      **({"sliding_window": g["window"]} if g.get("window") else {})))
+                  for g in spec["groups"]]
+    kv_cache_config = SimpleNamespace(num_blocks=pool_blocks(spec), kv_cache_groups=groups)
     return vllm_config, kv_cache_config
+
+
+def pool_blocks(spec: Dict[str, Any]) -> int:
+    """Blocks of the (shared) pool: with KV-cache groups each group's id of position i is id + group × num_blocks."""
+    return spec["num_blocks"] * len(spec.get("groups") or [None])
+
+
+def group_block(spec: Dict[str, Any], block: int, group: int) -> int:
+    return block + group * spec["num_blocks"]
 
 
 # ---- vLLM's own block hashes (sha256_cbor, PYTHONHASHSEED=0), for requests' block_hashes and events ----------
@@ -92,11 +114,18 @@ class Request:
 
 
 class KVCacheBlocks:
-    def __init__(self, ids: List[int]) -> None:
+    def __init__(self, ids: List[int], spec: Optional[Dict[str, Any]] = None) -> None:
         self._ids = list(ids)
+        self._spec = spec
 
     def get_block_ids(self):
-        return (list(self._ids),)
+        return per_group(self._ids, self._spec)
+
+
+def per_group(ids: List[int], spec: Optional[Dict[str, Any]]) -> tuple:
+    """Block ids as vLLM hands them over: one list per KV-cache group."""
+    n = len((spec or {}).get("groups") or [None])
+    return tuple([group_block(spec, b, g) for b in ids] if g else list(ids) for g in range(n))
 
 
 @dataclass
