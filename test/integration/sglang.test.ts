@@ -48,7 +48,7 @@ test('sglang - pages backed up by one process load bitwise into another (layer_f
   ];
   const written = await runHarness('write', r.endpoint, cases);
   written.forEach((w, i) => t.is(w.written, cases[i]!.pages, `written ${cases[i]!.layout}`));
-  const existsBefore = r.sidecar.counters.byOp.EXISTS ?? 0;
+  const existsBefore = r.sidecar.counters.byOp.LOOKUP ?? 0;
   // MLA pages are read by TP rank 1: same keys, no rank suffix.
   const read = await runHarness('read', r.endpoint, cases.map((c) => (c.mla ? { ...c, rank: 1 } : c)));
   read.forEach((x, i) => {
@@ -62,9 +62,9 @@ test('sglang - pages backed up by one process load bitwise into another (layer_f
     t.is(x.stats.get_hits, c.pages, label);
     t.is(x.stats.errors, 0, label);
   });
-  // batch_exists is one EXISTS round trip per batch of at most 128 pages.
+  // batch_exists is one LOOKUP round trip per batch of at most 128 pages (LOOKUP: tiers for load-or-recompute).
   const batches = cases.reduce((n, c) => n + Math.ceil(c.pages / 128), 0);
-  t.is((r.sidecar.counters.byOp.EXISTS ?? 0) - existsBefore, batches);
+  t.is((r.sidecar.counters.byOp.LOOKUP ?? 0) - existsBefore, batches);
 });
 
 test('sglang - leading-hit counts, prefetch threshold, MHA rank isolation and the single MLA writer', async (t) => {

@@ -76,6 +76,7 @@ class _SaveStep:
     idx: Any
     gathered: Set[int] = field(default_factory=set)
     alloc: Any = None  #: CPU, same host: arena slots the layers are gathered into (committed at wait_for_save)
+    dropped: Set[str] = field(default_factory=set)  #: requests whose load failed in this step: not saved
     parts: Any = None  #: [(first block, count, view (count, layers, *layer_shape))] of those slots
 
 
@@ -262,6 +263,8 @@ class WorkerSide(ArenaWorkerMixin):
                 self._warn_once("load-" + type(err).__name__, "kvstash: load failed (%s); recomputing", err)
             if ld.lease is None:
                 self._account(ld)
+            elif self._failed(ld):  # counted at the settle; its saves of this step are dropped from now on
+                self._failed_reqs.add(ld.spec.req_id)
         self._release_leases(self._sync)
 
     def _account(self, ld: _Load) -> None:
@@ -448,6 +451,7 @@ class WorkerSide(ArenaWorkerMixin):
         st, self._save = self._save, None
         if not st:
             return
+        st.dropped = {sv.req_id for sv in st.saves if sv.req_id in self._failed_reqs}  # slots found reused at the settle
         if self.cuda:
             import torch
 
@@ -480,7 +484,10 @@ class WorkerSide(ArenaWorkerMixin):
         off = 0
         for s in st.saves:
             n = len(s.block_ids)
-            if arena is not None:  # same host: copied straight into arena slots (the transpose happens in that copy)
+            if s.req_id in st.dropped:
+                self._count("dropped_blocks", n)
+                self._release(n * self.block_bytes)
+            elif arena is not None:  # same host: copied straight into arena slots (the transpose happens in that copy)
                 self._put(s.keys, [host[off + i] for i in range(n)], deadline, arena)
             else:
                 self._put(s.keys, [host[off + i].reshape(-1).view(torch.uint8).numpy() for i in range(n)], deadline)

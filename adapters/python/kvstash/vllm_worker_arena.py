@@ -18,6 +18,10 @@ from .client import PUT_PRESENT, PUT_STORED
 from .errors import KvstashError
 
 
+#: deadlines of the ALLOC and COMMIT the forward thread waits for (a stalled sidecar costs a step at most this)
+ALLOC_MS, COMMIT_MS = 100.0, 200.0
+
+
 class ArenaWorkerMixin:
     s: Any
     spec: Any
@@ -89,8 +93,11 @@ class ArenaWorkerMixin:
             c = self.clients.get()
             if not hasattr(c, "alloc"):
                 return None
-            ns = c.namespace(self.desc, timeout_ms=self.s.lookup_timeout_ms)
-            return c.alloc(ns, [k for s in saves for k in s.keys], [self.block_bytes] * n, timeout_ms=self.s.lookup_timeout_ms)
+            if hasattr(c, "connected") and not c.connected():
+                return None
+            tmo = min(self.s.lookup_timeout_ms, ALLOC_MS)  # on the forward thread: never long
+            ns = c.namespace(self.desc, timeout_ms=tmo)
+            return c.alloc(ns, [k for s in saves for k in s.keys], [self.block_bytes] * n, timeout_ms=tmo)
         except Exception as err:
             self._warn_once("alloc-" + type(err).__name__, "kvstash: arena ALLOC failed (%s); saving through the socket", err)
             return None
@@ -99,8 +106,9 @@ class ArenaWorkerMixin:
         """Publish the slots gathered into (none if the step's layers were not all gathered); count like a PUT."""
         al, n = st.alloc, st.idx.numel()
         try:
-            written = [complete and al.slots[i] is not None and al.writable() for i in range(n)]
-            res = al.commit(written, timeout_ms=self.s.save_timeout_ms)
+            keep = [sv.req_id not in st.dropped for sv in st.saves for _b in sv.block_ids]
+            written = [complete and keep[i] and al.slots[i] is not None and al.writable() for i in range(n)]
+            res = al.commit(written, timeout_ms=min(self.s.save_timeout_ms, COMMIT_MS))
             if complete:
                 self._count("saved_blocks", sum(1 for r in res if r == PUT_STORED))
                 self._count("present_blocks", sum(1 for r in res if r == PUT_PRESENT))
