@@ -16,6 +16,7 @@ import { blockHashes } from './keys.js';
 import { rootLogger } from './log.js';
 import { Sidecar } from './sidecar.js';
 import { formatTable, humanBytes } from './table.js';
+import { VERSION } from './version.js';
 
 const extraSettings: Setting[] = EXTENSIONS.flatMap((e) => e.settings ?? []);
 
@@ -32,7 +33,7 @@ function collectFlags(opts: Record<string, unknown>): Record<string, unknown> {
 export function buildProgram(): Command {
   const program = new Command('kvstash')
     .description('KV-cache sidecar for LLM inference: keeps KV blocks in DRAM → SSD → NFS → S3 and hands them back to engines')
-    .version('0.1.0')
+    .version(VERSION)
     .showHelpAfterError()
     .exitOverride();
 
