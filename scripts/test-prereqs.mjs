@@ -8,6 +8,8 @@ const PACKAGES = [
   'python3-zmq', 'python3-msgpack', 'python3-numpy', 'python3-torch', 'python3-cbor2',
   // NFS suite: userspace NFS server + FUSE client
   'nfs-ganesha', 'nfs-ganesha-vfs', 'rpcbind', 'gvfs-backends', 'gvfs-fuse', 'dbus', 'libglib2.0-bin', 'libnfs-utils', 'iproute2',
+  // Python gates (scripts/python-lint.mjs): pyflakes checks through flake8, and mypy
+  'flake8', 'mypy',
 ];
 
 function missing() {

@@ -57,7 +57,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union, cast
 
 import msgpack
 import zmq
@@ -159,7 +159,7 @@ class KvstashClient:
             self._mon = HandshakeMonitor(s, endpoint, self._creds)
         if configure is not None:
             configure(s)
-        self._routing_id: bytes = s.getsockopt(zmq.ROUTING_ID) if self._creds is not None else b""
+        self._routing_id = cast(bytes, s.getsockopt(zmq.ROUTING_ID)) if self._creds is not None else b""  # a bytes option
         s.connect(endpoint)
         self._sock = s
         self._auth_at: Optional[int] = None  # HandshakeMonitor.handshakes when AUTH last succeeded
