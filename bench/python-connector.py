@@ -43,7 +43,8 @@ def start_sidecar(tmp: str) -> tuple:
     ep = f"ipc://{os.path.join(tmp, 'kvstash.sock')}"
     cli = os.path.join(REPO, "dist", "connector", "cli.js")
     cmd = ["node", cli] if os.path.exists(cli) else ["node", "--import=tsx", os.path.join(REPO, "connector", "cli.ts")]
-    p = subprocess.Popen(cmd + ["serve", "--endpoints", ep, "--file-root", "", "--dram-bytes", "6GiB", "--log-level", "warn"],
+    p = subprocess.Popen(cmd + ["serve", "--endpoints", ep, "--file-root", "", "--dram-bytes", "6GiB", "--log-level", "warn",
+                          "--grpc", "", "--metrics", ""],  # no control plane / metrics: a user's sidecar may hold their ports
                          cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 30
     out = ""
