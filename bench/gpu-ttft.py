@@ -394,7 +394,7 @@ def bench_length(model, c, S, frac, dev, reps, verbose):
         g = kv[nm].index_select(0, idx)  # (n, 2, BS, H, D)
         past.append((g[:, 0].reshape(P, c["kv_heads"], c["head_dim"]), g[:, 1].reshape(P, c["kv_heads"], c["head_dim"])))
     sfx = ids[P:]
-    t_suffix = timed(lambda: model.forward(sfx, past=past), dev, reps)
+    t_suffix = timed(lambda: model.forward(sfx, past=past), dev, reps)  # noqa: F821 (pyflakes misreads the `del past` below)
     hid, _, _ = model.forward(sfx, past=past)
     ref = ref_hidden[P:].float()
     rel = float((hid.float() - ref).norm() / ref.norm())

@@ -28,10 +28,16 @@ export const BENCHES: { name: string; cmd: string[] }[] = [
 const args = process.argv.slice(2);
 const only = args.filter((a) => !a.startsWith('--'));
 const extra = args.filter((a) => a.startsWith('--'));
+const unknown = only.filter((n) => !BENCHES.some((b) => b.name === n));
+if (unknown.length) {
+  process.stderr.write(`npm run bench: no benchmark named ${unknown.join(', ')}; the benchmarks are ${BENCHES.map((b) => b.name).join(', ')} (bench/README.md)\n`);
+  process.exit(2);
+}
 let failed = 0;
 for (const b of BENCHES) {
   if (only.length && !only.includes(b.name)) continue;
-  process.stdout.write(`\n=== bench: ${b.name} ===\n`);
+  // each bench prints its table when done (seconds to minutes; --quick is shorter): say what runs now
+  process.stdout.write(`\n=== bench: ${b.name} === (running: ${b.cmd.map((c) => path.basename(c)).slice(-1)[0]}${extra.length ? ' ' + extra.join(' ') : ''}; its table follows when it finishes)\n`);
   const r = spawnSync(b.cmd[0]!, [...b.cmd.slice(1), ...extra], { stdio: 'inherit', cwd: repo, env: { ...process.env, KVSTASH_PYTHON: py } });
   if (r.status !== 0) {
     failed++;

@@ -4,23 +4,60 @@
  * plane add theirs through CliExtension (connector/cli-extensions.ts).
  * Exit codes: 0 success, 1 operational error (sidecar unreachable, request failed), 2 bad usage/config.
  */
+import { existsSync, rmSync } from 'node:fs';
 import { Command, CommanderError, Option } from 'commander';
 import { KvstashError, ErrorCode } from '../protocol/errors.js';
 import { KvstashClient } from './client.js';
 import { SETTINGS, loadConfig, settingsMarkdown, type Setting } from './config.js';
 import { EXTENSIONS } from './cli-extensions.js';
 import { grpcLookup, grpcStats } from './control/cli.js';
-import { addConnectionOptions, parseTokens, type CommonOpts, type SelOpts } from './control/cli-support.js';
+import { addConnectionOptions, noFullBlockHint, parseTokens, type CommonOpts, type SelOpts } from './control/cli-support.js';
 import { printEnginesLookup } from '../adapters/vllm/engines-cli.js';
 import { blockHashes } from './keys.js';
 import { rootLogger } from './log.js';
 import { Sidecar } from './sidecar.js';
 import { formatTable, humanBytes } from './table.js';
+import { VERSION } from './version.js';
 
 const extraSettings: Setting[] = EXTENSIONS.flatMap((e) => e.settings ?? []);
 
 function defaultEndpoint(): string {
   return loadConfig({}, process.env, undefined, extraSettings).endpoints.find((e) => e.startsWith('ipc://')) ?? 'tcp://127.0.0.1:5599';
+}
+
+/** ZeroMQ's own words for a bad endpoint are "Protocol not supported"; say what an endpoint looks like. */
+function checkEndpoints(endpoints: string[]): void {
+  for (const ep of endpoints) {
+    if (!/^(tcp:\/\/[^/]+:\d+|ipc:\/\/.+|inproc:\/\/.+)$/.test(ep)) {
+      throw new KvstashError(ErrorCode.CONFIG, `endpoints: ${JSON.stringify(ep)} is not a ZeroMQ endpoint; expected tcp://host:port, ipc:///path/to.sock or inproc://name`);
+    }
+  }
+}
+
+/** Errors of binding and opening at start-up, said with the setting that caused them. */
+function startError(err: unknown, fileRoot: string): unknown {
+  const e = err as NodeJS.ErrnoException & { address?: string };
+  if (e?.code === 'EADDRINUSE' && e.address) {
+    return new KvstashError(ErrorCode.CONFIG, `data endpoint ${e.address} is already in use (another kvstash serve?): stop it, or give other --endpoints`, { cause: err });
+  }
+  if (typeof e?.code === 'string' && e.syscall && e.path) {
+    const what = fileRoot && e.path.startsWith(fileRoot) ? ` (file tier folder, --file-root ${fileRoot})` : '';
+    const reason = e.message.replace(/^[A-Z]+: /, '').replace(/, \w+ '.*'$/, '');
+    return new KvstashError(ErrorCode.CONFIG, `cannot ${e.syscall} ${e.path}${what}: ${reason} (${e.code})`, { cause: err });
+  }
+  return err;
+}
+
+/** Data-socket failures said with the endpoint and what to do. */
+function dataSocketError(err: unknown, endpoint: string, timeoutMs: number): unknown {
+  const e = err as KvstashError;
+  if (e?.code === ErrorCode.TIMEOUT) {
+    return new KvstashError(ErrorCode.TIMEOUT, `no reply from the data socket at ${endpoint} within ${timeoutMs} ms: is \`kvstash serve\` listening there? Start it, or pass --endpoint <ep>`, { cause: err });
+  }
+  if (e?.code === ErrorCode.UNKNOWN_OP) {
+    return new KvstashError(ErrorCode.UNKNOWN_OP, `the sidecar at ${endpoint} runs without the KV-events index; start serve with --vllm-events <engine KV-event publisher, e.g. tcp://engine:5557> (adapters/vllm/README.md)`, { cause: err });
+  }
+  return err;
 }
 
 function collectFlags(opts: Record<string, unknown>): Record<string, unknown> {
@@ -32,7 +69,7 @@ function collectFlags(opts: Record<string, unknown>): Record<string, unknown> {
 export function buildProgram(): Command {
   const program = new Command('kvstash')
     .description('KV-cache sidecar for LLM inference: keeps KV blocks in DRAM → SSD → NFS → S3 and hands them back to engines')
-    .version('0.1.0')
+    .version(VERSION)
     .showHelpAfterError()
     .exitOverride();
 
@@ -48,11 +85,15 @@ export function buildProgram(): Command {
   serve.action(async (opts: Record<string, unknown>) => {
     const config = loadConfig(collectFlags(opts), process.env, opts.config as string | undefined, extraSettings);
     const log = rootLogger(config.logLevel);
+    checkEndpoints(config.endpoints);
+    const rootExisted = !config.fileRoot || existsSync(config.fileRoot);
     const sidecar = new Sidecar(config);
     for (const ext of EXTENSIONS) for (const p of (await ext.plugins?.(config)) ?? []) sidecar.use(p);
-    const { endpoints, rebuilt } = await sidecar.start();
+    const { endpoints, rebuilt } = await sidecar.start().catch((err: unknown) => { throw startError(err, config.fileRoot); });
     const tiers = sidecar.tiers.tiers.map((t) => `${t.name} (${t.driver.name}, ${humanBytes(t.budgetBytes)})`).join(' → ');
-    process.stdout.write(`kvstash sidecar listening on ${endpoints.join(', ')}\ntiers: ${tiers}\nindex rebuilt from disk: ${rebuilt} blocks\n`);
+    process.stdout.write(`kvstash sidecar listening on ${endpoints.join(', ')}\ntiers: ${tiers}\nindex rebuilt from disk: ${rebuilt} blocks\n` +
+      (rootExisted ? '' : `file tier folder ${config.fileRoot} did not exist: created it\n`) +
+      'logs: JSON lines on stderr (--log-level warn quiets them); Ctrl-C stops\n');
     log.info({ endpoints, tiers: sidecar.tiers.stats().map((t) => t.name), rebuilt }, 'sidecar started');
     let stopping = false;
     const stop = async (sig: string) => {
@@ -60,6 +101,9 @@ export function buildProgram(): Command {
       stopping = true;
       log.info({ sig }, 'stopping: draining write-behind queues');
       await sidecar.stop();
+      // libzmq leaves ipc socket files behind when the process exits; remove ours so the next start is clean
+      for (const ep of endpoints) if (ep.startsWith('ipc://')) rmSync(ep.slice('ipc://'.length), { force: true });
+      process.stdout.write(`kvstash sidecar stopped (${sig})\n`);
       process.exit(0);
     };
     process.on('SIGINT', () => void stop('SIGINT'));
@@ -74,7 +118,7 @@ export function buildProgram(): Command {
       if (!opts.endpoint && !opts.dataEndpoint) return grpcStats(opts);
       const c = new KvstashClient(opts.dataEndpoint ?? opts.endpoint!, { timeoutMs: Number(opts.timeout) });
       try {
-        const st = await c.stats();
+        const st = await c.stats().catch((err: unknown) => { throw dataSocketError(err, String(opts.dataEndpoint ?? opts.endpoint), Number(opts.timeout)); });
         if (opts.json) process.stdout.write(JSON.stringify(st, null, 2) + '\n');
         else {
           const tiers = st.tiers as Record<string, number | string>[];
@@ -105,7 +149,10 @@ export function buildProgram(): Command {
     .option('--engines', 'instead: which vLLM engines hold the prefix in GPU memory (KV-events index; sidecar block size and seed)')
     .action(async (opts: Record<string, string | boolean | undefined>) => {
       if (opts.engines) {
-        return printEnginesLookup({ endpoint: String(opts.endpoint ?? opts.dataEndpoint ?? defaultEndpoint()), tokens: parseTokens(String(opts.tokens)), lora: opts.lora as string | undefined, cacheSalt: opts.cacheSalt as string | undefined, timeoutMs: Number(opts.timeout), json: opts.json === true });
+        if (opts.grpc) throw new KvstashError(ErrorCode.INVALID_ARGUMENT, `--engines asks the sidecar's data socket (--endpoint <ep>, default ${defaultEndpoint()}), not the gRPC control plane; drop --grpc`);
+        const endpoint = String(opts.endpoint ?? opts.dataEndpoint ?? defaultEndpoint());
+        return printEnginesLookup({ endpoint, tokens: parseTokens(String(opts.tokens)), lora: opts.lora as string | undefined, cacheSalt: opts.cacheSalt as string | undefined, timeoutMs: Number(opts.timeout), json: opts.json === true })
+          .catch((err: unknown) => { throw dataSocketError(err, endpoint, Number(opts.timeout)); });
       }
       if (!opts.endpoint && !opts.dataEndpoint) return grpcLookup(opts as CommonOpts & SelOpts);
       const tokens = parseTokens(String(opts.tokens));
@@ -114,12 +161,13 @@ export function buildProgram(): Command {
       const keys = blockHashes(tokens, Number(opts.blockSize), { lora: opts.lora as string | undefined, cacheSalt: opts.cacheSalt as string | undefined });
       const c = new KvstashClient(String(opts.dataEndpoint ?? opts.endpoint), { timeoutMs: Number(opts.timeout) });
       try {
-        const ns = await c.hello({ model: String(opts.model), engine: String(opts.engine), layout: String(opts.layout), tenant: String(opts.tenant), tp_rank: tpr!, tp_size: tps!, pp_rank: ppr!, pp_size: pps! });
+        const ns = await c.hello({ model: String(opts.model), engine: String(opts.engine), layout: String(opts.layout), tenant: String(opts.tenant), tp_rank: tpr!, tp_size: tps!, pp_rank: ppr!, pp_size: pps! })
+          .catch((err: unknown) => { throw dataSocketError(err, String(opts.dataEndpoint ?? opts.endpoint), Number(opts.timeout)); });
         const r = await c.lookup(ns, keys);
         const out = { namespace: ns, blocks: keys.length, hit_blocks: r.hit, hit_tokens: r.hit * Number(opts.blockSize), tiers: r.tiers, load_ms: r.loadMs };
         if (opts.json) process.stdout.write(JSON.stringify(out, null, 2) + '\n');
         else {
-          process.stdout.write(`${r.hit} of ${keys.length} blocks (${out.hit_tokens} tokens) available\n`);
+          process.stdout.write(`${r.hit} of ${keys.length} blocks (${out.hit_tokens} tokens) available${noFullBlockHint(tokens.length, Number(opts.blockSize))}\n`);
           process.stdout.write(formatTable(['tier', 'leading blocks', 'est. load ms'], Object.keys(r.tiers).map((t) => [t, r.tiers[t]!, (r.loadMs[t] ?? 0).toFixed(2)])) + '\n');
         }
       } finally {
@@ -141,13 +189,19 @@ export function buildProgram(): Command {
 }
 
 export async function main(argv: string[]): Promise<void> {
+  // `kvstash stats | head -1`: the reader went away; that is not an error
+  process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code === 'EPIPE') process.exit(0);
+    throw err;
+  });
   const program = buildProgram();
   try {
     await program.parseAsync(argv);
   } catch (err) {
     if (err instanceof CommanderError) process.exit(err.exitCode === 0 ? 0 : 2);
     const e = err as KvstashError;
-    process.stderr.write(`kvstash: ${e.code ?? 'error'}: ${e.message}\n`);
+    const message = e.code && e.message?.startsWith(`${e.code}: `) ? e.message.slice(e.code.length + 2) : e.message;
+    process.stderr.write(`kvstash: ${e.code ?? 'error'}: ${message}\n`);
     process.exit(e.code === ErrorCode.CONFIG || e.code === ErrorCode.INVALID_ARGUMENT ? 2 : 1);
   }
 }

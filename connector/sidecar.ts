@@ -29,8 +29,9 @@ import { ArenaStore } from './storage/arena.js';
 import { defaultRegistry, type DriverRegistry } from './storage/registry.js';
 import type { TierStack } from './tiers.js';
 import { LeaseBook } from './leases.js';
+import { VERSION } from './version.js';
 
-export const SERVER_VERSION = 'kvstash/0.1.0';
+export const SERVER_VERSION = `kvstash/${VERSION}`;
 /** Namespaces one sidecar registers at most (each HELLO of a new descriptor adds one; they are persisted). */
 export const MAX_NAMESPACES = 65_536;
 

@@ -12,6 +12,8 @@ const PACKAGES = [
   'redis-server', 'redis-tools', 'python3-redis', 'python3-hiredis',
   // adopt-dir janitor: file accesses seen through inotify (inotifywait)
   'inotify-tools',
+  // Python gates (scripts/python-lint.mjs): pyflakes checks through flake8, and mypy
+  'flake8', 'mypy',
 ];
 
 function missing() {

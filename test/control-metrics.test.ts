@@ -76,6 +76,11 @@ test('control metrics - /metrics after a known workload: requests, latency, byte
   t.is(value(body, 'kvstash_pin_budget_bytes'), 32 * 2 ** 20);
   t.is(value(body, 'kvstash_blocks'), 4);
   t.is((await scrape(r.metrics!.address, '/')).status, 404);
+  // process and Node runtime metrics (prom-client defaults)
+  t.true(value(body, 'process_cpu_user_seconds_total')! > 0);
+  t.true(value(body, 'process_resident_memory_bytes')! > 1e6);
+  t.true(value(body, 'nodejs_heap_size_used_bytes')! > 1e5);
+  t.not(value(body, 'nodejs_eventloop_lag_seconds'), undefined);
 });
 
 test('control metrics - per-namespace series are bounded: top N namespaces, the rest as "other", counters monotonic', async (t) => {
@@ -109,7 +114,7 @@ test('control metrics - every metric the Grafana dashboard queries is exposed', 
   const { body } = await scrape(r.metrics!.address);
   const types = new Set([...body.matchAll(/^# TYPE (\S+) /gm)].map((m) => m[1]));
   const dash = readFileSync(path.join(repoRoot, 'examples', 'grafana', 'kvstash-dashboard.json'), 'utf8');
-  const used = new Set([...dash.matchAll(/kvstash_[a-z_]+/g)].map((m) => m[0].replace(/_(bucket|sum|count)$/, '')).filter((n) => n !== 'kvstash_sidecar'));
+  const used = new Set([...dash.matchAll(/(?:kvstash|process|nodejs)_[a-z0-9_]+/g)].map((m) => m[0].replace(/_(bucket|sum|count)$/, '')).filter((n) => n !== 'kvstash_sidecar'));
   t.true(used.size > 20);
   for (const name of used) t.true(types.has(name), `${name} is queried by the dashboard but not exposed`);
 });

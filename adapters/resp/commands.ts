@@ -202,7 +202,7 @@ export const COMMANDS: Record<string, Spec> = {
     arity: -2,
     fn: async (c, s, a) => {
       const id = ns(c, s);
-      const vals = await Promise.all(a.slice(1).map((k) => c.store.get(id, k)));
+      const vals = await Promise.all(a.slice(1).map((k) => Promise.resolve(c.store.get(id, k))));
       return array(vals.map((v) => getReply(c, s, v)));
     },
   },

@@ -56,17 +56,36 @@ export function controlClient(opts: CommonOpts): ControlClient {
 }
 
 /** Run a command body; print errors (as JSON with --json) and exit with the documented code. */
-export async function runCommand(opts: { json?: boolean }, body: () => Promise<number | void>): Promise<void> {
+export async function runCommand(opts: { json?: boolean; grpc?: string }, body: () => Promise<number | void>): Promise<void> {
   let code: number;
   try {
     code = (await body()) ?? EXIT.OK;
   } catch (err) {
-    const e = toKvstashError(err);
+    const e = explainUnreachable(toKvstashError(err), opts);
     if (opts.json) process.stdout.write(JSON.stringify({ error: { code: e.code, message: e.message } }) + '\n');
     process.stderr.write(`kvstash: ${e.code}: ${e.message}\n`);
     code = exitCodeOf(e.code);
   }
   process.exit(code);
+}
+
+/**
+ * grpc-js reports an unreachable server in its own words ("No connection established. Last error: … Resolution
+ * note: …"); say instead which address was tried and what to do.
+ */
+export function explainUnreachable(e: KvstashError, opts: { grpc?: string }): KvstashError {
+  if (e.code !== ErrorCode.UNAVAILABLE && e.code !== ErrorCode.TIMEOUT) return e;
+  if (!/No connection established|Failed to connect|ECONNREFUSED|DNS resolution failed|Waiting for LB pick|waiting_for_connection/i.test(e.message)) return e;
+  let addr = '';
+  try {
+    addr = grpcAddress(opts);
+  } catch {
+    // the address itself was the problem; keep the original message
+    return e;
+  }
+  const why = (/(connect \w+ \S+|getaddrinfo \w+ \S+|DNS resolution failed[^.]*)/.exec(e.message)?.[1] ?? 'no connection').replace(/\.$/, '');
+  return new KvstashError(e.code, `cannot reach the kvstash control plane at ${addr} (${why}). Is \`kvstash serve\` running? ` +
+    'Start it (npm start, or kvstash serve), or point at it with --grpc <host:port> (env KVSTASH_GRPC); stats and lookup can also ask the data socket with --data-endpoint <ep>', { cause: e });
 }
 
 export function print(opts: { json?: boolean }, value: unknown, human: () => string): void {
@@ -89,6 +108,13 @@ export function addSelectorOptions(cmd: Command, what: string): Command {
     .option('--lora <name>', 'LoRA adapter name (hash extra key)')
     .option('--cache-salt <salt>', 'cache salt (hash extra key of the first block)')
     .option('--hashes <hex,…|@file>', 'prefix as kvstash block hashes (64 hex chars each)');
+}
+
+/** " — 3 tokens make no full block of 16 …": only full blocks are cached, which "0 of 0 blocks" does not say. */
+export function noFullBlockHint(tokens: number, blockSize: number): string {
+  if (!(blockSize > 0) || tokens % blockSize === 0 && tokens > 0) return '';
+  const full = Math.floor(tokens / blockSize);
+  return ` — ${tokens} tokens make ${full} full block${full === 1 ? '' : 's'} of ${blockSize} (--block-size); only full blocks are cached`;
 }
 
 export function parseTokens(spec: string): number[] {

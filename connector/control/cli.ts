@@ -14,7 +14,7 @@ import { parseBytes, type Config } from '../config.js';
 import type { SidecarPlugin } from '../sidecar.js';
 import { formatTable, humanBytes } from '../table.js';
 import {
-  addConnectionOptions, addSelectorOptions, controlClient, EXIT, namespaceFrom, prefixFrom, print, progressLine, runCommand, selectorFrom,
+  addConnectionOptions, addSelectorOptions, controlClient, EXIT, grpcAddress, namespaceFrom, noFullBlockHint, prefixFrom, print, progressLine, runCommand, selectorFrom,
   type CommonOpts, type SelOpts,
 } from './cli-support.js';
 import { DataAuthPlugin } from './data-auth.js';
@@ -102,7 +102,8 @@ export function grpcLookup(opts: CommonOpts & SelOpts): Promise<void> {
         tiers: Object.fromEntries(tiers.map((t) => [t.tier, t.blocks])), load_ms: Object.fromEntries(tiers.map((t) => [t.tier, t.load_ms])),
         media: Object.fromEntries(tiers.map((t) => [t.tier, t.medium])),
       };
-      print(opts, out, () => `${r.hit_blocks} of ${r.blocks} blocks${bs ? ` (${out.hit_tokens} tokens)` : ''} available\n` +
+      const hint = prefix.tokens ? noFullBlockHint((prefix.tokens as Msg).ids.length, bs) : '';
+      print(opts, out, () => `${r.hit_blocks} of ${r.blocks} blocks${bs ? ` (${out.hit_tokens} tokens)` : ''} available${hint}\n` +
         formatTable(['tier', 'medium', 'leading blocks', 'est. load ms'], tiers.map((t) => [t.tier, t.medium, t.blocks, Number(t.load_ms).toFixed(2)])));
     } finally {
       c.close();
@@ -214,9 +215,14 @@ function addCommands(program: Command): void {
   command(program, 'watch', 'stream tier events (stored / removed / corrupt) of the caller\'s tenants', undefined, async (o) => {
     const c = controlClient(o);
     let n = 0;
+    let interrupted = false;
     const max = o.count ? Number(o.count) : Infinity;
     try {
       const s = c.stream('WatchTierEvents', { kinds: o.kinds ? String(o.kinds).split(',') : [], namespace: o.ns ? { id: String(o.ns) } : undefined, tenant: o.tenant ?? '' });
+      const stop = () => { interrupted = true; s.call.cancel(); };
+      process.once('SIGINT', stop).once('SIGTERM', stop);
+      // say at once what is being watched (events may be rare), and say when it stops
+      process.stderr.write(`watching tier events at ${grpcAddress(o)}${o.kinds ? ` (${String(o.kinds)})` : ''}; Ctrl-C stops\n`);
       for await (const e of s.messages) {
         const row = { seq: e.seq, kind: e.kind, namespace: e.namespace_id, hash: Buffer.from(e.hash).toString('hex'), tier: e.tier, medium: e.medium, ts: e.ts, dropped: e.dropped };
         process.stdout.write(o.json ? JSON.stringify(row) + '\n' : `${row.seq}\t${row.kind}\t${row.tier}\t${row.medium}\t${row.namespace}/${row.hash}${row.dropped ? `\t(dropped ${row.dropped})` : ''}\n`);
@@ -226,9 +232,10 @@ function addCommands(program: Command): void {
         }
       }
     } catch (err) {
-      if (n < max) throw err;
+      if (n < max && !interrupted) throw err;
     } finally {
       c.close();
+      process.stderr.write(`watch stopped after ${n} event${n === 1 ? '' : 's'}\n`);
     }
   }).option('--kinds <list>', 'stored,removed,corrupt (default all)').option('--ns <id>', 'only this namespace').option('--tenant <t>', 'only this tenant')
     .option('--count <n>', 'stop after n events');

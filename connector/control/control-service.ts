@@ -212,8 +212,10 @@ export class ControlService {
   // ---- streaming -------------------------------------------------------------------------------------------
 
   private async clear(r: Msg, p: Principal, out: BoundedStream<Msg>): Promise<void> {
+    const notPrefix = () => new KvstashError(ErrorCode.INVALID_ARGUMENT, 'Clear takes a namespace or a tenant, not a prefix (use Evict)');
+    if ((r.selector as SelectorMsg | null)?.prefix?.kind) throw notPrefix(); // bad usage before "no such namespace"
     const sel = this.resolver.selection(r.selector as SelectorMsg, p);
-    if (sel.scope === 'prefix') throw new KvstashError(ErrorCode.INVALID_ARGUMENT, 'Clear takes a namespace or a tenant, not a prefix (use Evict)');
+    if (sel.scope === 'prefix') throw notPrefix();
     const keys = sel.keys();
     const pr = { total: keys.length, done: 0, changed: 0, skipped: 0, failed: 0, finished: false };
     out.latest({ ...pr });

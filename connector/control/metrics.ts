@@ -11,7 +11,7 @@
  *   (default: off when auth is on — tenant and model names are not for every scraper).
  */
 import { createServer, type Server } from 'node:http';
-import { Counter, Gauge, Histogram, Registry } from 'prom-client';
+import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 import { unpackHeader } from '../../protocol/codec.js';
 import { ErrorCode, KvstashError } from '../../protocol/errors.js';
 import type { Request } from '../../protocol/wire.js';
@@ -51,6 +51,9 @@ export class MetricsPlugin implements SidecarPlugin {
 
   constructor(private readonly opts: MetricsOptions) {
     const registers = [this.registry];
+    // Process and Node runtime metrics under their standard names (process_cpu_seconds_total, process_resident_memory_bytes,
+    // nodejs_eventloop_lag_seconds, nodejs_heap_size_used_bytes, nodejs_gc_duration_seconds, …), as Node dashboards expect.
+    collectDefaultMetrics({ register: this.registry });
     const s = this as MetricsPlugin;
     this.ops.register(this.registry, {
       requests: 'kvstash_requests_total', duration: 'kvstash_request_duration_seconds', received: 'kvstash_received_bytes_total', sent: 'kvstash_sent_bytes_total',

@@ -80,6 +80,13 @@ export class Resolver {
     if (sel.namespace?.kind) {
       const { id, desc } = this.namespace(sel.namespace, p);
       if (sel.tenant && sel.tenant !== desc.tenant) bad(`selector tenant ${JSON.stringify(sel.tenant)} differs from the namespace's tenant ${JSON.stringify(desc.tenant)}`);
+      if (!this.sidecar.namespaces.has(id)) {
+        // A mistyped --model must not look like success ("0 blocks changed"): say which namespaces exist.
+        const same = [...this.sidecar.namespaces.values()].filter((d) => d.tenant === desc.tenant);
+        const known = same.map((d) => `${d.model} (${d.engine}, layout ${d.layout}, tp ${d.tp_rank}/${d.tp_size}, pp ${d.pp_rank}/${d.pp_size})`);
+        throw new KvstashError(ErrorCode.NS_UNKNOWN, `no namespace model ${JSON.stringify(desc.model)} (${desc.engine}, layout ${desc.layout}, tp ${desc.tp_rank}/${desc.tp_size}, pp ${desc.pp_rank}/${desc.pp_size}) of tenant ${JSON.stringify(desc.tenant)} is registered; ` +
+          (known.length ? `known: ${[...new Set(known)].slice(0, 10).join('; ')}` : 'the tenant has none'));
+      }
       if (sel.prefix?.kind) {
         const keys = this.hashes(sel.prefix).map((h) => `${id}/${h.toString('hex')}`);
         return { scope: 'prefix', namespace: id, tenant: desc.tenant, keys: () => keys };
@@ -91,6 +98,7 @@ export class Resolver {
     if (!sel.tenant) bad('a selector needs a namespace or a tenant');
     this.policy.check(p, sel.tenant);
     const ids = new Set([...this.sidecar.namespaces].filter(([, d]) => d.tenant === sel.tenant).map(([id]) => id));
+    if (ids.size === 0) throw new KvstashError(ErrorCode.NS_UNKNOWN, `tenant ${JSON.stringify(sel.tenant)} has no registered namespace`);
     return { scope: 'tenant', tenant: sel.tenant, keys: () => [...index.keys()].filter((k) => ids.has(k.slice(0, 32))) };
   }
 

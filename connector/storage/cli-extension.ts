@@ -4,9 +4,11 @@
  *   printed as a pass/fail table (exit 0 all passed, 1 a case failed, 2 bad usage/config);
  * - `kvstash bench trace …`: replays a request trace against the real TierStack (connector/trace-replay.ts).
  */
+import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import path from 'node:path';
-import { pathToFileURL } from 'node:url';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import type { Command } from 'commander';
 import { ErrorCode, KvstashError } from '../../protocol/errors.js';
 import type { CliExtension } from '../cli-extension.js';
@@ -53,8 +55,36 @@ export async function resolveDriver(target: string, exportName?: string): Promis
   }
   const abs = path.resolve(target);
   if (!existsSync(abs)) throw new KvstashError(ErrorCode.CONFIG, `driver module ${abs} does not exist`);
+  if (/\.[mc]?ts$/.test(abs) && !typeScriptLoaderActive()) rerunWithTsx(abs);
   const url = pathToFileURL(abs).href;
   return { factory: await loadDriverFactory(url, exportName), module: url, exportName };
+}
+
+/** Whether this process can import .ts files (started through tsx, as in the repository's tests). */
+function typeScriptLoaderActive(): boolean {
+  return /\.ts$/.test(import.meta.url) || [...process.execArgv, process.env.NODE_OPTIONS ?? ''].some((a) => /\btsx\b/.test(a));
+}
+
+/**
+ * A driver written in TypeScript: plain node cannot import it (ERR_UNKNOWN_FILE_EXTENSION). Run this same command
+ * again under tsx when tsx can be found (next to the driver, or beside kvstash), else say how to proceed.
+ */
+function rerunWithTsx(abs: string): never {
+  let tsx: string | undefined;
+  for (const from of [path.join(path.dirname(abs), 'x.js'), path.join(process.cwd(), 'x.js'), fileURLToPath(import.meta.url)]) {
+    try {
+      tsx = createRequire(from).resolve('tsx');
+      break;
+    } catch {
+      // not here
+    }
+  }
+  if (!tsx) {
+    throw new KvstashError(ErrorCode.CONFIG, `${abs} is TypeScript and node cannot import it as is: compile it to .js (tsc) and pass the .js file, ` +
+      `or install tsx (npm i -D tsx) and run node --import tsx $(command -v kvstash) ${process.argv.slice(2).join(' ')}`);
+  }
+  const r = spawnSync(process.execPath, ['--import', pathToFileURL(tsx).href, ...process.execArgv, ...process.argv.slice(1)], { stdio: 'inherit' });
+  process.exit(r.status ?? 1);
 }
 
 export function conformanceFactoryFor(f: DriverFactory<unknown>, raw: Record<string, unknown>, module?: string, exportName?: string): ConformanceFactory {

@@ -163,7 +163,7 @@ export class SegmentDriver implements StorageDriver {
   }
 
   private async flush(): Promise<void> {
-    await null; // puts issued in the same tick (a batch, a chain) go out in one group commit
+    await Promise.resolve(); // puts issued in the same tick (a batch, a chain) go out in one group commit
     while (this.queue.length > 0) {
       let bytes = 0;
       let n = 0;

@@ -1,6 +1,6 @@
 /**
  * Example vendor driver: an append-only segment log. Written as a storage vendor would, against the public SDK
- * only (outside this repository: `kvstash/dist/connector/storage/sdk.js`).
+ * only (outside this repository: `kvstash/driver`).
  *
  * Store layout under `dir`: one file per writer instance, `<ms>-<pid>-<random>.seg`, never shared between writers.
  * Record = 72-byte header | value | 8-byte trailer.

@@ -13,5 +13,6 @@ Importing the package imports only msgpack and pyzmq; torch is imported by the e
 from .errors import KvstashError
 from .hashing import block_hashes, namespace_id
 
+# Same as package.json's "version" (the one version source; test/version.test.ts checks they agree).
 __version__ = "0.1.0"
 __all__ = ["KvstashError", "block_hashes", "namespace_id", "__version__"]

@@ -272,7 +272,7 @@ class HandshakeMonitor:
         self.error: Optional[str] = None
 
     def pending(self) -> bool:
-        return bool(self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN)
+        return bool(int(self.sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN)  # EVENTS is an int option
 
     def poll(self) -> None:
         from zmq.utils.monitor import parse_monitor_message

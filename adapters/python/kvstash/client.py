@@ -58,7 +58,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union, cast
 
 import msgpack
 import zmq
@@ -164,7 +164,7 @@ class KvstashClient(ArenaClientMixin):
             self._mon = HandshakeMonitor(s, endpoint, self._creds)
         if configure is not None:
             configure(s)
-        self._routing_id: bytes = s.getsockopt(zmq.ROUTING_ID) if self._creds is not None else b""
+        self._routing_id = cast(bytes, s.getsockopt(zmq.ROUTING_ID)) if self._creds is not None else b""  # a bytes option
         s.connect(endpoint)
         self._sock = s
         self._auth_at: Optional[int] = None  # HandshakeMonitor.handshakes when AUTH last succeeded
@@ -391,7 +391,7 @@ class KvstashClient(ArenaClientMixin):
         """True when ZeroMQ holds a connection to send on (``IMMEDIATE``: without one nothing could be sent). A
         sidecar that died is seen here as soon as ZeroMQ sees its socket close, before any deadline."""
         try:
-            return bool(self._sock.getsockopt(zmq.EVENTS) & zmq.POLLOUT)
+            return bool(int(self._sock.getsockopt(zmq.EVENTS)) & zmq.POLLOUT)  # type: ignore[arg-type]
         except zmq.ZMQError:
             return False
 

@@ -206,9 +206,10 @@ class HybridPoolsMixin:
             return [False] * len(keys)
         if idx is None:
             return [False] * len(keys)
+        ids: List[int] = idx
 
         def gather(i: int) -> Any:
-            return pool.get_data_page(idx[i], flat=True).detach().contiguous().view(-1).view(torch.uint8).cpu().numpy()
+            return pool.get_data_page(ids[i], flat=True).detach().contiguous().view(-1).view(torch.uint8).cpu().numpy()
 
         return self._put("batch_set_v2", [self._pool_key(k, name) for k in keys], gather)  # type: ignore[attr-defined]
 

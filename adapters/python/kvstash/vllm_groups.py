@@ -44,7 +44,7 @@ def group_specs(base: LayoutSpec, kv_cache_config: Any) -> List[Tuple[LayoutSpec
     out = []
     groups = groups_of(kv_cache_config)
     for g, grp in enumerate(groups):
-        k = getattr(grp, "kv_cache_spec", None)
+        k: Any = getattr(grp, "kv_cache_spec", None)
         if getattr(k, "head_size", None) is None or getattr(k, "block_size", None) is None:
             raise LayoutError(f"KV-cache group {g} ({type(k).__name__}) is not attention: kvstash stores attention KV only; "
                               "run vLLM with --disable-hybrid-kv-cache-manager")

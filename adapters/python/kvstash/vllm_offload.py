@@ -77,7 +77,8 @@ class KvstashSecondaryTier(SecondaryTierManager):  # type: ignore[misc, valid-ty
         view = memoryview(primary_kv_view)
         if view.ndim != 2:
             raise ValueError(f"primary_kv_view must be (num_blocks, row_stride), got shape {view.shape}")
-        self.num_blocks, self.row_stride = int(view.shape[0]), int(view.shape[1]) * view.itemsize
+        shape = tuple(view.shape or ())
+        self.num_blocks, self.row_stride = int(shape[0]), int(shape[1]) * view.itemsize
         engine_id = _attr(vllm_config, "kv_transfer_config", "engine_id")
         if mmap_path is None:
             if not engine_id:

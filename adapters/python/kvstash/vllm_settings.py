@@ -171,7 +171,7 @@ def layout_spec(vllm_config: Any, kv_cache_config: Any = None) -> LayoutSpec:
                               ("dtype", dtype), ("num_layers", layers)) if not v]
     if missing:
         raise LayoutError(f"cannot derive the KV layout from vLLM's config: missing {', '.join(missing)}")
-    return LayoutSpec(dtype_name(dtype), int(block_size), int(layers), 1 if mla else int(heads), int(head_size), mla)
+    return LayoutSpec(dtype_name(dtype), int(block_size), int(layers), 1 if mla else int(heads), int(head_size), mla)  # type: ignore[arg-type]  # none is None: `missing` above
 
 
 def parallel_ranks(vllm_config: Any) -> Dict[str, int]:

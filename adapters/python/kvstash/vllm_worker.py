@@ -111,7 +111,8 @@ class WorkerSide(ArenaWorkerMixin):
         self._side_stream: Any = None
         self._warned: Set[str] = set()
         self._down_until = 0.0  # after a failed save, skip saves (no gather, no host copy) until then
-        self._last_report, self._reported = time.monotonic(), {}  # counters are logged at most once a minute
+        self._last_report = time.monotonic()
+        self._reported: Dict[str, int] = {}  # counters are logged at most once a minute
         self.counters = {"loaded_blocks": 0, "failed_blocks": 0, "saved_blocks": 0, "present_blocks": 0,
                          "dropped_blocks": 0, "save_errors": 0}
 
@@ -356,7 +357,7 @@ class WorkerSide(ArenaWorkerMixin):
         self._failed_async = set()
         return KVConnectorTransferResults(finished_sending=set(), finished_recving=set(done or ()), failed_recving=failed)
 
-    def get_finished(self, finished_req_ids: Set[str]) -> tuple:
+    def get_finished(self, finished_req_ids: Set[str]) -> "tuple[Optional[Set[str]], Optional[Set[str]]]":
         done: Set[str] = set()
         for rid, ld in list(self._async.items()):
             if not ld.future.done():  # type: ignore[union-attr]

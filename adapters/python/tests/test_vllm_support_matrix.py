@@ -7,7 +7,6 @@ import glob
 import inspect
 import json
 import os
-import sys
 import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
