@@ -11,8 +11,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def start_sidecar(tmp: str, extra: tuple = ()) -> tuple:
     ep = f"ipc://{os.path.join(tmp, 'kvstash.sock')}"
-    cli = os.path.join(REPO, "dist", "connector", "cli.js")
-    cmd = ["node", cli] if os.path.exists(cli) else ["node", "--import=tsx", os.path.join(REPO, "connector", "cli.ts")]
+    cli = os.path.join(REPO, "dist", "cli", "kvstash.js")
+    cmd = ["node", cli] if os.path.exists(cli) else ["node", "--import=tsx", os.path.join(REPO, "cli", "kvstash.ts")]
     p = subprocess.Popen(cmd + ["serve", "--endpoints", ep, "--file-root", "", "--dram-bytes", "6GiB", "--log-level", "warn", "--grpc", "", "--metrics", "", *extra],
                          cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 30

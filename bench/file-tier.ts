@@ -13,12 +13,12 @@ import { mkdtempSync, openSync, closeSync, readSync, rmSync, writeSync, fsyncSyn
 import os from 'node:os';
 import path from 'node:path';
 import { checksum } from '../connector/checksum.js';
-import { lruPolicy } from '../connector/policy.js';
+import { lruPolicy } from '../connector/tiers/policy.js';
 import type { StorageDriver } from '../connector/storage/driver.js';
 import { FileDriver } from '../connector/storage/file.js';
 import { MemoryDriver } from '../connector/storage/memory.js';
 import { SegmentDriver, parseSegmentConfig } from '../connector/storage/segment.js';
-import { TierStack } from '../connector/tiers.js';
+import { TierStack } from '../connector/tiers/tier-stack.js';
 import { formatTable, quick, ratio } from './util.js';
 
 const NS = 'e'.repeat(32);

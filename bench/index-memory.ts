@@ -6,8 +6,8 @@
 import { randomBytes } from 'node:crypto';
 import type { ListedValue, StorageDriver } from '../connector/storage/driver.js';
 import { MemoryDriver } from '../connector/storage/memory.js';
-import { lfudaPolicy, lruPolicy } from '../connector/policy.js';
-import { TierStack } from '../connector/tiers.js';
+import { lfudaPolicy, lruPolicy } from '../connector/tiers/policy.js';
+import { TierStack } from '../connector/tiers/tier-stack.js';
 import { formatTable, median, pct, quick } from './util.js';
 
 const N = quick ? 250_000 : 1_000_000;

@@ -16,7 +16,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { loadConfig } from '../connector/config.js';
-import { Sidecar } from '../connector/sidecar.js';
+import { Sidecar } from '../connector/server/sidecar.js';
 import { LmClient } from '../adapters/lmcache/client.js';
 import { encodeReplyHeader, LAYOUTS, NO_META } from '../adapters/lmcache/protocol.js';
 import { LmcacheServer } from '../adapters/lmcache/server.js';

@@ -10,7 +10,7 @@ Rows, each the best of 3 rounds (fresh keys per round, deleted afterwards):
 and the scheduler's lookup latency (get_num_new_matched_tokens on a 2048-token prompt, fully stored: hashing
 + LOOKUP) against a raw LOOKUP of the same keys.
 
-It starts its own sidecar: node dist/connector/cli.js serve (``npm run bench`` builds dist first; without
+It starts its own sidecar: node dist/cli/kvstash.js serve (``npm run bench`` builds dist first; without
 dist it falls back to tsx). ``--quick`` runs fewer blocks and calls.
 """
 from __future__ import annotations

@@ -11,7 +11,7 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import net from 'node:net';
 import { loadConfig } from '../connector/config.js';
 import { AccessPolicy } from '../connector/control/auth.js';
-import { Sidecar } from '../connector/sidecar.js';
+import { Sidecar } from '../connector/server/sidecar.js';
 import { RespServer } from '../adapters/resp/server.js';
 import { formatTable, humanBytes, median, quick, ratio, startChild } from './util.js';
 

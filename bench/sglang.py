@@ -4,7 +4,7 @@ batch_exists through kvstash.sglang.KvstashHiCacheStorage, against a raw pyzmq D
 protocol v1 to the same sidecar in the same run (one PUT / one GET of 128 pre-gathered pages per batch: no
 host-pool gather or scatter, no EXISTS before PUT, no per-page bookkeeping) — the ceiling for Python.
 
-Starts its own sidecar: ``node dist/connector/cli.js serve`` (run ``npm run build`` first) on a temporary ipc
+Starts its own sidecar: ``node dist/cli/kvstash.js serve`` (run ``npm run build`` first) on a temporary ipc
 path, DRAM tier only. Host pool: the harness's torch emulation (test/integration/py/sglang_harness.py),
 MHA page_first_direct, page size 64, 8 layers, 4 KV heads, head dim 64, bfloat16 → 512 KiB per page (K and V),
 64 MiB per 128-page batch. ``--quick`` runs fewer batches.
@@ -34,7 +34,7 @@ PS, LAYERS, HEADS, DIM = 64, 8, 4, 64
 
 
 def start_sidecar(tmp):
-    cli = os.path.join(REPO, "dist", "connector", "cli.js")
+    cli = os.path.join(REPO, "dist", "cli", "kvstash.js")
     if not os.path.exists(cli):
         sys.exit(f"{cli} is missing: run `npm run build` first")
     ep = f"ipc://{os.path.join(tmp, 'k.sock')}"

@@ -12,7 +12,7 @@ import path from 'node:path';
 import { Dealer } from 'zeromq';
 import { KvstashClient } from '../connector/client.js';
 import { loadConfig } from '../connector/config.js';
-import { Sidecar, storageKeys } from '../connector/sidecar.js';
+import { Sidecar, storageKeys } from '../connector/server/sidecar.js';
 import { decodeRequest, encodeReply, encodeRequest } from '../protocol/codec.js';
 import { formatTable, here, median, pct, quick, ratio, startChild } from './util.js';
 
@@ -62,7 +62,7 @@ async function main() {
   const rows: (string | number)[][] = [];
   const latRows: (string | number)[][] = [];
   for (const [tname, ep] of transports) {
-    const kv = await startChild(path.join(here, '..', 'connector', 'cli.js'), ['serve', '--endpoints', ep('kv.sock'), '--file-root', '', '--dram-bytes', '12GiB', '--log-level', 'warn', '--grpc', '', '--metrics', ''], /listening on (\S+)/);
+    const kv = await startChild(path.join(here, '..', 'cli', 'kvstash.js'), ['serve', '--endpoints', ep('kv.sock'), '--file-root', '', '--dram-bytes', '12GiB', '--log-level', 'warn', '--grpc', '', '--metrics', ''], /listening on (\S+)/);
     const raw = await startChild(path.join(here, 'raw-router.js'), [ep('raw.sock')], /ready (\S+)/);
     const kvEp = /listening on (\S+?)(,|\n)/.exec(kv.out())![1]!;
     const rawEp = /ready (\S+)/.exec(raw.out())![1]!;

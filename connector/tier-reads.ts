@@ -5,8 +5,8 @@
  */
 import { checksum as computeChecksum } from './checksum.js';
 import type { StoredValue } from './storage/driver.js';
-import type { BlockEntry, Tier } from './tier-types.js';
-import type { TierStack } from './tiers.js';
+import type { BlockEntry, Tier } from './tiers/tier-types.js';
+import type { TierStack } from './tiers/tier-stack.js';
 
 /**
  * Start loads of several blocks, one driver getMany per tier for the blocks whose fastest copy is there (a driver

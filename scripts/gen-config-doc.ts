@@ -1,7 +1,7 @@
 /** Rewrites the settings table in docs/configuration.md from the SETTINGS of the core and every CLI extension. */
 import { readFileSync, writeFileSync } from 'node:fs';
 import { settingsMarkdown } from '../connector/config.js';
-import { EXTENSIONS } from '../connector/cli-extensions.js';
+import { EXTENSIONS } from '../cli/extensions.js';
 
 const file = new URL('../docs/configuration.md', import.meta.url);
 const doc = readFileSync(file, 'utf8');

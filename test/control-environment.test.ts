@@ -4,12 +4,12 @@ import { execFile } from 'node:child_process';
 import { readdirSync, readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { EXTENSIONS } from '../connector/cli-extensions.js';
+import { EXTENSIONS } from '../cli/extensions.js';
 import { environmentMarkdown } from '../connector/control/environment-doc.js';
 import { repoRoot } from './helpers/sidecar.js';
 
 const page = () => readFileSync(path.join(repoRoot, 'docs', 'environment.md'), 'utf8');
-const REGEN = 'regenerate it: npx tsx connector/cli.ts env-doc > docs/environment.md';
+const REGEN = 'regenerate it: npx tsx cli/kvstash.ts env-doc > docs/environment.md';
 
 function sources(dir: string, out: string[] = []): string[] {
   for (const name of readdirSync(dir)) {
@@ -27,13 +27,13 @@ test('control environment - docs/environment.md equals the generated page', (t) 
 
 test('control environment - the page embeds `kvstash config --markdown` verbatim', async (t) => {
   t.timeout(60_000);
-  const { stdout } = await promisify(execFile)(process.execPath, ['--import=tsx', path.join(repoRoot, 'connector', 'cli.ts'), 'config', '--markdown'], { cwd: repoRoot, timeout: 30_000 });
+  const { stdout } = await promisify(execFile)(process.execPath, ['--import=tsx', path.join(repoRoot, 'cli', 'kvstash.ts'), 'config', '--markdown'], { cwd: repoRoot, timeout: 30_000 });
   t.true(page().includes(stdout.trim()), REGEN);
 });
 
 test('control environment - every KVSTASH_* variable and logger category in the source is documented', (t) => {
   const doc = page();
-  const files = ['connector', 'protocol', 'adapters', 'scripts', 'bench', 'examples'].flatMap((d) => {
+  const files = ['cli', 'connector', 'protocol', 'adapters', 'scripts', 'bench', 'examples'].flatMap((d) => {
     try { return sources(path.join(repoRoot, d)); } catch { return []; }
   });
   const vars = new Set<string>();

@@ -4,7 +4,7 @@ import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { Unpackr } from 'msgpackr';
 import { Dealer, Subscriber, curveKeyPair } from 'zeromq';
-import { decodeEventBatch, decodeSeq, encodeSeq, SEQ_END, type BlockStored, type KvEvent } from '../adapters/vllm/events.js';
+import { decodeEventBatch, decodeSeq, encodeSeq, SEQ_END, type BlockStored, type KvEvent } from '../protocol/vllm-events.js';
 import { blockHashes } from '../connector/keys.js';
 import { connectAuthenticated } from '../connector/control/auth-client.js';
 import { nsOf, startControl } from './helpers/control.js';

@@ -6,7 +6,7 @@
 import test from 'ava';
 import { request } from 'node:http';
 import { lmcacheExtension } from '../adapters/lmcache/cli-extension.js';
-import { EXTENSIONS } from '../connector/cli-extensions.js';
+import { EXTENSIONS } from '../cli/extensions.js';
 import { loadConfig } from '../connector/config.js';
 import { AuthThrottle } from '../connector/control/auth-throttle.js';
 import { blockHashes } from '../connector/keys.js';

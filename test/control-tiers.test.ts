@@ -1,10 +1,10 @@
 /** TierStack control-plane primitives (pin/unpin/evictFrom/clear/move) on a real DRAM + file stack. */
 import test from 'ava';
 import { rmSync } from 'node:fs';
-import { lruPolicy } from '../connector/policy.js';
+import { lruPolicy } from '../connector/tiers/policy.js';
 import { FileDriver } from '../connector/storage/file.js';
 import { MemoryDriver } from '../connector/storage/memory.js';
-import { TierStack, type TierSpec } from '../connector/tiers.js';
+import { TierStack, type TierSpec } from '../connector/tiers/tier-stack.js';
 import { tempDir } from './helpers/sidecar.js';
 
 const KiB = 1024;

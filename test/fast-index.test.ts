@@ -1,7 +1,7 @@
 import test from 'ava';
 import fc from 'fast-check';
-import { FastIndex } from '../connector/fast-index.js';
-import type { BlockEntry } from '../connector/tier-types.js';
+import { FastIndex } from '../connector/tiers/fast-index.js';
+import type { BlockEntry } from '../connector/tiers/tier-types.js';
 
 const entry = (ns: string, hash: Buffer, where = 1, size = 100): BlockEntry =>
   ({ key: `${ns}/${hash.toString('hex')}`, size, checksum: '', where, pending: 0, seen: 1, pins: 0, heat: 0, heatAt: 0 });

@@ -8,7 +8,7 @@ import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { KvstashClient } from '../connector/client.js';
 import { blockHashes, namespaceId } from '../connector/keys.js';
-import { Sidecar } from '../connector/sidecar.js';
+import { Sidecar } from '../connector/server/sidecar.js';
 import { ErrorCode, KvstashError } from '../protocol/errors.js';
 import { nsOf, startControl } from './helpers/control.js';
 import { blockFor, repoRoot, startSidecar } from './helpers/sidecar.js';
@@ -101,7 +101,7 @@ test('namespaces - `kvstash drop-namespaces --tenant` against a live sidecar (CL
   for (let i = 0; i < 4; i++) r.sidecar.registerNamespace(nsOf('x', `m${i}`));
   r.sidecar.registerNamespace(nsOf('y', 'm0'));
   const res = await new Promise<{ code: number; stdout: string; stderr: string }>((resolve) => {
-    execFile(process.execPath, ['--import=tsx', path.join(repoRoot, 'connector', 'cli.ts'), 'drop-namespaces', '--tenant', 'x', '--grpc', r.grpc!.address, '--json'],
+    execFile(process.execPath, ['--import=tsx', path.join(repoRoot, 'cli', 'kvstash.ts'), 'drop-namespaces', '--tenant', 'x', '--grpc', r.grpc!.address, '--json'],
       { cwd: repoRoot, timeout: 40_000, env: { ...process.env, KVSTASH_TOKEN: '' } },
       (err, stdout, stderr) => resolve({ code: err ? (typeof err.code === 'number' ? err.code : -1) : 0, stdout, stderr }));
   });

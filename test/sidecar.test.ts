@@ -208,7 +208,7 @@ test('sidecar - namespaces are persisted: after a restart, data ops work without
   const keys = chain(2, 5);
   await c.put(ns, keys, keys.map((k) => blockFor(k, 1000)));
   await r.sidecar.stop(); // flushes namespaces.json and the write-behind queue
-  const { Sidecar } = await import('../connector/sidecar.js');
+  const { Sidecar } = await import('../connector/server/sidecar.js');
   const again = new Sidecar({ ...r.sidecar.config });
   await again.start();
   t.teardown(() => again.stop());
@@ -221,7 +221,7 @@ test('sidecar - namespaces are persisted: after a restart, data ops work without
 test('sidecar - namespaces are bounded: past the cap a HELLO is refused with KVS_RESOURCE_EXHAUSTED', async (t) => {
   const r = await startSidecar({ fileRoot: '' });
   t.teardown(r.stop);
-  const { MAX_NAMESPACES } = await import('../connector/sidecar.js');
+  const { MAX_NAMESPACES } = await import('../connector/server/sidecar.js');
   // Spread over 128 tenants (512 each): under the per-tenant quota, so the global cap is what refuses.
   for (let i = r.sidecar.namespaces.size; i < MAX_NAMESPACES; i++) r.sidecar.registerNamespace({ ...NS, model: `m${i}`, tenant: `t${i % 128}` });
   const c = r.client();

@@ -6,12 +6,12 @@ import test from 'ava';
 import { execFileSync } from 'node:child_process';
 import { readdirSync, rmSync } from 'node:fs';
 import { checksum } from '../connector/checksum.js';
-import { lruPolicy } from '../connector/policy.js';
+import { lruPolicy } from '../connector/tiers/policy.js';
 import type { StorageDriver } from '../connector/storage/driver.js';
 import { FileDriver, parseFileConfig } from '../connector/storage/file.js';
 import { MemoryDriver } from '../connector/storage/memory.js';
 import { SegmentDriver, parseSegmentConfig } from '../connector/storage/segment.js';
-import { TierStack } from '../connector/tiers.js';
+import { TierStack } from '../connector/tiers/tier-stack.js';
 import { tempDir } from './helpers/sidecar.js';
 
 const MiB = 2 ** 20;

@@ -6,12 +6,12 @@ import test from 'ava';
 import { copyFileSync, existsSync, mkdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { checksum } from '../connector/checksum.js';
-import { lruPolicy } from '../connector/policy.js';
+import { lruPolicy } from '../connector/tiers/policy.js';
 import type { StorageDriver } from '../connector/storage/driver.js';
 import { FileDriver, parseFileConfig } from '../connector/storage/file.js';
 import { MemoryDriver } from '../connector/storage/memory.js';
 import { NfsDriver, parseNfsConfig } from '../connector/storage/nfs.js';
-import { TierStack } from '../connector/tiers.js';
+import { TierStack } from '../connector/tiers/tier-stack.js';
 import { tempDir } from './helpers/sidecar.js';
 
 const NS = 'b'.repeat(32);

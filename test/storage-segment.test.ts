@@ -4,7 +4,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { KvstashClient } from '../connector/client.js';
 import { blockHashes } from '../connector/keys.js';
-import { Sidecar } from '../connector/sidecar.js';
+import { Sidecar } from '../connector/server/sidecar.js';
 import { driverConformance } from '../connector/storage/conformance.js';
 import { SegmentDriver, parseSegmentConfig } from '../connector/storage/segment.js';
 import { NS, blockFor, startSidecar, tempDir } from './helpers/sidecar.js';

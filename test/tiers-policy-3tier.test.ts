@@ -5,12 +5,12 @@
 import test from 'ava';
 import { createHash } from 'node:crypto';
 import { rmSync } from 'node:fs';
-import { lruPolicy, admissionFilter, heatPolicy, type EvictionPolicy } from '../connector/policy.js';
+import { lruPolicy, admissionFilter, heatPolicy, type EvictionPolicy } from '../connector/tiers/policy.js';
 import { FileDriver, parseFileConfig } from '../connector/storage/file.js';
 import { MemoryDriver } from '../connector/storage/memory.js';
 import { S3Driver } from '../connector/storage/s3.js';
 import { parseS3Config } from '../connector/storage/s3-config.js';
-import { TierStack, type TierSpec } from '../connector/tiers.js';
+import { TierStack, type TierSpec } from '../connector/tiers/tier-stack.js';
 import { startS3rver, type S3rverProcess } from './helpers/s3rver.js';
 import { tempDir } from './helpers/sidecar.js';
 

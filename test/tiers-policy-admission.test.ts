@@ -3,13 +3,13 @@ import { createHash } from 'node:crypto';
 import { rmSync } from 'node:fs';
 import path from 'node:path';
 import { loadConfig } from '../connector/config.js';
-import { admissionFilter, heatPolicy, lruPolicy } from '../connector/policy.js';
-import { buildTierStack } from '../connector/stack.js';
+import { admissionFilter, heatPolicy, lruPolicy } from '../connector/tiers/policy.js';
+import { buildTierStack } from '../connector/tiers/build-stack.js';
 import { FileDriver, parseFileConfig } from '../connector/storage/file.js';
 import { MemoryDriver } from '../connector/storage/memory.js';
 import { NfsDriver, parseNfsConfig } from '../connector/storage/nfs.js';
 import { defaultRegistry } from '../connector/storage/registry.js';
-import { TierStack, type TierSpec } from '../connector/tiers.js';
+import { TierStack, type TierSpec } from '../connector/tiers/tier-stack.js';
 import { tempDir } from './helpers/sidecar.js';
 
 const KiB = 1024;

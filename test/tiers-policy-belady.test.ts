@@ -3,10 +3,10 @@ import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import path from 'node:path';
 import fc from 'fast-check';
-import { beladyHits, lruHits, type TraceRequest } from '../connector/belady.js';
-import { AccessHistory, lruPolicy } from '../connector/policy.js';
+import { beladyHits, lruHits, type TraceRequest } from '../connector/trace/belady.js';
+import { AccessHistory, lruPolicy } from '../connector/tiers/policy.js';
 import { MemoryDriver } from '../connector/storage/memory.js';
-import { TierStack } from '../connector/tiers.js';
+import { TierStack } from '../connector/tiers/tier-stack.js';
 import { repoRoot } from './helpers/sidecar.js';
 
 const req = (...ids: number[]): TraceRequest => ({ timestamp: 0, hash_ids: ids });
@@ -79,7 +79,7 @@ test('tiers-policy - admission counts survive eviction: a block evicted before i
 });
 
 test('tiers-policy - `kvstash bench trace` replays the shared trace against the real stack and prints the comparison', (t) => {
-  const r = spawnSync(process.execPath, ['--import', 'tsx', path.join(repoRoot, 'connector', 'cli.ts'), 'bench', 'trace', '--workloads', 'mooncake,rag@heldout', '--limit', '300',
+  const r = spawnSync(process.execPath, ['--import', 'tsx', path.join(repoRoot, 'cli', 'kvstash.ts'), 'bench', 'trace', '--workloads', 'mooncake,rag@heldout', '--limit', '300',
     '--capacities', '64', '--dram', '4GiB', '--ssd', '32GiB', '--ssd-driver', 'file', '--json'], { cwd: repoRoot, encoding: 'utf8', timeout: 200_000 });
   t.is(r.status, 0, r.stderr);
   type Row = { workload: string; run: string; policy: string; hits: number; blocks: number; badReads: number; dramHits: number; beladyHits: number; lruHits: number; ssdModelBytesWritten: number };

@@ -1,10 +1,10 @@
 import test from 'ava';
 import fc from 'fast-check';
-import { lruHits, type TraceRequest } from '../connector/belady.js';
+import { lruHits, type TraceRequest } from '../connector/trace/belady.js';
 import { LfuBuckets, LfudaOrder } from '../connector/lfuda.js';
-import { lfudaPolicy, lruPolicy, type EvictionPolicy, type PolicyEntry } from '../connector/policy.js';
+import { lfudaPolicy, lruPolicy, type EvictionPolicy, type PolicyEntry } from '../connector/tiers/policy.js';
 import { MemoryDriver } from '../connector/storage/memory.js';
-import { TierStack } from '../connector/tiers.js';
+import { TierStack } from '../connector/tiers/tier-stack.js';
 import { WORKLOADS, HELD_OUT_SEED } from '../connector/workloads.js';
 
 const NS = 'c'.repeat(32);

@@ -5,12 +5,12 @@
  */
 import test from 'ava';
 import { rmSync } from 'node:fs';
-import { lruPolicy } from '../connector/policy.js';
+import { lruPolicy } from '../connector/tiers/policy.js';
 import { FileDriver, parseFileConfig } from '../connector/storage/file.js';
 import { MemoryDriver } from '../connector/storage/memory.js';
 import { SegmentDriver, parseSegmentConfig } from '../connector/storage/segment.js';
 import type { StorageDriver } from '../connector/storage/driver.js';
-import { TierStack, type TierSpec } from '../connector/tiers.js';
+import { TierStack, type TierSpec } from '../connector/tiers/tier-stack.js';
 import { PutResult } from '../protocol/wire.js';
 import { tempDir } from './helpers/sidecar.js';
 

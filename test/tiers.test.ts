@@ -1,10 +1,10 @@
 import test from 'ava';
 import { existsSync, readdirSync, rmSync } from 'node:fs';
 import path from 'node:path';
-import { heatPolicy, lruPolicy, type EvictionPolicy } from '../connector/policy.js';
+import { heatPolicy, lruPolicy, type EvictionPolicy } from '../connector/tiers/policy.js';
 import { FileDriver } from '../connector/storage/file.js';
 import { MemoryDriver } from '../connector/storage/memory.js';
-import { TierStack, type TierSpec } from '../connector/tiers.js';
+import { TierStack, type TierSpec } from '../connector/tiers/tier-stack.js';
 import { tempDir } from './helpers/sidecar.js';
 import { PutResult } from '../protocol/wire.js';
 

@@ -4,7 +4,7 @@ import { execFile } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { SERVER_VERSION } from '../connector/sidecar.js';
+import { SERVER_VERSION } from '../connector/server/sidecar.js';
 import { VERSION } from '../connector/version.js';
 import { repoRoot } from './helpers/sidecar.js';
 
@@ -19,7 +19,7 @@ test('version - package.json is the source; VERSION and the HELLO server string 
 });
 
 test('version - kvstash --version prints it', async (t) => {
-  const r = await run(process.execPath, ['--import=tsx', path.join(repoRoot, 'connector', 'cli.ts'), '--version'], { cwd: repoRoot, timeout: 30_000 });
+  const r = await run(process.execPath, ['--import=tsx', path.join(repoRoot, 'cli', 'kvstash.ts'), '--version'], { cwd: repoRoot, timeout: 30_000 });
   t.is(r.stdout.trim(), pkg.version);
 });
 

@@ -7,7 +7,7 @@ import { Packr } from 'msgpackr';
 import {
   decodeEventBatch, decodeSeq, encodeEventBatch, encodeSeq, EVENT_ENCODINGS, hashKey, SEQ_END,
   type BlockHash, type EventEncoding, type ExtraKey, type KvEvent, type KvEventBatch,
-} from '../adapters/vllm/events.js';
+} from '../protocol/vllm-events.js';
 import { ResidencyIndex } from '../adapters/vllm/residency.js';
 import { blockExtraKeys, canonicalCbor, eventInt, noneHash, vllmBlockDigests, vllmEventHashes } from '../adapters/vllm/vllm-hash.js';
 import { ErrorCode, type KvstashError } from '../protocol/errors.js';

@@ -5,7 +5,7 @@
  *
  *   kvstash serve --adopt-dir /nvme/vllm_kv:vllm-fs --adopt-bytes 500GiB
  */
-import type { CliExtension } from '../../connector/cli-extension.js';
+import type { CliExtension } from '../../cli/extension.js';
 import type { Config, Setting } from '../../connector/config.js';
 import { FolderJanitor, LAYOUTS, parseAdoptSpec } from './janitor.js';
 

@@ -27,7 +27,7 @@ import { readdir, stat, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { logger } from '../../connector/log.js';
-import type { Sidecar, SidecarPlugin } from '../../connector/sidecar.js';
+import type { Sidecar, SidecarPlugin } from '../../connector/server/sidecar.js';
 import { ErrorCode, KvstashError } from '../../protocol/errors.js';
 
 export const LAYOUTS: Record<string, RegExp> = {

@@ -6,7 +6,7 @@
  *
  *   kvstash serve --lmcache 127.0.0.1:65432
  */
-import type { CliExtension } from '../../connector/cli-extension.js';
+import type { CliExtension } from '../../cli/extension.js';
 import type { Config, Setting } from '../../connector/config.js';
 import { ErrorCode, KvstashError } from '../../protocol/errors.js';
 import { LmcacheServer, parseListenSpec } from './server.js';

@@ -21,7 +21,7 @@ import path from 'node:path';
 import type { Logger } from 'pino';
 import { ErrorCode, KvstashError } from '../../protocol/errors.js';
 import { logger } from '../../connector/log.js';
-import type { Sidecar, SidecarPlugin } from '../../connector/sidecar.js';
+import type { Sidecar, SidecarPlugin } from '../../connector/server/sidecar.js';
 import { LmConnection, type LmCounters } from './connection.js';
 import { LmMemoryBudget } from './memory-budget.js';
 import { LISTEN_SETTINGS, type LmListenSetting } from './protocol.js';

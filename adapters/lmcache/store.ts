@@ -15,7 +15,7 @@ import { createHash } from 'node:crypto';
 import type { Logger } from 'pino';
 import { checksum } from '../../connector/checksum.js';
 import { namespaceId } from '../../connector/keys.js';
-import type { Sidecar } from '../../connector/sidecar.js';
+import type { Sidecar } from '../../connector/server/sidecar.js';
 import { PutResult, type NamespaceDescriptor } from '../../protocol/wire.js';
 import { KeyIndex } from './key-index.js';
 import { GENERATIONS, type Generation } from './protocol.js';

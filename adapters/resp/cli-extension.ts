@@ -5,7 +5,7 @@
  *
  *   kvstash serve --resp 127.0.0.1:6379
  */
-import type { CliExtension } from '../../connector/cli-extension.js';
+import type { CliExtension } from '../../cli/extension.js';
 import type { Config, Setting } from '../../connector/config.js';
 import { policyFromConfig } from '../../connector/control/settings.js';
 import { parseRespListen, RespServer } from './server.js';

@@ -17,7 +17,7 @@ import path from 'node:path';
 import type { Logger } from 'pino';
 import { LOCAL, type AccessPolicy } from '../../connector/control/auth.js';
 import { logger } from '../../connector/log.js';
-import type { Sidecar, SidecarPlugin } from '../../connector/sidecar.js';
+import type { Sidecar, SidecarPlugin } from '../../connector/server/sidecar.js';
 import { ErrorCode, KvstashError } from '../../protocol/errors.js';
 import { ByteBudget } from './codec.js';
 import type { CommandContext, Session } from './commands.js';

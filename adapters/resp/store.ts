@@ -16,7 +16,7 @@
  */
 import { hash } from 'node:crypto';
 import type { Logger } from 'pino';
-import type { Sidecar } from '../../connector/sidecar.js';
+import type { Sidecar } from '../../connector/server/sidecar.js';
 import { PutResult, type NamespaceDescriptor } from '../../protocol/wire.js';
 import { KeyIndex } from '../lmcache/key-index.js';
 import { VIEW_BELOW } from './codec.js';

@@ -5,7 +5,7 @@
  *
  *   kvstash serve --vllm-offload /dev/shm/vllm_offload_
  */
-import type { CliExtension } from '../../connector/cli-extension.js';
+import type { CliExtension } from '../../cli/extension.js';
 import type { Config } from '../../connector/config.js';
 import { VllmOffloadPlugin } from './plugin.js';
 

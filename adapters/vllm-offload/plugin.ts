@@ -29,7 +29,7 @@ import { createHash } from 'node:crypto';
 import { open, stat, type FileHandle } from 'node:fs/promises';
 import type { Logger } from 'pino';
 import { logger } from '../../connector/log.js';
-import type { Sidecar, SidecarPlugin } from '../../connector/sidecar.js';
+import type { Sidecar, SidecarPlugin } from '../../connector/server/sidecar.js';
 import { ErrorCode, KvstashError } from '../../protocol/errors.js';
 import { PutResult, type NamespaceDescriptor } from '../../protocol/wire.js';
 

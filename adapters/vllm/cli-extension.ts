@@ -5,7 +5,7 @@
  * `vllmEventsReplay` pairs with `vllmEvents` by position; `-` (or `none`) marks an endpoint without replay,
  * and a shorter list leaves the remaining endpoints without replay.
  */
-import type { CliExtension } from '../../connector/cli-extension.js';
+import type { CliExtension } from '../../cli/extension.js';
 import type { Config, Setting } from '../../connector/config.js';
 import { ErrorCode, KvstashError } from '../../protocol/errors.js';
 import { VllmEventsPlugin } from './events-plugin.js';

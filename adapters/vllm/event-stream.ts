@@ -24,7 +24,7 @@
 import { Dealer, Subscriber } from 'zeromq';
 import { ErrorCode, KvstashError } from '../../protocol/errors.js';
 import { logger } from '../../connector/log.js';
-import { decodeEventBatch, decodeSeq, encodeSeq, SEQ_END, type KvEventBatch } from './events.js';
+import { decodeEventBatch, decodeSeq, encodeSeq, SEQ_END, type KvEventBatch } from '../../protocol/vllm-events.js';
 
 export interface StreamSink {
   apply(endpoint: string, batch: KvEventBatch): void;

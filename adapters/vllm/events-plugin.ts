@@ -14,7 +14,7 @@
  * Bad fields → KVS_BAD_FIELD. The op never waits on a publisher.
  */
 import { ErrorCode, KvstashError } from '../../protocol/errors.js';
-import type { Sidecar, SidecarPlugin } from '../../connector/sidecar.js';
+import type { Sidecar, SidecarPlugin } from '../../connector/server/sidecar.js';
 import { VllmEventsIndex, type VllmEventsIndexOptions } from './events-index.js';
 
 export const ENGINES_OP = 'ENGINES';

@@ -17,7 +17,7 @@
  *   ignored and counted). ~100 bytes per hash in V8, so the default 262,144 is ~25 MiB per engine.
  * - Batches of one endpoint must be applied in sequence order (EventStream guarantees it).
  */
-import { hashKey, type KvEventBatch } from './events.js';
+import { hashKey, type KvEventBatch } from '../../protocol/vllm-events.js';
 
 export const GPU = 'GPU';
 

@@ -94,7 +94,7 @@ export interface Served {
 /** Start `kvstash serve` (through tsx) on an ipc endpoint in `dir`; resolves once it serves. */
 export async function serve(dir: string, args: string[], env: NodeJS.ProcessEnv = {}): Promise<Served> {
   const endpoint = `ipc://${path.join(dir, 'kvstash.sock')}`;
-  const proc = spawn(process.execPath, ['--import=tsx', path.join(repo, 'connector', 'cli.ts'), 'serve', '--endpoints', endpoint,
+  const proc = spawn(process.execPath, ['--import=tsx', path.join(repo, 'cli', 'kvstash.ts'), 'serve', '--endpoints', endpoint,
     '--grpc', '', '--metrics', '', ...args], { cwd: repo, env: { ...process.env, KVSTASH_LOG_LEVEL: 'warn', ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   let peak = 0;

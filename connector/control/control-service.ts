@@ -6,7 +6,7 @@
 import * as grpc from '@grpc/grpc-js';
 import { ErrorCode, KvstashError } from '../../protocol/errors.js';
 import { logger } from '../log.js';
-import { SERVER_VERSION, type Sidecar } from '../sidecar.js';
+import { SERVER_VERSION, type Sidecar } from '../server/sidecar.js';
 import { LOCAL, type AccessPolicy, type Principal } from './auth.js';
 import type { AuthThrottle } from './auth-throttle.js';
 import { BoundedStream } from './bounded-stream.js';

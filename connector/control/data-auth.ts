@@ -13,7 +13,7 @@
 import { ErrorCode, KvstashError } from '../../protocol/errors.js';
 import type { Router } from 'zeromq';
 import { logger } from '../log.js';
-import type { PeerContext, Sidecar, SidecarPlugin } from '../sidecar.js';
+import type { PeerContext, Sidecar, SidecarPlugin } from '../server/sidecar.js';
 import { authProof, curvePublicOf, curveShared, MAX_SKEW_MS, proofMatches, type AccessPolicy, type Principal } from './auth.js';
 import { registerZapDomain, unregisterZapDomain } from './zap.js';
 

@@ -3,7 +3,7 @@
  * `kvstash config --markdown` (core SETTINGS + every CLI extension's settings); the other variables and the trace
  * categories are listed here. A test (test/control-environment.test.ts) checks that the committed page equals
  * this output and that every KVSTASH_* name and logger category used in the source appears in it.
- * Regenerate: `npx tsx connector/cli.ts env-doc > docs/environment.md`.
+ * Regenerate: `npx tsx cli/kvstash.ts env-doc > docs/environment.md`.
  */
 import { settingsMarkdown, type Setting } from '../config.js';
 

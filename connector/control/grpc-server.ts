@@ -8,7 +8,7 @@ import { readFileSync } from 'node:fs';
 import * as grpc from '@grpc/grpc-js';
 import { ErrorCode, KvstashError } from '../../protocol/errors.js';
 import { logger } from '../log.js';
-import type { Sidecar, SidecarPlugin } from '../sidecar.js';
+import type { Sidecar, SidecarPlugin } from '../server/sidecar.js';
 import type { AccessPolicy } from './auth.js';
 import { AuthThrottle } from './auth-throttle.js';
 import { ControlService, type CallObserver } from './control-service.js';

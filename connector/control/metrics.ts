@@ -16,7 +16,7 @@ import { unpackHeader } from '../../protocol/codec.js';
 import { ErrorCode, KvstashError } from '../../protocol/errors.js';
 import type { Request } from '../../protocol/wire.js';
 import { logger } from '../log.js';
-import type { Sidecar, SidecarPlugin } from '../sidecar.js';
+import type { Sidecar, SidecarPlugin } from '../server/sidecar.js';
 import { OpStats } from './op-stats.js';
 import type { TierEventsPublisher } from './tier-events-publisher.js';
 

@@ -6,7 +6,7 @@
 import { ErrorCode, KvstashError } from '../../protocol/errors.js';
 import type { NamespaceDescriptor } from '../../protocol/wire.js';
 import { blockHashes, namespaceId } from '../keys.js';
-import type { Sidecar } from '../sidecar.js';
+import type { Sidecar } from '../server/sidecar.js';
 import type { AccessPolicy, Principal } from './auth.js';
 
 export interface DescriptorMsg { model: string; engine: string; layout: string; tp_rank: number; tp_size: number; pp_rank: number; pp_size: number; tenant: string }

@@ -7,7 +7,7 @@
  *   Topic = `eventsTopic` + the 32-hex namespace id, so a subscriber can filter by namespace or take all.
  * - ROUTER replay: a DEALER sends ["", seq8]; every buffered batch with seq ≥ it comes back as ["", seq8, payload]
  *   (no topic), then ["", ff×8, ""]. Anything else is dropped unanswered and counted.
- * - Payload: vLLM's KVEventBatch via adapters/vllm/events.ts `encodeEventBatch` (encoding configurable).
+ * - Payload: vLLM's KVEventBatch via protocol/vllm-events.ts `encodeEventBatch` (encoding configurable).
  *   BlockStored{block_hashes, parent_block_hash: null, token_ids: [], block_size: 0, medium} and
  *   BlockRemoved{block_hashes, medium}; medium is the tier's (CPU, DISK, NFS, S3, or a driver's own name).
  * - Hashes are kvstash canonical block hashes (connector/keys.ts), not vLLM's, in vLLM's int form: the last 8
@@ -18,10 +18,10 @@
  * - With auth on, both sockets are CURVE servers whose ZAP domain admits only principals with tenants "*".
  */
 import { Publisher, Router } from 'zeromq';
-import { encodeEventBatch, encodeSeq, decodeSeq, SEQ_END, type EventEncoding, type KvEvent } from '../../adapters/vllm/events.js';
+import { encodeEventBatch, encodeSeq, decodeSeq, SEQ_END, type EventEncoding, type KvEvent } from '../../protocol/vllm-events.js';
 import { ErrorCode, KvstashError } from '../../protocol/errors.js';
 import { logger } from '../log.js';
-import type { Sidecar, SidecarPlugin } from '../sidecar.js';
+import type { Sidecar, SidecarPlugin } from '../server/sidecar.js';
 import { curvePublicOf, type AccessPolicy } from './auth.js';
 import { registerZapDomain, unregisterZapDomain } from './zap.js';
 

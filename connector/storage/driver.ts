@@ -14,7 +14,7 @@
  * - A value is a byte string of 0 .. `limits.maxValueBytes` bytes with a `BlockMeta` (its xxh64 checksum).
  *   Over the limit → KVS_TOO_LARGE, before any I/O.
  * - The driver stores meta with the value and returns both from `get`. It does NOT verify checksums: the tier
- *   stack (connector/tiers.ts) checks every lower-tier read against the checksum it indexed, and quarantines
+ *   stack (connector/tiers/tier-stack.ts) checks every lower-tier read against the checksum it indexed, and quarantines
  *   (or deletes) a copy that fails.
  *
  * Results and errors

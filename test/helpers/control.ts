@@ -3,7 +3,7 @@ import { rmSync } from 'node:fs';
 import path from 'node:path';
 import { KvstashClient } from '../../connector/client.js';
 import { loadConfig, type Config } from '../../connector/config.js';
-import { controlPlugins } from '../../connector/control/cli.js';
+import { controlPlugins } from '../../cli/control.js';
 import { DataAuthPlugin } from '../../connector/control/data-auth.js';
 import { ControlClient, type ControlClientOptions } from '../../connector/control/grpc-client.js';
 import { ControlServerPlugin } from '../../connector/control/grpc-server.js';
@@ -11,7 +11,7 @@ import { MetricsPlugin } from '../../connector/control/metrics.js';
 import { CONTROL_SETTINGS } from '../../connector/control/settings.js';
 import { TierEventsPublisher } from '../../connector/control/tier-events-publisher.js';
 import { rootLogger } from '../../connector/log.js';
-import { Sidecar } from '../../connector/sidecar.js';
+import { Sidecar } from '../../connector/server/sidecar.js';
 import type { DriverRegistry } from '../../connector/storage/registry.js';
 import { tempDir, uniqueIpc } from './sidecar.js';
 

@@ -6,7 +6,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { KvstashClient } from '../../connector/client.js';
 import { loadConfig, type Config } from '../../connector/config.js';
-import { Sidecar } from '../../connector/sidecar.js';
+import { Sidecar } from '../../connector/server/sidecar.js';
 import type { NamespaceDescriptor } from '../../protocol/wire.js';
 
 export const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -65,7 +65,7 @@ export interface SpawnedSidecar {
 
 export function spawnSidecar(args: string[], env: NodeJS.ProcessEnv = {}, deadlineMs = 20_000): Promise<SpawnedSidecar> {
   // gRPC and metrics default to fixed loopback ports: off unless a test asks for them (later flags win).
-  const proc = spawn(process.execPath, ['--import=tsx', path.join(repoRoot, 'connector', 'cli.ts'), 'serve', '--grpc', '', '--metrics', '', ...args], {
+  const proc = spawn(process.execPath, ['--import=tsx', path.join(repoRoot, 'cli', 'kvstash.ts'), 'serve', '--grpc', '', '--metrics', '', ...args], {
     cwd: repoRoot, env: { ...process.env, KVSTASH_LOG_LEVEL: 'warn', ...env }, stdio: ['ignore', 'pipe', 'pipe'],
   });
   let out = '';

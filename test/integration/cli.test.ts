@@ -10,7 +10,7 @@ import { killAndWait, repoRoot, spawnSidecar, tempDir } from '../helpers/sidecar
 
 const run = promisify(execFile);
 const cli = (args: string[], env: NodeJS.ProcessEnv = {}) =>
-  run(process.execPath, ['--import=tsx', path.join(repoRoot, 'connector', 'cli.ts'), ...args], { cwd: repoRoot, timeout: 30_000, env: { ...process.env, ...env } })
+  run(process.execPath, ['--import=tsx', path.join(repoRoot, 'cli', 'kvstash.ts'), ...args], { cwd: repoRoot, timeout: 30_000, env: { ...process.env, ...env } })
     .then((r) => ({ code: 0, stdout: r.stdout, stderr: r.stderr }))
     .catch((e: { code: number; stdout: string; stderr: string }) => ({ code: e.code, stdout: e.stdout, stderr: e.stderr }));
 

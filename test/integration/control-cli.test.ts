@@ -12,7 +12,7 @@ const TOK_A = 'tenant-a-token-0123456789';
 
 interface Result { code: number; stdout: string; stderr: string }
 const cli = (args: string[], env: NodeJS.ProcessEnv = {}): Promise<Result> => new Promise((resolve) => {
-  execFile(process.execPath, ['--import=tsx', path.join(repoRoot, 'connector', 'cli.ts'), ...args], { cwd: repoRoot, timeout: 40_000, env: { ...process.env, KVSTASH_TOKEN: '', ...env } },
+  execFile(process.execPath, ['--import=tsx', path.join(repoRoot, 'cli', 'kvstash.ts'), ...args], { cwd: repoRoot, timeout: 40_000, env: { ...process.env, KVSTASH_TOKEN: '', ...env } },
     (err, stdout, stderr) => resolve({ code: err ? (typeof err.code === 'number' ? err.code : -1) : 0, stdout, stderr }));
 });
 

@@ -51,7 +51,7 @@ test('corruption - a block damaged while the sidecar was down is caught on the f
   bytes[bytes.length - 1]! ^= 0x80;
   writeFileSync(f, bytes);
 
-  const { Sidecar } = await import('../../connector/sidecar.js');
+  const { Sidecar } = await import('../../connector/server/sidecar.js');
   const again = new Sidecar({ ...r.sidecar.config });
   await again.start();
   t.teardown(async () => { await again.stop(); await r.stop().catch(() => undefined); });

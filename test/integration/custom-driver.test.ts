@@ -18,7 +18,7 @@ driverConformance(test, () => {
 test('custom-driver - `kvstash driver-test` passes the example driver and prints the table', (t) => {
   const dir = tempDir('kvstash-segment-cli-');
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
-  const r = spawnSync(process.execPath, ['--import', 'tsx', path.join(repoRoot, 'connector', 'cli.ts'), 'driver-test', moduleFile,
+  const r = spawnSync(process.execPath, ['--import', 'tsx', path.join(repoRoot, 'cli', 'kvstash.ts'), 'driver-test', moduleFile,
     '--config', JSON.stringify({ dir, maxValueBytes: 72 * 2 ** 20 }), '--big-value-bytes', String(16 * 2 ** 20)], { cwd: repoRoot, encoding: 'utf8', timeout: 100_000 });
   t.is(r.status, 0, r.stdout + r.stderr);
   t.regex(r.stdout, /crash-mid-put\s+PASS/);
@@ -29,7 +29,7 @@ test('custom-driver - `kvstash driver-test` fails (exit 1) on a driver that brea
   const dir = tempDir('kvstash-segment-cli-');
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   const broken = path.join(repoRoot, 'test', 'helpers', 'storage-broken-drivers.ts');
-  const cli = (args: string[]) => spawnSync(process.execPath, ['--import', 'tsx', path.join(repoRoot, 'connector', 'cli.ts'), 'driver-test', ...args], { cwd: repoRoot, encoding: 'utf8', timeout: 100_000 });
+  const cli = (args: string[]) => spawnSync(process.execPath, ['--import', 'tsx', path.join(repoRoot, 'cli', 'kvstash.ts'), 'driver-test', ...args], { cwd: repoRoot, encoding: 'utf8', timeout: 100_000 });
   const r = cli([broken, '--export', 'tornWriterFactory', '--config', JSON.stringify({ root: dir }), '--only', 'small,read-while-write,crash-mid-put']);
   t.is(r.status, 1, r.stdout + r.stderr);
   t.regex(r.stdout, /small\s+PASS/);

@@ -13,7 +13,7 @@ import { killAndWait, NS, repoRoot, spawnSidecar, tempDir } from '../helpers/sid
 
 /** Run `kvstash serve` to its exit (deadline 30 s); resolves with its exit code and output. */
 function serveToExit(args: string[]): Promise<{ code: number | null; out: string }> {
-  const proc = spawn(process.execPath, ['--import=tsx', path.join(repoRoot, 'connector', 'cli.ts'), 'serve', '--grpc', '', '--metrics', '', ...args], {
+  const proc = spawn(process.execPath, ['--import=tsx', path.join(repoRoot, 'cli', 'kvstash.ts'), 'serve', '--grpc', '', '--metrics', '', ...args], {
     cwd: repoRoot, env: { ...process.env, KVSTASH_LOG_LEVEL: 'warn' }, stdio: ['ignore', 'pipe', 'pipe'],
   });
   let out = '';

@@ -12,7 +12,7 @@ import { blockHashes } from '../../connector/keys.js';
 import { killAndWait, repoRoot, spawnSidecar, tempDir } from '../helpers/sidecar.js';
 
 interface Result { code: number; stdout: string; stderr: string }
-const CLI = path.join(repoRoot, 'connector', 'cli.ts');
+const CLI = path.join(repoRoot, 'cli', 'kvstash.ts');
 const cli = (args: string[], env: NodeJS.ProcessEnv = {}): Promise<Result> => new Promise((resolve) => {
   execFile(process.execPath, ['--import=tsx', CLI, ...args], { cwd: repoRoot, timeout: 40_000, env: { ...process.env, KVSTASH_GRPC: '', ...env } },
     (err, stdout, stderr) => resolve({ code: err ? (typeof err.code === 'number' ? err.code : -1) : 0, stdout, stderr }));

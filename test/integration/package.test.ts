@@ -21,7 +21,7 @@ test('package - npm pack ships dist/ and no tests; the installed tarball runs `k
   const packed = await npm(['pack', '--json', '--pack-destination', dir], repoRoot);
   const [info] = JSON.parse(packed.stdout.slice(packed.stdout.indexOf('['))) as { filename: string; files: { path: string }[] }[];
   const files = info!.files.map((f) => f.path);
-  t.true(files.includes('dist/connector/cli.js'), 'bin target is packed');
+  t.true(files.includes('dist/cli/kvstash.js'), 'bin target is packed');
   t.true(files.includes('dist/connector/index.d.ts'), 'declarations are packed');
   t.true(files.includes('protocol/kvstash.proto'));
   t.deepEqual(files.filter((f) => /(^|\/)(test|\.ci|examples)\/|\.test\.|^dist\/bench\/|^dist\/test\//.test(f)), [], 'no tests, CI or benches');

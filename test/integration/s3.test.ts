@@ -91,11 +91,11 @@ test('s3 - `kvstash driver-test s3` with credentials from the environment (AWS_A
   const noKeys: Record<string, unknown> = cfg({ maxValueBytes: 16 * MiB });
   delete noKeys.accessKeyId;
   delete noKeys.secretAccessKey;
-  const r = spawnSync(process.execPath, ['--import', 'tsx', path.join(repoRoot, 'connector', 'cli.ts'), 'driver-test', 's3', '--config', JSON.stringify(noKeys),
+  const r = spawnSync(process.execPath, ['--import', 'tsx', path.join(repoRoot, 'cli', 'kvstash.ts'), 'driver-test', 's3', '--config', JSON.stringify(noKeys),
     '--only', 'small,missing,batch,list,crash-mid-put'], { cwd: repoRoot, encoding: 'utf8', timeout: 100_000, env: { ...process.env, AWS_ACCESS_KEY_ID: 'S3RVER', AWS_SECRET_ACCESS_KEY: 'S3RVER' } });
   t.is(r.status, 0, r.stdout + r.stderr);
   t.regex(r.stdout, /5 passed, 0 failed, 0 skipped/);
-  const bad = spawnSync(process.execPath, ['--import', 'tsx', path.join(repoRoot, 'connector', 'cli.ts'), 'driver-test', 's3', '--config', JSON.stringify(noKeys), '--only', 'small'],
+  const bad = spawnSync(process.execPath, ['--import', 'tsx', path.join(repoRoot, 'cli', 'kvstash.ts'), 'driver-test', 's3', '--config', JSON.stringify(noKeys), '--only', 'small'],
     { cwd: repoRoot, encoding: 'utf8', timeout: 100_000, env: { ...process.env, AWS_ACCESS_KEY_ID: 'NOBODY', AWS_SECRET_ACCESS_KEY: 'x' } });
   t.is(bad.status, 1);
   t.regex(bad.stdout, /small\s+FAIL\s+\d+\s+KVS_UNAUTHENTICATED/);

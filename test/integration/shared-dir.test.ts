@@ -1,7 +1,7 @@
 /**
  * Several sidecar PROCESSES sharing one folder through the nfs driver (as hosts sharing an NFS export would).
  * A sidecar learns about blocks another one wrote on a LOOKUP miss: it probes the shared tier (rate-limited,
- * connector/shared-probe.ts), adopts what it finds, and serves it.
+ * connector/tiers/shared-probe.ts), adopts what it finds, and serves it.
  */
 import test from 'ava';
 import { randomBytes } from 'node:crypto';

@@ -10,7 +10,7 @@ import path from 'node:path';
 import test from 'ava';
 import { loadConfig } from '../../connector/config.js';
 import { blockHashes } from '../../connector/keys.js';
-import { Sidecar } from '../../connector/sidecar.js';
+import { Sidecar } from '../../connector/server/sidecar.js';
 import { killAndWait, repoRoot, fixturesDir, spawnSidecar, startSidecar, tempDir, uniqueIpc } from '../helpers/sidecar.js';
 import { assertClean, BS, expectedHit, range, runHarness, tokens } from '../helpers/vllm-harness.js';
 

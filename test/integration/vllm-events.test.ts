@@ -11,7 +11,7 @@ import { createInterface } from 'node:readline';
 import { Router } from 'zeromq';
 import { KvstashClient } from '../../connector/client.js';
 import { loadConfig } from '../../connector/config.js';
-import { Sidecar } from '../../connector/sidecar.js';
+import { Sidecar } from '../../connector/server/sidecar.js';
 import { VLLM_EVENTS_SETTINGS } from '../../adapters/vllm/cli-extension.js';
 import { VllmEventsPlugin } from '../../adapters/vllm/events-plugin.js';
 import type { VllmEventsIndexOptions } from '../../adapters/vllm/events-index.js';
@@ -133,7 +133,7 @@ test('vllm-events integration - late join, gaps, replay, undecodable batch and r
 
   // the CLI, as a separate process
   const cli = await new Promise<string>((resolve, reject) => {
-    execFile(process.execPath, ['--import=tsx', path.join(repoRoot, 'connector', 'cli.ts'), 'lookup', '--engines', '--json', '--endpoint', endpoint, '--tokens', P2.join(',')],
+    execFile(process.execPath, ['--import=tsx', path.join(repoRoot, 'cli', 'kvstash.ts'), 'lookup', '--engines', '--json', '--endpoint', endpoint, '--tokens', P2.join(',')],
       { cwd: repoRoot, timeout: 20_000 }, (err, out, errOut) => (err ? reject(new Error(`${err.message}\n${errOut}`)) : resolve(out)));
   });
   const parsed = JSON.parse(cli) as { blocks: number; engines: unknown[] };
@@ -238,7 +238,7 @@ test('vllm-events integration - two publishers (DP ranks 0 and 1) through `kvsta
     await new Promise((r) => setTimeout(r, 30));
   }
   const run = (args: string[]) => new Promise<string>((resolve, reject) => {
-    execFile(process.execPath, ['--import=tsx', path.join(repoRoot, 'connector', 'cli.ts'), 'lookup', '--engines', '--endpoint', endpoint, ...args],
+    execFile(process.execPath, ['--import=tsx', path.join(repoRoot, 'cli', 'kvstash.ts'), 'lookup', '--engines', '--endpoint', endpoint, ...args],
       { cwd: repoRoot, timeout: 20_000 }, (err, out, errOut) => (err ? reject(new Error(`${err.message}\n${errOut}`)) : resolve(out)));
   });
   const [json, table] = await Promise.all([run(['--json', '--tokens', P2.join(',')]), run(['--tokens', P1.join(' ')])]);

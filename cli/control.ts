@@ -7,25 +7,25 @@
 import { randomBytes } from 'node:crypto';
 import type { Command } from 'commander';
 import { curveKeyPair } from 'zeromq';
-import { EVENT_ENCODINGS, type EventEncoding } from '../../adapters/vllm/events.js';
-import { ErrorCode, KvstashError } from '../../protocol/errors.js';
-import type { CliExtension } from '../cli-extension.js';
-import { parseBytes, type Config } from '../config.js';
-import type { SidecarPlugin } from '../sidecar.js';
-import { formatTable, humanBytes } from '../table.js';
+import { EVENT_ENCODINGS, type EventEncoding } from '../protocol/vllm-events.js';
+import { ErrorCode, KvstashError } from '../protocol/errors.js';
+import type { CliExtension } from './extension.js';
+import { parseBytes, type Config } from '../connector/config.js';
+import type { SidecarPlugin } from '../connector/server/sidecar.js';
+import { formatTable, humanBytes } from '../connector/table.js';
 import {
   addConnectionOptions, addSelectorOptions, controlClient, EXIT, grpcAddress, namespaceFrom, noFullBlockHint, prefixFrom, print, progressLine, runCommand, selectorFrom,
   type CommonOpts, type SelOpts,
-} from './cli-support.js';
-import { DataAuthPlugin } from './data-auth.js';
-import { environmentMarkdown } from './environment-doc.js';
-import type { Msg } from './grpc-client.js';
-import { ControlServerPlugin } from './grpc-server.js';
-import { MetricsPlugin } from './metrics.js';
+} from './support.js';
+import { DataAuthPlugin } from '../connector/control/data-auth.js';
+import { environmentMarkdown } from '../connector/control/environment-doc.js';
+import type { Msg } from '../connector/control/grpc-client.js';
+import { ControlServerPlugin } from '../connector/control/grpc-server.js';
+import { MetricsPlugin } from '../connector/control/metrics.js';
 import {
   CONTROL_SETTINGS, curveSecretFromConfig, metricsAuthFromConfig, metricsTenantLabelsFromConfig, pinBudgetFromConfig, policyFromConfig,
-} from './settings.js';
-import { TierEventsPublisher } from './tier-events-publisher.js';
+} from '../connector/control/settings.js';
+import { TierEventsPublisher } from '../connector/control/tier-events-publisher.js';
 
 export async function controlPlugins(config: Config): Promise<SidecarPlugin[]> {
   const policy = policyFromConfig(config);
@@ -255,7 +255,7 @@ function addCommands(program: Command): void {
 
   program.command('env-doc').description('print docs/environment.md: every environment variable and config field')
     .action(async () => {
-      const { EXTENSIONS } = await import('../cli-extensions.js');
+      const { EXTENSIONS } = await import('./extensions.js');
       process.stdout.write(environmentMarkdown(EXTENSIONS.flatMap((e) => e.settings ?? [])));
     });
 }

@@ -1,7 +1,7 @@
-/** Types of the TierStack (connector/tiers.ts): tier specs, index entries, stats. */
+/** Types of the TierStack (connector/tiers/tier-stack.ts): tier specs, index entries, stats. */
 import type { AdmissionFilter, EvictionPolicy, HeatState, TierOrder } from './policy.js';
 import type { SharedProbeOptions } from './shared-probe.js';
-import type { StorageDriver } from './storage/driver.js';
+import type { StorageDriver } from '../storage/driver.js';
 import type { WriteQueue, WriteQueueOptions } from './write-queue.js';
 
 export interface TierSpec {
@@ -29,7 +29,7 @@ export interface TierStackOptions {
   promoteOnHit: boolean;
   /** Clock for heat and recency (default Date.now); trace replays pass the trace's time. */
   now?: () => number;
-  /** Bounds of the index-miss probe of shared tiers (connector/shared-probe.ts). */
+  /** Bounds of the index-miss probe of shared tiers (connector/tiers/shared-probe.ts). */
   probe?: Partial<SharedProbeOptions>;
 }
 

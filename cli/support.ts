@@ -8,9 +8,9 @@
  */
 import { readFileSync } from 'node:fs';
 import type { Command } from 'commander';
-import { ErrorCode, KvstashError, toKvstashError } from '../../protocol/errors.js';
-import { ControlClient, type Msg } from './grpc-client.js';
-import { secretValue } from './settings.js';
+import { ErrorCode, KvstashError, toKvstashError } from '../protocol/errors.js';
+import { ControlClient, type Msg } from '../connector/control/grpc-client.js';
+import { secretValue } from '../connector/control/settings.js';
 
 export const EXIT = { OK: 0, ERROR: 1, USAGE: 2, REFUSED: 3, NOT_SERVING: 4 } as const;
 

@@ -2,9 +2,9 @@
  * Control-plane primitives of the TierStack (gRPC Evict / Clear / Move), kept out of tiers.ts.
  * They use the stack's internal paths (promotion, direct writes, removal) so budgets, events and pins hold.
  */
-import { checksum as computeChecksum } from './checksum.js';
+import { checksum as computeChecksum } from '../checksum.js';
 import type { BlockEntry } from './tier-types.js';
-import type { TierStack } from './tiers.js';
+import type { TierStack } from './tier-stack.js';
 
 /** Drop a block's copy in tier `tier` (in every tier when undefined) without demoting it. Pinned blocks stay. */
 export function evictFrom(s: TierStack, key: string, tier?: number): 'evicted' | 'pinned' | 'missing' {

@@ -7,19 +7,19 @@
  *     "probe": { "perSecond": 500, "negativeTtlMs": 1000 },        // shared tiers: index-miss probe bounds
  *     …driver config (root, bucket, endpoint, …) }
  */
-import { ErrorCode, KvstashError } from '../protocol/errors.js';
-import { parseBytes, type Config } from './config.js';
+import { ErrorCode, KvstashError } from '../../protocol/errors.js';
+import { parseBytes, type Config } from '../config.js';
 import { admissionFilter, heatPolicy, lfudaPolicy, lruPolicy, type AdmissionFilter, type AdmissionSpec } from './policy.js';
 import type { SharedProbeOptions } from './shared-probe.js';
-import type { DriverRegistry } from './storage/registry.js';
-import { ArenaStore } from './storage/arena.js';
-import type { DramStore } from './storage/driver.js';
-import { MemoryDriver } from './storage/memory.js';
-import { TierStack, type TierSpec } from './tiers.js';
+import type { DriverRegistry } from '../storage/registry.js';
+import { ArenaStore } from '../storage/arena.js';
+import type { DramStore } from '../storage/driver.js';
+import { MemoryDriver } from '../storage/memory.js';
+import { TierStack, type TierSpec } from './tier-stack.js';
 import type { WriteQueueOptions } from './write-queue.js';
 // Built-in drivers that register themselves (registerBuiltinDriver) — imported here, not from registry.ts, to avoid a cycle.
-import './storage/nfs.js';
-import './storage/s3.js';
+import '../storage/nfs.js';
+import '../storage/s3.js';
 
 const MEDIUM: Record<string, string> = { memory: 'CPU', file: 'DISK', segment: 'DISK', nfs: 'NFS', s3: 'S3' };
 const READ_BPS: Record<string, number> = { memory: 10e9, file: 2e9, segment: 2e9, nfs: 200e6, s3: 150e6 };

@@ -11,7 +11,7 @@
  * probe that fails (server down, circuit open) counts as absent. So a miss costs at most one round trip per
  * `concurrency` keys, and a storm of misses costs at most `perSecond` requests per second.
  */
-import type { ListedValue, StorageDriver } from './storage/driver.js';
+import type { ListedValue, StorageDriver } from '../storage/driver.js';
 
 export interface SharedProbeOptions {
   perSecond: number;

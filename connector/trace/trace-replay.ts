@@ -22,11 +22,11 @@ import { readFileSync, mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { beladyHits, lruHits, reuseOracleLruHits, type TraceRequest } from './belady.js';
-import { admissionFilter, heatPolicy, lfudaPolicy, lruPolicy, type EvictionPolicy } from './policy.js';
-import { FileDriver, parseFileConfig } from './storage/file.js';
-import { MemoryDriver } from './storage/memory.js';
-import { TierStack, type TierSpec } from './tiers.js';
-import { HELD_OUT_SEED, TUNING_SEED, WORKLOADS } from './workloads.js';
+import { admissionFilter, heatPolicy, lfudaPolicy, lruPolicy, type EvictionPolicy } from '../tiers/policy.js';
+import { FileDriver, parseFileConfig } from '../storage/file.js';
+import { MemoryDriver } from '../storage/memory.js';
+import { TierStack, type TierSpec } from '../tiers/tier-stack.js';
+import { HELD_OUT_SEED, TUNING_SEED, WORKLOADS } from '../workloads.js';
 
 export interface TraceBenchOptions {
   /** Mooncake JSONL file used for the workload named `mooncake`. */

@@ -15,21 +15,21 @@
 import { mkdirSync } from 'node:fs';
 import path from 'node:path';
 import { Router } from 'zeromq';
-import { decodeRequest, encodeError, encodeReply, ProtocolError } from '../protocol/codec.js';
-import { ErrorCode, isErrorCode, KvstashError, toKvstashError } from '../protocol/errors.js';
-import { ALL_OPS, KEY_BYTES, PROTOCOL_VERSION, PutResult, type Limits, type NamespaceDescriptor, type Request } from '../protocol/wire.js';
-import { checksum } from './checksum.js';
-import type { Config } from './config.js';
-import { assertEndpointsFree, probeEndpoint } from './endpoint-probe.js';
-import { NamespaceRegistry } from './namespace-registry.js';
-import { logger } from './log.js';
-import { ArenaOps } from './arena-ops.js';
-import { buildTierStack } from './stack.js';
-import { ArenaStore } from './storage/arena.js';
-import { defaultRegistry, type DriverRegistry } from './storage/registry.js';
-import type { TierStack } from './tiers.js';
-import { LeaseBook } from './leases.js';
-import { VERSION } from './version.js';
+import { decodeRequest, encodeError, encodeReply, ProtocolError } from '../../protocol/codec.js';
+import { ErrorCode, isErrorCode, KvstashError, toKvstashError } from '../../protocol/errors.js';
+import { ALL_OPS, KEY_BYTES, PROTOCOL_VERSION, PutResult, type Limits, type NamespaceDescriptor, type Request } from '../../protocol/wire.js';
+import { checksum } from '../checksum.js';
+import type { Config } from '../config.js';
+import { assertEndpointsFree, probeEndpoint } from '../endpoint-probe.js';
+import { NamespaceRegistry } from '../namespace-registry.js';
+import { logger } from '../log.js';
+import { ArenaOps } from '../arena-ops.js';
+import { buildTierStack } from '../tiers/build-stack.js';
+import { ArenaStore } from '../storage/arena.js';
+import { defaultRegistry, type DriverRegistry } from '../storage/registry.js';
+import type { TierStack } from '../tiers/tier-stack.js';
+import { LeaseBook } from '../leases.js';
+import { VERSION } from '../version.js';
 
 export const SERVER_VERSION = `kvstash/${VERSION}`;
 /** Namespaces one sidecar registers at most (each HELLO of a new descriptor adds one; they are persisted). */

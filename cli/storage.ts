@@ -2,7 +2,7 @@
  * CLI extension of the storage layer:
  * - `kvstash driver-test <module|built-in> --config <json file or inline>`: the conformance kit against a driver,
  *   printed as a pass/fail table (exit 0 all passed, 1 a case failed, 2 bad usage/config);
- * - `kvstash bench trace …`: replays a request trace against the real TierStack (connector/trace-replay.ts).
+ * - `kvstash bench trace …`: replays a request trace against the real TierStack (connector/trace/trace-replay.ts).
  */
 import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
@@ -10,23 +10,23 @@ import { createRequire } from 'node:module';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import type { Command } from 'commander';
-import { ErrorCode, KvstashError } from '../../protocol/errors.js';
-import type { CliExtension } from '../cli-extension.js';
-import { formatTable } from '../table.js';
-import { runConformance, type CaseResult, type ConformanceFactory, type SubprocessSpec } from './conformance.js';
-import type { DriverFactory } from './driver.js';
-import { loadDriverFactory } from './load-driver.js';
-import { defaultRegistry } from './registry.js';
-import './nfs.js'; // built-ins register themselves
-import './s3.js';
-import { traceCommand } from '../trace-cli.js';
+import { ErrorCode, KvstashError } from '../protocol/errors.js';
+import type { CliExtension } from './extension.js';
+import { formatTable } from '../connector/table.js';
+import { runConformance, type CaseResult, type ConformanceFactory, type SubprocessSpec } from '../connector/storage/conformance.js';
+import type { DriverFactory } from '../connector/storage/driver.js';
+import { loadDriverFactory } from '../connector/storage/load-driver.js';
+import { defaultRegistry } from '../connector/storage/registry.js';
+import '../connector/storage/nfs.js'; // built-ins register themselves
+import '../connector/storage/s3.js';
+import { traceCommand } from './trace.js';
 
 const ext = /\.ts$/.test(import.meta.url) ? 'ts' : 'js';
 /** Built-in drivers a child process can load (the crash case), by module and export. */
 const BUILTIN_MODULES: Record<string, [string, string]> = {
-  file: [`./file.${ext}`, 'fileDriverFactory'],
-  nfs: [`./nfs.${ext}`, 'nfsDriverFactory'],
-  s3: [`./s3.${ext}`, 's3DriverFactory'],
+  file: [`../connector/storage/file.${ext}`, 'fileDriverFactory'],
+  nfs: [`../connector/storage/nfs.${ext}`, 'nfsDriverFactory'],
+  s3: [`../connector/storage/s3.${ext}`, 's3DriverFactory'],
 };
 
 function readConfig(spec: string | undefined): Record<string, unknown> {
@@ -122,7 +122,7 @@ function driverTestCommand(program: Command): void {
       const { factory, module, exportName } = await resolveDriver(target, opts.export);
       const cf = conformanceFactoryFor(factory, raw, module, exportName);
       const only = opts.only?.split(',').map((s) => s.trim()).filter(Boolean);
-      const { CASE_NAMES } = await import('./conformance.js');
+      const { CASE_NAMES } = await import('../connector/storage/conformance.js');
       const unknown = only?.filter((c) => !CASE_NAMES.includes(c));
       if (unknown?.length) throw new KvstashError(ErrorCode.CONFIG, `unknown case(s) ${unknown.join(', ')}; cases: ${CASE_NAMES.join(', ')}`);
       const results = await runConformance(cf, {

@@ -1,6 +1,6 @@
 /**
  * `kvstash bench trace`: replay a request trace (Mooncake JSONL) against the real TierStack and compare kvstash's
- * eviction policy with LRU and Belady's optimum at the same capacity (connector/trace-replay.ts). Also run by
+ * eviction policy with LRU and Belady's optimum at the same capacity (connector/trace/trace-replay.ts). Also run by
  * `npm run bench` through bench/trace.ts.
  */
 import { existsSync } from 'node:fs';
@@ -8,10 +8,10 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Command } from 'commander';
 import { ErrorCode, KvstashError } from '../protocol/errors.js';
-import { parseBytes } from './config.js';
-import { formatTable, humanBytes } from './table.js';
-import { WORKLOADS } from './workloads.js';
-import { runTraceBench, type TraceBenchOptions, type TraceBenchResult } from './trace-replay.js';
+import { parseBytes } from '../connector/config.js';
+import { formatTable, humanBytes } from '../connector/table.js';
+import { WORKLOADS } from '../connector/workloads.js';
+import { runTraceBench, type TraceBenchOptions, type TraceBenchResult } from '../connector/trace/trace-replay.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 /** The repo root, from connector/ (sources) or dist/connector/ (built). */

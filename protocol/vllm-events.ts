@@ -31,7 +31,7 @@
  * `["", seq8, payload]` ending with `["", SEQ_END, ""]`; `seq8` is an 8-byte big-endian uint64.
  */
 import { Unpackr } from 'msgpackr';
-import { ErrorCode, KvstashError } from '../../protocol/errors.js';
+import { ErrorCode, KvstashError } from './errors.js';
 import { MsgpackWriter } from './msgpack-writer.js';
 
 /** A block hash: uint64 event int (`bigint`), or a raw digest as lowercase hex (`string`). */

@@ -1,23 +1,23 @@
 #!/usr/bin/env node
 /**
  * `kvstash` command line (commander). Core commands: serve, stats, lookup, config. Adapters and the control
- * plane add theirs through CliExtension (connector/cli-extensions.ts).
+ * plane add theirs through CliExtension (cli/extensions.ts).
  * Exit codes: 0 success, 1 operational error (sidecar unreachable, request failed), 2 bad usage/config.
  */
 import { existsSync, rmSync } from 'node:fs';
 import { Command, CommanderError, Option } from 'commander';
 import { KvstashError, ErrorCode } from '../protocol/errors.js';
-import { KvstashClient } from './client.js';
-import { SETTINGS, loadConfig, settingsMarkdown, type Setting } from './config.js';
-import { EXTENSIONS } from './cli-extensions.js';
-import { grpcLookup, grpcStats } from './control/cli.js';
-import { addConnectionOptions, noFullBlockHint, parseTokens, type CommonOpts, type SelOpts } from './control/cli-support.js';
+import { KvstashClient } from '../connector/client.js';
+import { SETTINGS, loadConfig, settingsMarkdown, type Setting } from '../connector/config.js';
+import { EXTENSIONS } from './extensions.js';
+import { grpcLookup, grpcStats } from './control.js';
+import { addConnectionOptions, noFullBlockHint, parseTokens, type CommonOpts, type SelOpts } from './support.js';
 import { printEnginesLookup } from '../adapters/vllm/engines-cli.js';
-import { blockHashes } from './keys.js';
-import { rootLogger } from './log.js';
-import { Sidecar } from './sidecar.js';
-import { formatTable, humanBytes } from './table.js';
-import { VERSION } from './version.js';
+import { blockHashes } from '../connector/keys.js';
+import { rootLogger } from '../connector/log.js';
+import { Sidecar } from '../connector/server/sidecar.js';
+import { formatTable, humanBytes } from '../connector/table.js';
+import { VERSION } from '../connector/version.js';
 
 const extraSettings: Setting[] = EXTENSIONS.flatMap((e) => e.settings ?? []);
 

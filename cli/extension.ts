@@ -9,8 +9,8 @@
  *   and exit with 0 on success, 1 on an operational error, 2 on bad usage.
  */
 import type { Command } from 'commander';
-import type { Config, Setting } from './config.js';
-import type { SidecarPlugin } from './sidecar.js';
+import type { Config, Setting } from '../connector/config.js';
+import type { SidecarPlugin } from '../connector/server/sidecar.js';
 
 export interface CliExtension {
   readonly name: string;

@@ -22,18 +22,18 @@
  *   when a lower-tier copy fails its checksum.
  */
 import { EventEmitter } from 'node:events';
-import { checksum as computeChecksum } from './checksum.js';
+import { checksum as computeChecksum } from '../checksum.js';
 import { AccessHistory, bumpHeat, firstUnpinned } from './policy.js';
 import { SharedProbe } from './shared-probe.js';
-import type { DramStore, ListedValue } from './storage/driver.js';
+import type { DramStore, ListedValue } from '../storage/driver.js';
 import { WriteQueue } from './write-queue.js';
 import { FastIndex } from './fast-index.js';
 import { PinBook } from './pin-book.js';
 import { clearBlocks, evictFrom, moveBlock } from './tier-control.js';
-import { load, loadBatch } from './tier-reads.js';
+import { load, loadBatch } from '../tier-reads.js';
 import type { BlockEntry, LookupResult, Tier, TierStackOptions, TierStats } from './tier-types.js';
-import { PutResult } from '../protocol/wire.js';
-import { logger } from './log.js';
+import { PutResult } from '../../protocol/wire.js';
+import { logger } from '../log.js';
 
 export type { BlockEntry, LookupResult, TierSpec, TierStackOptions, TierStats } from './tier-types.js';
 
@@ -58,7 +58,7 @@ export class TierStack extends EventEmitter {
   private faultsUnlogged = 0;
   private closed = false;
   private readonly now: () => number;
-  /** Present when a tier is shared: asks it about index misses (see connector/shared-probe.ts). */
+  /** Present when a tier is shared: asks it about index misses (see connector/tiers/shared-probe.ts). */
   readonly probe: SharedProbe | undefined;
   /** Some write-through tier admits only later accesses: hits must offer it the block. */
   private readonly lateAdmission: boolean;
