@@ -1,8 +1,8 @@
 /**
  * The control plane as a `kvstash` CLI extension: its settings, its sidecar plugins (data-socket auth, gRPC
- * control plane, metrics, tier events) and its commands: pin, unpin, evict, clear, move, health, watch, keygen,
- * env-doc. The core `stats` and `lookup` commands use `grpcStats` / `grpcLookup` from here.
- * Exit codes: see cli-support.ts (0 ok, 1 operational error, 2 usage, 3 refused / not found, 4 not serving).
+ * control plane, metrics, tier events) and its commands: pin, unpin, evict, clear, move, health, watch, keygen
+ * (env-doc, which needs every extension's settings, is a core command in kvstash.ts). The core `stats` and `lookup` commands use `grpcStats` / `grpcLookup` from here.
+ * Exit codes: see support.ts (0 ok, 1 operational error, 2 usage, 3 refused / not found, 4 not serving).
  */
 import { randomBytes } from 'node:crypto';
 import type { Command } from 'commander';
@@ -18,7 +18,6 @@ import {
   type CommonOpts, type SelOpts,
 } from './support.js';
 import { DataAuthPlugin } from '../connector/control/data-auth.js';
-import { environmentMarkdown } from '../connector/control/environment-doc.js';
 import type { Msg } from '../connector/control/grpc-client.js';
 import { ControlServerPlugin } from '../connector/control/grpc-server.js';
 import { MetricsPlugin } from '../connector/control/metrics.js';
@@ -253,11 +252,6 @@ function addCommands(program: Command): void {
       process.stdout.write(o.json ? JSON.stringify(kp) + '\n' : `public ${kp.publicKey}\nsecret ${kp.secretKey}\n`);
     });
 
-  program.command('env-doc').description('print docs/environment.md: every environment variable and config field')
-    .action(async () => {
-      const { EXTENSIONS } = await import('./extensions.js');
-      process.stdout.write(environmentMarkdown(EXTENSIONS.flatMap((e) => e.settings ?? [])));
-    });
 }
 
 export const controlExtension: CliExtension = {

@@ -10,6 +10,7 @@ import { KvstashError, ErrorCode } from '../protocol/errors.js';
 import { KvstashClient } from '../connector/client.js';
 import { SETTINGS, loadConfig, settingsMarkdown, type Setting } from '../connector/config.js';
 import { EXTENSIONS } from './extensions.js';
+import { environmentMarkdown } from '../connector/control/environment-doc.js';
 import { grpcLookup, grpcStats } from './control.js';
 import { addConnectionOptions, noFullBlockHint, parseTokens, type CommonOpts, type SelOpts } from './support.js';
 import { printEnginesLookup } from '../adapters/vllm/engines-cli.js';
@@ -182,6 +183,11 @@ export function buildProgram(): Command {
     .action((opts: { config?: string; markdown?: boolean }) => {
       if (opts.markdown) process.stdout.write(settingsMarkdown(extraSettings) + '\n');
       else process.stdout.write(JSON.stringify(loadConfig({}, process.env, opts.config, extraSettings), null, 2) + '\n');
+    });
+
+  program.command('env-doc').description('print docs/environment.md: every environment variable and config field')
+    .action(() => {
+      process.stdout.write(environmentMarkdown(extraSettings));
     });
 
   for (const ext of EXTENSIONS) ext.commands?.(program);

@@ -1,13 +1,13 @@
 /**
- * Control-plane primitives of the TierStack (gRPC Evict / Clear / Move), kept out of tiers.ts.
+ * Control-plane primitives of the TierStack (gRPC Evict / Clear / Move), kept out of tier-stack.ts; they work on
+ * StackInternals (tier-types.ts), so this file does not import tier-stack.ts (no cycle).
  * They use the stack's internal paths (promotion, direct writes, removal) so budgets, events and pins hold.
  */
 import { checksum as computeChecksum } from '../checksum.js';
-import type { BlockEntry } from './tier-types.js';
-import type { TierStack } from './tier-stack.js';
+import type { BlockEntry, StackInternals } from './tier-types.js';
 
 /** Drop a block's copy in tier `tier` (in every tier when undefined) without demoting it. Pinned blocks stay. */
-export function evictFrom(s: TierStack, key: string, tier?: number): 'evicted' | 'pinned' | 'missing' {
+export function evictFrom(s: StackInternals, key: string, tier?: number): 'evicted' | 'pinned' | 'missing' {
   const e = s.index.get(key);
   if (!e || e.where === 0 || (tier !== undefined && !(e.where & (1 << tier)))) return 'missing';
   if (e.pins > 0) return 'pinned';
@@ -21,7 +21,7 @@ export function evictFrom(s: TierStack, key: string, tier?: number): 'evicted' |
  * Delete from every tier each block among `keys` (the whole index when absent) that passes `pred`.
  * Pinned blocks are kept unless `includePinned`; their pins go with them.
  */
-export function clearBlocks(s: TierStack, pred: (key: string, e: BlockEntry) => boolean, opts: { keys?: Iterable<string>; includePinned?: boolean } = {}): { removed: number; pinnedSkipped: number } {
+export function clearBlocks(s: StackInternals, pred: (key: string, e: BlockEntry) => boolean, opts: { keys?: Iterable<string>; includePinned?: boolean } = {}): { removed: number; pinnedSkipped: number } {
   let pinnedSkipped = 0;
   const doomed: string[] = [];
   for (const k of opts.keys ?? [...s.index.keys()]) {
@@ -39,7 +39,7 @@ export function clearBlocks(s: TierStack, pred: (key: string, e: BlockEntry) => 
  * write of checksum-verified bytes), and when demoting drop its copies in the tiers above `to`.
  * Pinned blocks are not demoted.
  */
-export async function moveBlock(s: TierStack, key: string, to: number): Promise<'moved' | 'present' | 'missing' | 'pinned' | 'failed'> {
+export async function moveBlock(s: StackInternals, key: string, to: number): Promise<'moved' | 'present' | 'missing' | 'pinned' | 'failed'> {
   const t = s.tiers[to];
   if (!t) throw new RangeError(`no tier ${to}`);
   const e = s.index.get(key);
@@ -84,7 +84,7 @@ export async function moveBlock(s: TierStack, key: string, to: number): Promise<
 }
 
 /** Read a block from the fastest lower tier whose copy passes its checksum, without promoting it. */
-async function readVerified(s: TierStack, e: BlockEntry): Promise<Buffer | undefined> {
+async function readVerified(s: StackInternals, e: BlockEntry): Promise<Buffer | undefined> {
   for (const t of s.tiers.slice(1)) {
     if (!(e.where & (1 << t.index))) continue;
     const got = await t.driver.get(e.key).catch(() => undefined);

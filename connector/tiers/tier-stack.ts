@@ -31,7 +31,7 @@ import { FastIndex } from './fast-index.js';
 import { PinBook } from './pin-book.js';
 import { clearBlocks, evictFrom, moveBlock } from './tier-control.js';
 import { load, loadBatch } from '../tier-reads.js';
-import type { BlockEntry, LookupResult, Tier, TierStackOptions, TierStats } from './tier-types.js';
+import type { BlockEntry, LookupResult, StackInternals, Tier, TierStackOptions, TierStats } from './tier-types.js';
 import { PutResult } from '../../protocol/wire.js';
 import { logger } from '../log.js';
 
@@ -40,7 +40,7 @@ export type { BlockEntry, LookupResult, TierSpec, TierStackOptions, TierStats } 
 /** What get(keys, true) answers for a block that is in DRAM (compare by identity). */
 export const IN_DRAM = Buffer.alloc(0);
 
-export class TierStack extends EventEmitter {
+export class TierStack extends EventEmitter implements StackInternals {
   /** Every block by storage key. Mutate only through indexAdd / indexDrop (they keep `fast` in step). */
   readonly index = new Map<string, BlockEntry>();
   /** LOOKUP/EXISTS on raw wire keys (advisory; see fast-index.ts). */

@@ -1,7 +1,7 @@
 /** Types of the TierStack (connector/tiers/tier-stack.ts): tier specs, index entries, stats. */
 import type { AdmissionFilter, EvictionPolicy, HeatState, TierOrder } from './policy.js';
 import type { SharedProbeOptions } from './shared-probe.js';
-import type { StorageDriver } from '../storage/driver.js';
+import type { DramStore, StorageDriver } from '../storage/driver.js';
 import type { WriteQueue, WriteQueueOptions } from './write-queue.js';
 
 export interface TierSpec {
@@ -76,5 +76,22 @@ export interface LookupResult {
   loadMs: Record<string, number>;
   /** Per tier: leading blocks served by that tier or faster ones (the prefix worth loading if slower tiers are not). */
   depth?: Record<string, number>;
+}
+
+/**
+ * The parts of TierStack that its control primitives (tier-control.ts: Evict / Clear / Move) work on. TierStack
+ * implements it; tier-control.ts depends on this interface, not on tier-stack.ts, so the two do not import each
+ * other. The members marked @internal on TierStack are for these primitives only.
+ */
+export interface StackInternals {
+  readonly index: Map<string, BlockEntry>;
+  readonly tiers: Tier[];
+  readonly dram: DramStore;
+  delete(keys: string[]): number;
+  addTo(t: Tier, e: BlockEntry, emit?: boolean): void;
+  removeFrom(t: Tier, e: BlockEntry): void;
+  insertDram(e: BlockEntry, value: Buffer): boolean;
+  enforceBudget(t: Tier): void;
+  load(e: BlockEntry): Promise<Buffer | undefined>;
 }
 
