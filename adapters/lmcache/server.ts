@@ -21,7 +21,7 @@ import path from 'node:path';
 import type { Logger } from 'pino';
 import { ErrorCode, KvstashError } from '../../protocol/errors.js';
 import { logger } from '../../connector/log.js';
-import type { Sidecar, SidecarPlugin } from '../../connector/server/sidecar.js';
+import type { PluginHost, SidecarPlugin } from '../../connector/server/sidecar.js';
 import { LmConnection, type LmCounters } from './connection.js';
 import { LmMemoryBudget } from './memory-budget.js';
 import { LISTEN_SETTINGS, type LmListenSetting } from './protocol.js';
@@ -80,7 +80,7 @@ export class LmcacheServer implements SidecarPlugin {
     this.budget = new LmMemoryBudget(opts.maxBufferedBytes ?? 2 ** 30);
   }
 
-  async start(sidecar: Sidecar): Promise<void> {
+  async start(sidecar: PluginHost): Promise<void> {
     if (!this.opts.log) this.log.level = sidecar.config.logLevel;
     const root = sidecar.config.fileRoot;
     const dir = root && this.opts.persistKeys !== false ? path.join(root, 'lmcache') : undefined;

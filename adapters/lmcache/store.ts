@@ -15,7 +15,7 @@ import { createHash } from 'node:crypto';
 import type { Logger } from 'pino';
 import { checksum } from '../../connector/checksum.js';
 import { namespaceId } from '../../connector/keys.js';
-import type { Sidecar } from '../../connector/server/sidecar.js';
+import type { PluginHost } from '../../connector/server/sidecar.js';
 import { PutResult, type NamespaceDescriptor } from '../../protocol/wire.js';
 import { KeyIndex } from './key-index.js';
 import { GENERATIONS, type Generation } from './protocol.js';
@@ -39,7 +39,7 @@ export class LmStore {
   };
   private readonly ours: Set<string>;
 
-  constructor(private readonly sidecar: Sidecar, readonly tenant: string, indexDir: string | undefined, private readonly log: Logger) {
+  constructor(private readonly sidecar: PluginHost, readonly tenant: string, indexDir: string | undefined, private readonly log: Logger) {
     this.nsIds = Object.fromEntries(GENERATIONS.map((g) => [g, namespaceId(lmNamespace(g, tenant))])) as Record<Generation, string>;
     this.ours = new Set(Object.values(this.nsIds));
     this.index = new KeyIndex(indexDir, (sk) => (sidecar.tiers.entry(sk)?.where ?? 0) !== 0, log);
@@ -87,9 +87,9 @@ export class LmStore {
       sum = checksum(stored);
       const dram = old.checksum ? undefined : tiers.getDram(sk);
       const oldSum = old.checksum || (dram ? checksum(dram) : sum);
-      if (old.size !== stored.length || oldSum !== sum) tiers.delete([sk]);
+      if (old.size !== stored.length || oldSum !== sum) this.sidecar.tierWrites.delete([sk]);
     }
-    const r = tiers.put(sk, stored, sum);
+    const r = this.sidecar.tierWrites.put(sk, stored, sum);
     if (r === PutResult.STORED || r === PutResult.PRESENT) this.index.add(ns, sk, key);
     return r;
   }

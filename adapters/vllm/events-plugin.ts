@@ -14,7 +14,7 @@
  * Bad fields → KVS_BAD_FIELD. The op never waits on a publisher.
  */
 import { ErrorCode, KvstashError } from '../../protocol/errors.js';
-import type { Sidecar, SidecarPlugin } from '../../connector/server/sidecar.js';
+import type { PluginHost, SidecarPlugin } from '../../connector/server/sidecar.js';
 import { VllmEventsIndex, type VllmEventsIndexOptions } from './events-index.js';
 
 export const ENGINES_OP = 'ENGINES';
@@ -46,7 +46,7 @@ export class VllmEventsPlugin implements SidecarPlugin {
     this.index = new VllmEventsIndex(opts);
   }
 
-  async start(sidecar: Sidecar): Promise<void> {
+  async start(sidecar: PluginHost): Promise<void> {
     sidecar.registerOp(ENGINES_OP, (h) => {
       const tokens = tokensField(h.tokens);
       const answer = this.index.lookup({ tokens, lora: optString(h, 'lora'), cacheSalt: optString(h, 'cache_salt') });

@@ -6,7 +6,7 @@
 import * as grpc from '@grpc/grpc-js';
 import { ErrorCode, KvstashError } from '../../protocol/errors.js';
 import { logger } from '../log.js';
-import { SERVER_VERSION, type Sidecar } from '../server/sidecar.js';
+import { SERVER_VERSION, type PluginHost } from '../server/sidecar.js';
 import { LOCAL, type AccessPolicy, type Principal } from './auth.js';
 import type { AuthThrottle } from './auth-throttle.js';
 import { BoundedStream } from './bounded-stream.js';
@@ -38,7 +38,7 @@ export class ControlService {
   stopping = false;
   private readonly closers = new Set<() => void>();
 
-  constructor(private readonly sidecar: Sidecar, private readonly opts: ControlServiceOptions) {
+  constructor(private readonly sidecar: PluginHost, private readonly opts: ControlServiceOptions) {
     this.resolver = new Resolver(sidecar, opts.policy, sidecar.limits.maxKeysPerRequest);
   }
 
@@ -149,7 +149,7 @@ export class ControlService {
   private pin(r: Msg, p: Principal): Msg {
     const tag = this.tag(r.tag);
     const keys = this.resolver.selection(r.selector as SelectorMsg, p).keys();
-    const res = this.sidecar.tiers.pin(keys, tag);
+    const res = this.sidecar.tierControl.pin(keys, tag);
     if (res.exhausted) {
       const s = this.sidecar.tiers.pinStats();
       throw new KvstashError(ErrorCode.RESOURCE_EXHAUSTED, `pinning ${res.addedBytes} more bytes would exceed the pin budget of ${s.budgetBytes} bytes (${s.bytes} pinned)`);
@@ -163,7 +163,7 @@ export class ControlService {
     const sel = r.selector as SelectorMsg | null;
     const within = sel && (sel.namespace?.kind || sel.tenant) ? new Set(this.resolver.selection(sel, p).keys()) : undefined;
     const mine = (k: string) => (within ? within.has(k) : true) && this.opts.policy.allows(p, this.resolver.tenantOfKey(k) ?? '');
-    const unpinned = this.sidecar.tiers.unpin(tag, mine);
+    const unpinned = this.sidecar.tierControl.unpin(tag, mine);
     this.log.info({ principal: p.id, tag, unpinned }, 'unpin');
     return { unpinned, pins: this.pinStats() };
   }
@@ -172,7 +172,7 @@ export class ControlService {
     const tier = r.tier ? this.resolver.tierIndex(String(r.tier)) : undefined;
     const keys = this.resolver.selection(r.selector as SelectorMsg, p).keys();
     const n = { evicted: 0, pinned: 0, missing: 0 };
-    for (const k of keys) n[this.sidecar.tiers.evictFrom(k, tier)]++;
+    for (const k of keys) n[this.sidecar.tierControl.evictFrom(k, tier)]++;
     this.log.info({ principal: p.id, tier: r.tier || 'all', ...n }, 'evict');
     return n;
   }
@@ -201,7 +201,7 @@ export class ControlService {
     if (sel.scope === 'prefix') throw new KvstashError(ErrorCode.INVALID_ARGUMENT, 'DropNamespaces takes a namespace or a tenant, not a prefix');
     const ids = new Set(sel.namespace ? [sel.namespace] : this.sidecar.nsRegistry.ofTenant(sel.tenant));
     let removed = 0;
-    if (r.include_blocks === true) removed = this.sidecar.tiers.clear(() => true, { keys: sel.keys() }).removed;
+    if (r.include_blocks === true) removed = this.sidecar.tierControl.clear(() => true, { keys: sel.keys() }).removed;
     const busy = this.sidecar.namespacesWithBlocks(ids);
     const gone = [...ids].filter((id) => !busy.has(id));
     this.sidecar.nsRegistry.drop(gone);
@@ -221,7 +221,7 @@ export class ControlService {
     out.latest({ ...pr });
     for (let i = 0; i < keys.length && !out.isClosed; i += CHUNK) {
       const chunk = keys.slice(i, i + CHUNK);
-      const res = this.sidecar.tiers.clear(() => true, { keys: chunk, includePinned: r.include_pinned === true });
+      const res = this.sidecar.tierControl.clear(() => true, { keys: chunk, includePinned: r.include_pinned === true });
       pr.done += chunk.length;
       pr.changed += res.removed;
       pr.skipped += res.pinnedSkipped;
@@ -244,7 +244,7 @@ export class ControlService {
     const worker = async () => {
       while (next < keys.length && !out.isClosed) {
         const k = keys[next++]!;
-        const res = await this.sidecar.tiers.move(k, to).catch(() => 'failed' as const);
+        const res = await this.sidecar.tierControl.move(k, to).catch(() => 'failed' as const);
         pr.done++;
         if (res === 'moved') pr.changed++;
         else if (res === 'present' || res === 'pinned') pr.skipped++;

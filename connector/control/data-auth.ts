@@ -13,7 +13,7 @@
 import { ErrorCode, KvstashError } from '../../protocol/errors.js';
 import type { Router } from 'zeromq';
 import { logger } from '../log.js';
-import type { PeerContext, Sidecar, SidecarPlugin } from '../server/sidecar.js';
+import type { PeerContext, PluginHost, SidecarPlugin } from '../server/sidecar.js';
 import { authProof, curvePublicOf, curveShared, MAX_SKEW_MS, proofMatches, type AccessPolicy, type Principal } from './auth.js';
 import { registerZapDomain, unregisterZapDomain } from './zap.js';
 
@@ -46,10 +46,10 @@ export class DataAuthPlugin implements SidecarPlugin {
     return new DataAuthPlugin(opts, domain);
   }
 
-  attach(sidecar: Sidecar): void {
+  attach(sidecar: PluginHost): void {
     const secret = this.opts.curveSecretKey;
     if (secret) {
-      sidecar.configureSocket = (router: Router) => {
+      sidecar.addSocketSetup((router: Router) => {
         router.curveServer = true;
         router.curveSecretKey = secret;
         router.curvePublicKey = this.curvePublicKey!;
@@ -57,12 +57,12 @@ export class DataAuthPlugin implements SidecarPlugin {
           router.zapDomain = this.zapDomain;
           router.zapEnforceDomain = true;
         }
-      };
+      });
     }
     if (!this.opts.policy.enabled) return;
     sidecar.registerOp(AUTH_OP, (h, peer) => this.authenticate(h, peer));
-    sidecar.principalOf = (routingId) => this.bound.get(routingId.toString('hex'))?.id;
-    sidecar.guard = (peer, op, ns) => {
+    sidecar.setPrincipalResolver((routingId) => this.bound.get(routingId.toString('hex'))?.id);
+    sidecar.addGuard((peer, op, ns) => {
       if (op === AUTH_OP || op === 'PING') return;
       try {
         this.opts.policy.check(this.bound.get(peer.routingId.toString('hex')), ns?.tenant);
@@ -73,7 +73,7 @@ export class DataAuthPlugin implements SidecarPlugin {
         }
         throw err;
       }
-    };
+    });
   }
 
   /** The principal a routing id is bound to (tests, metrics). */

@@ -8,7 +8,7 @@ import { readFileSync } from 'node:fs';
 import * as grpc from '@grpc/grpc-js';
 import { ErrorCode, KvstashError } from '../../protocol/errors.js';
 import { logger } from '../log.js';
-import type { Sidecar, SidecarPlugin } from '../server/sidecar.js';
+import type { PluginHost, SidecarPlugin } from '../server/sidecar.js';
 import type { AccessPolicy } from './auth.js';
 import { AuthThrottle } from './auth-throttle.js';
 import { ControlService, type CallObserver } from './control-service.js';
@@ -44,8 +44,8 @@ export class ControlServerPlugin implements SidecarPlugin {
 
   constructor(private readonly opts: ControlServerOptions) {}
 
-  attach(sidecar: Sidecar): void {
-    if (this.opts.pinBudgetBytes !== undefined) sidecar.tiers.setPinBudget(this.opts.pinBudgetBytes);
+  attach(sidecar: PluginHost): void {
+    if (this.opts.pinBudgetBytes !== undefined) sidecar.tierControl.setPinBudget(this.opts.pinBudgetBytes);
   }
 
   private credentials(): grpc.ServerCredentials {
@@ -59,7 +59,7 @@ export class ControlServerPlugin implements SidecarPlugin {
     }
   }
 
-  async start(sidecar: Sidecar): Promise<void> {
+  async start(sidecar: PluginHost): Promise<void> {
     this.throttle = new AuthThrottle(this.opts.authFailuresPerSecond ?? 5, this.opts.authFailureBurst ?? 20);
     this.service = new ControlService(sidecar, {
       policy: this.opts.policy, streamBuffer: this.opts.streamBuffer ?? 1024, onCall: this.opts.onCall, onStreamDrop: this.opts.onStreamDrop,

@@ -1,7 +1,7 @@
 /**
  * MetricsPlugin — Prometheus metrics (prom-client, one Registry per sidecar) on an HTTP `/metrics` endpoint.
  * The metric list with meanings is in docs/control-plane.md#metrics. Rules:
- * - Data-socket requests are observed through `sidecar.observe` (one call per answered request); tier, pin and
+ * - Data-socket requests are observed through an observer (`host.addObserver`, one call per answered request); tier, pin and
  *   publisher figures are read from their owners at scrape time (no work on the data path for them).
  * - Label cardinality is bounded: `op`/`method`/`code`/`tier` take few values; per-namespace series exist for at
  *   most `topNamespaces` namespaces (slots go to the busiest namespaces at each scrape and stay assigned, so
@@ -16,7 +16,7 @@ import { unpackHeader } from '../../protocol/codec.js';
 import { ErrorCode, KvstashError } from '../../protocol/errors.js';
 import type { Request } from '../../protocol/wire.js';
 import { logger } from '../log.js';
-import type { Sidecar, SidecarPlugin } from '../server/sidecar.js';
+import type { PluginHost, SidecarPlugin } from '../server/sidecar.js';
 import { OpStats } from './op-stats.js';
 import type { TierEventsPublisher } from './tier-events-publisher.js';
 
@@ -38,7 +38,7 @@ export class MetricsPlugin implements SidecarPlugin {
   readonly registry = new Registry();
   address = '';
   private http: Server | undefined;
-  private sidecar: Sidecar | undefined;
+  private sidecar: PluginHost | undefined;
   private readonly nsCounts = new Map<string, { hits: number; misses: number }>();
   private readonly slots = new Set<string>();
   private readonly log = logger('metrics');
@@ -67,9 +67,9 @@ export class MetricsPlugin implements SidecarPlugin {
     this.grpcLatency = new Histogram({ name: 'kvstash_grpc_request_duration_seconds', help: 'Control-plane gRPC call duration (streams: until the handler finishes), by method.', labelNames: ['method'], registers, buckets: [0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30] });
     this.grpcStreamDropped = new Counter({ name: 'kvstash_grpc_stream_dropped_total', help: 'Messages dropped for slow gRPC stream consumers, by method.', labelNames: ['method'], registers });
 
-    const tierGauge = (name: string, help: string, pick: (t: ReturnType<Sidecar['tiers']['stats']>[number]) => number) =>
+    const tierGauge = (name: string, help: string, pick: (t: ReturnType<PluginHost['tiers']['stats']>[number]) => number) =>
       new Gauge({ name, help, labelNames: ['tier', 'medium'], registers, collect() { s.forTiers(this, pick); } });
-    const tierCounter = (name: string, help: string, pick: (t: ReturnType<Sidecar['tiers']['stats']>[number]) => number) =>
+    const tierCounter = (name: string, help: string, pick: (t: ReturnType<PluginHost['tiers']['stats']>[number]) => number) =>
       new Counter({ name, help, labelNames: ['tier', 'medium'], registers, collect() { this.reset(); s.forTiers(this, pick); } });
     tierGauge('kvstash_tier_bytes', 'Bytes held by the tier.', (t) => t.bytes);
     tierGauge('kvstash_tier_budget_bytes', 'Byte budget of the tier.', (t) => t.budgetBytes);
@@ -120,7 +120,7 @@ export class MetricsPlugin implements SidecarPlugin {
     ev('kvstash_tier_events_dropped_total', 'KV-event batches dropped because the PUB socket fell behind.', (c) => c.dropped);
   }
 
-  private forTiers(m: Gauge<'tier' | 'medium'> | Counter<'tier' | 'medium'>, pick: (t: ReturnType<Sidecar['tiers']['stats']>[number]) => number): void {
+  private forTiers(m: Gauge<'tier' | 'medium'> | Counter<'tier' | 'medium'>, pick: (t: ReturnType<PluginHost['tiers']['stats']>[number]) => number): void {
     for (const t of this.sidecar?.tiers.stats() ?? []) {
       const v = pick(t);
       if ('set' in m) m.set({ tier: t.name, medium: t.medium }, v);
@@ -156,13 +156,9 @@ export class MetricsPlugin implements SidecarPlugin {
     this.grpcLatency.observe({ method }, seconds);
   }
 
-  attach(sidecar: Sidecar): void {
+  attach(sidecar: PluginHost): void {
     this.sidecar = sidecar;
-    const prev = sidecar.observe;
-    sidecar.observe = (req, t0, frames, reply, code) => {
-      prev?.(req, t0, frames, reply, code);
-      this.observe(req, t0, frames, reply, code);
-    };
+    sidecar.addObserver((req, t0, frames, reply, code) => this.observe(req, t0, frames, reply, code));
   }
 
   private observe(req: Request, t0: number, frames: Buffer[], reply: Buffer[] | undefined, code: string | undefined): void {

@@ -6,7 +6,7 @@
 import { ErrorCode, KvstashError } from '../../protocol/errors.js';
 import type { NamespaceDescriptor } from '../../protocol/wire.js';
 import { blockHashes, namespaceId } from '../keys.js';
-import type { Sidecar } from '../server/sidecar.js';
+import type { PluginHost } from '../server/sidecar.js';
 import type { AccessPolicy, Principal } from './auth.js';
 
 export interface DescriptorMsg { model: string; engine: string; layout: string; tp_rank: number; tp_size: number; pp_rank: number; pp_size: number; tenant: string }
@@ -28,7 +28,7 @@ export interface Selection {
 }
 
 export class Resolver {
-  constructor(private readonly sidecar: Sidecar, private readonly policy: AccessPolicy, private readonly maxKeys: number) {}
+  constructor(private readonly sidecar: PluginHost, private readonly policy: AccessPolicy, private readonly maxKeys: number) {}
 
   /** Tenant of a storage key's namespace; undefined when the namespace is not registered. */
   tenantOfKey(key: string): string | undefined {

@@ -21,7 +21,7 @@ import { Publisher, Router } from 'zeromq';
 import { encodeEventBatch, encodeSeq, decodeSeq, SEQ_END, type EventEncoding, type KvEvent } from '../../protocol/vllm-events.js';
 import { ErrorCode, KvstashError } from '../../protocol/errors.js';
 import { logger } from '../log.js';
-import type { Sidecar, SidecarPlugin } from '../server/sidecar.js';
+import type { PluginHost, SidecarPlugin } from '../server/sidecar.js';
 import { curvePublicOf, type AccessPolicy } from './auth.js';
 import { registerZapDomain, unregisterZapDomain } from './zap.js';
 
@@ -53,7 +53,7 @@ export class TierEventsPublisher implements SidecarPlugin {
   private readonly pending = new Map<string, KvEvent[]>();
   private scheduled = false;
   private zapDomain: string | undefined;
-  private sidecar: Sidecar | undefined;
+  private sidecar: PluginHost | undefined;
   private readonly log = logger('events');
   private readonly onStored = (ev: TierEv) => this.add('BlockStored', ev);
   private readonly onRemoved = (ev: TierEv) => this.add('BlockRemoved', ev);
@@ -75,7 +75,7 @@ export class TierEventsPublisher implements SidecarPlugin {
     s.zapEnforceDomain = true;
   }
 
-  async start(sidecar: Sidecar): Promise<void> {
+  async start(sidecar: PluginHost): Promise<void> {
     this.sidecar = sidecar;
     const policy = this.opts.auth?.policy;
     if (policy?.enabled) this.zapDomain = await registerZapDomain((key) => (policy.byCurveKey(key)?.tenants === '*' ? key : undefined), 'kvstash-events');

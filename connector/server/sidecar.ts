@@ -30,45 +30,13 @@ import { defaultRegistry, type DriverRegistry } from '../storage/registry.js';
 import type { TierStack } from '../tiers/tier-stack.js';
 import { LeaseBook } from '../leases.js';
 import { VERSION } from '../version.js';
+import type { OpHandler, PeerContext, PluginHost, PrincipalResolver, RequestGuard, RequestObserver, SidecarPlugin, TierControl, TierWrites } from './plugin.js';
 
 export const SERVER_VERSION = `kvstash/${VERSION}`;
 /** Namespaces one sidecar registers at most (each HELLO of a new descriptor adds one; they are persisted). */
 export const MAX_NAMESPACES = 65_536;
 
-export interface SidecarPlugin {
-  readonly name: string;
-  /** Called by `use()`, before the data socket exists: set hooks (configureSocket, guard, principalOf, observe), register ops. */
-  attach?(sidecar: Sidecar): void;
-  start(sidecar: Sidecar): Promise<void>;
-  stop(): Promise<void>;
-}
-
-/** Who sent a request; plugins (auth) may attach more. */
-export interface PeerContext {
-  routingId: Buffer;
-  /** ZeroMQ CURVE public key (z85) or other authenticated identity, when auth is on. */
-  principal?: string;
-}
-
-/**
- * A plugin-registered op on the data socket (e.g. ENGINES from the vLLM events index). It receives the raw
- * header map (v, id, op and message size already checked; binary frames are refused with KVS_FRAME_MISMATCH),
- * validates its own fields (throw KvstashError KVS_BAD_FIELD), and returns the reply header fields (id/status
- * are added). The guard runs before it, with no namespace.
- */
-export type OpHandler = (header: Record<string, unknown>, peer: PeerContext) => Record<string, unknown> | Promise<Record<string, unknown>>;
-
-/**
- * Called before every op but PING: with the HELLO's descriptor, the data op's registered namespace, or undefined
- * (STATS, plugin ops). Throw a KvstashError (PERMISSION_DENIED…) to refuse.
- */
-export type RequestGuard = (peer: PeerContext, op: string, ns: NamespaceDescriptor | undefined) => void;
-
-/**
- * Called once per decoded request that was admitted (not for KVS_BUSY refusals), when it is answered: its reply
- * frames, or the error code (metrics). `startedAt` is performance.now() at admission.
- */
-export type RequestObserver = (req: Request, startedAt: number, frames: Buffer[], reply: Buffer[] | undefined, errorCode: string | undefined) => void;
+export type { OpHandler, PeerContext, PluginHost, PrincipalResolver, RequestGuard, RequestObserver, SidecarPlugin, TierControl, TierWrites, TiersView } from './plugin.js';
 
 export function storageKeys(ns: string, keys: Buffer): string[] {
   const hex = keys.toString('hex');
@@ -78,7 +46,7 @@ export function storageKeys(ns: string, keys: Buffer): string[] {
   return out;
 }
 
-export class Sidecar {
+export class Sidecar implements PluginHost {
   readonly tiers: TierStack;
   /** Same-host arena ops, when the DRAM tier lives in shared memory (arenaDir set). */
   readonly arena: ArenaOps | undefined;
@@ -88,10 +56,10 @@ export class Sidecar {
   readonly log = logger('zmq');
   /** Registered namespaces (`namespaces` is its map), quotas and expiry (namespace-registry.ts). */
   readonly nsRegistry: NamespaceRegistry;
-  guard: RequestGuard | undefined;
-  observe: RequestObserver | undefined;
-  /** Set by an auth plugin: maps a request to its authenticated principal. */
-  principalOf: ((routingId: Buffer, frames: Buffer[]) => string | undefined) | undefined;
+  private readonly guards: RequestGuard[] = [];
+  private readonly observers: RequestObserver[] = [];
+  private readonly socketSetups: ((router: Router) => void)[] = [];
+  private principalOf: PrincipalResolver | undefined;
   private router: Router | undefined;
   private readonly plugins: SidecarPlugin[] = [];
   private nsTimer: NodeJS.Timeout | undefined;
@@ -143,8 +111,44 @@ export class Sidecar {
     return [...this.boundEndpoints];
   }
 
-  /** Hook for plugins that need socket options before bind (CURVE). */
-  configureSocket: ((router: Router) => void) | undefined;
+  get tierControl(): TierControl {
+    return this.tiers;
+  }
+
+  get tierWrites(): TierWrites {
+    return this.tiers;
+  }
+
+  addGuard(guard: RequestGuard): void {
+    this.guards.push(guard);
+  }
+
+  addObserver(observer: RequestObserver): void {
+    this.observers.push(observer);
+  }
+
+  addSocketSetup(setup: (router: Router) => void): void {
+    this.socketSetups.push(setup);
+  }
+
+  setPrincipalResolver(resolve: PrincipalResolver): void {
+    if (this.principalOf) throw new KvstashError(ErrorCode.CONFIG, 'a principal resolver is already set (two auth plugins?)');
+    this.principalOf = resolve;
+  }
+
+  private guard(peer: PeerContext, op: string, ns: NamespaceDescriptor | undefined): void {
+    for (const g of this.guards) g(peer, op, ns);
+  }
+
+  private observe(req: Request, t0: number, frames: Buffer[], reply: Buffer[] | undefined, code: string | undefined): void {
+    for (const o of this.observers) {
+      try {
+        o(req, t0, frames, reply, code);
+      } catch (err) {
+        this.log.warn({ err }, 'request observer failed');
+      }
+    }
+  }
 
   async start(): Promise<{ endpoints: string[]; rebuilt: number }> {
     // Before the tier stack opens anything: never take (unlink) the socket of a live sidecar (endpoint-probe.ts).
@@ -157,7 +161,7 @@ export class Sidecar {
       this.nsTimer.unref();
     }
     const router = new Router({ sendHighWaterMark: 100_000, receiveHighWaterMark: 100_000, linger: 0 });
-    this.configureSocket?.(router);
+    for (const setup of this.socketSetups) setup(router);
     for (const ep of this.config.endpoints) {
       if (ep.startsWith('ipc://')) mkdirSync(path.dirname(ep.slice(6)), { recursive: true });
       await router.bind(ep);
@@ -257,10 +261,10 @@ export class Sidecar {
     }
     this.counters.byOp[req.op] = (this.counters.byOp[req.op] ?? 0) + 1;
     this.hold(peerKey, size);
-    const t0 = this.observe ? performance.now() : 0;
+    const t0 = this.observers.length ? performance.now() : 0;
     const done = (reply: Buffer[] | undefined, code?: string) => {
       this.hold(peerKey, -size);
-      this.observe?.(req, t0, frames, reply, code);
+      if (this.observers.length) this.observe(req, t0, frames, reply, code);
       if (reply) this.enqueue(routingId, reply, peerKey);
     };
     try {
@@ -285,7 +289,7 @@ export class Sidecar {
   private nsOf(peer: PeerContext, op: string, ns: string): NamespaceDescriptor {
     const d = this.namespaces.get(ns);
     if (!d) throw new KvstashError(ErrorCode.NS_UNKNOWN, `namespace ${ns} is not registered; send HELLO first`);
-    this.guard?.(peer, op, d);
+    this.guard(peer, op, d);
     this.nsRegistry.touch(ns);
     return d;
   }
@@ -293,7 +297,7 @@ export class Sidecar {
   private dispatch(peer: PeerContext, req: Request, blocks: Buffer[], getKeys?: string[]): Buffer[] | Promise<Buffer[]> {
     const plugin = this.extraOps.get(req.op);
     if (plugin) {
-      this.guard?.(peer, req.op, undefined);
+      this.guard(peer, req.op, undefined);
       const r = plugin(req as unknown as Record<string, unknown>, peer);
       return r instanceof Promise ? r.then((h) => encodeReply({ ...h, id: req.id })) : encodeReply({ ...r, id: req.id });
     }
@@ -301,7 +305,7 @@ export class Sidecar {
       case 'PING':
         return encodeReply({ id: req.id, server: SERVER_VERSION });
       case 'HELLO': {
-        this.guard?.(peer, 'HELLO', req.namespace);
+        this.guard(peer, 'HELLO', req.namespace);
         const ns = this.registerNamespace(req.namespace);
         return encodeReply({
           id: req.id, ns, server: SERVER_VERSION, protocol: PROTOCOL_VERSION, tiers: this.tiers.tiers.map((t) => t.name),
@@ -310,7 +314,7 @@ export class Sidecar {
         });
       }
       case 'STATS':
-        this.guard?.(peer, 'STATS', undefined);
+        this.guard(peer, 'STATS', undefined);
         return encodeReply({ id: req.id, stats: this.stats() });
       case 'LOOKUP': {
         this.nsOf(peer, req.op, req.ns);
