@@ -10,7 +10,7 @@ import type { Command } from 'commander';
 import { ErrorCode, KvstashError } from '../protocol/errors.js';
 import { parseBytes } from '../connector/config.js';
 import { formatTable, humanBytes } from '../connector/table.js';
-import { WORKLOADS } from '../connector/workloads.js';
+import { WORKLOADS } from '../connector/trace/workloads.js';
 import { runTraceBench, type TraceBenchOptions, type TraceBenchResult } from '../connector/trace/trace-replay.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -77,7 +77,7 @@ export function traceCommand(program: Command): void {
   bench.command('trace')
     .description('replay a request trace against the real tier stack; hit ratios of kvstash vs LRU vs Belady, SSD bytes written')
     .option('--trace <jsonl>', 'Mooncake-format trace (timestamp, hash_ids of 512-token blocks)', DEFAULT_TRACE)
-    .option('--workloads <list>', `comma-separated: mooncake and generators (connector/workloads.ts), <generator>@heldout`, ALL_WORKLOADS)
+    .option('--workloads <list>', `comma-separated: mooncake and generators (connector/trace/workloads.ts), <generator>@heldout`, ALL_WORKLOADS)
     .option('--capacities <blocks>', 'one-level capacities to sweep, blocks, comma-separated (empty: none)', '1024,4096,16384')
     .option('--dram <bytes>', 'DRAM capacity of the modelled system (split run; 0 skips it)', '64GiB')
     .option('--ssd <bytes>', 'SSD (file tier) capacity of the modelled system', '1TiB')

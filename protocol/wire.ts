@@ -76,7 +76,7 @@ export interface LookupRequest extends RequestBase {
   keys: Buffer;
   /** Start warming lower-tier hits into DRAM (answer is not delayed). */
   prefetch?: boolean;
-  /** Lease tag (1..128 chars): pin the leading hit blocks for `lease_ms` (connector/leases.ts). */
+  /** Lease tag (1..128 chars): pin the leading hit blocks for `lease_ms` (connector/server/leases.ts). */
   lease?: string;
   /** Lease length in ms (0..600000); 0 releases the lease `lease` of this namespace. */
   lease_ms?: number;

@@ -1,5 +1,5 @@
 /**
- * LOOKUP leases (connector/leases.ts): the leading hits of a LOOKUP with `lease`/`lease_ms` are pinned until
+ * LOOKUP leases (connector/server/leases.ts): the leading hits of a LOOKUP with `lease`/`lease_ms` are pinned until
  * released (`lease_ms: 0`) or expired; bad lease fields are KVS_BAD_FIELD. Real in-process sidecar and client.
  */
 import { randomBytes } from 'node:crypto';

@@ -1,11 +1,11 @@
 import test from 'ava';
 import fc from 'fast-check';
 import { lruHits, type TraceRequest } from '../connector/trace/belady.js';
-import { LfuBuckets, LfudaOrder } from '../connector/lfuda.js';
+import { LfuBuckets, LfudaOrder } from '../connector/tiers/lfuda.js';
 import { lfudaPolicy, lruPolicy, type EvictionPolicy, type PolicyEntry } from '../connector/tiers/policy.js';
 import { MemoryDriver } from '../connector/storage/memory.js';
 import { TierStack } from '../connector/tiers/tier-stack.js';
-import { WORKLOADS, HELD_OUT_SEED } from '../connector/workloads.js';
+import { WORKLOADS, HELD_OUT_SEED } from '../connector/trace/workloads.js';
 
 const NS = 'c'.repeat(32);
 /** A storage key per small id, its hash bytes spread (the fast index and the duel sampler read them). */

@@ -18,7 +18,7 @@
  * - Hooks run on the request path: a guard or observer must be synchronous and cheap, and an observer must not
  *   throw (its errors are logged and dropped).
  */
-import type { NamespaceRegistry } from '../namespace-registry.js';
+import type { NamespaceRegistry } from './namespace-registry.js';
 import type { Router } from 'zeromq';
 import type { Limits, NamespaceDescriptor, Request } from '../../protocol/wire.js';
 import type { Config } from '../config.js';
@@ -92,7 +92,7 @@ export interface PluginHost {
    * `keep`: never expire it when empty (the lm:// server's own namespaces).
    */
   registerNamespace(descriptor: NamespaceDescriptor, keep?: boolean): string;
-  /** The namespace registry (quotas, expiry, drops: connector/namespace-registry.ts), for the control plane. */
+  /** The namespace registry (quotas, expiry, drops: connector/server/namespace-registry.ts), for the control plane. */
   readonly nsRegistry: NamespaceRegistry;
   /** Of these namespace ids, those that still hold blocks in some tier. */
   namespacesWithBlocks(ids: Set<string>): Set<string>;

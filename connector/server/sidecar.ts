@@ -20,15 +20,15 @@ import { ErrorCode, isErrorCode, KvstashError, toKvstashError } from '../../prot
 import { ALL_OPS, KEY_BYTES, PROTOCOL_VERSION, PutResult, type Limits, type NamespaceDescriptor, type Request } from '../../protocol/wire.js';
 import { checksum } from '../checksum.js';
 import type { Config } from '../config.js';
-import { assertEndpointsFree, probeEndpoint } from '../endpoint-probe.js';
-import { NamespaceRegistry } from '../namespace-registry.js';
+import { assertEndpointsFree, probeEndpoint } from './endpoint-probe.js';
+import { NamespaceRegistry } from './namespace-registry.js';
 import { logger } from '../log.js';
-import { ArenaOps } from '../arena-ops.js';
+import { ArenaOps } from './arena-ops.js';
 import { buildTierStack } from '../tiers/build-stack.js';
 import { ArenaStore } from '../storage/arena.js';
 import { defaultRegistry, type DriverRegistry } from '../storage/registry.js';
 import type { TierStack } from '../tiers/tier-stack.js';
-import { LeaseBook } from '../leases.js';
+import { LeaseBook } from './leases.js';
 import { VERSION } from '../version.js';
 import type { OpHandler, PeerContext, PluginHost, PrincipalResolver, RequestGuard, RequestObserver, SidecarPlugin, TierControl, TierWrites } from './plugin.js';
 

@@ -8,7 +8,7 @@
  * - Chain order: the tier stack touches the blocks of a chain deepest-first, so a chain's root is the most
  *   recent; with prefix semantics evicting a root makes its whole chain useless, so roots should go last.
  */
-import { LfudaOrder, type LfudaOptions } from '../lfuda.js';
+import { LfudaOrder, type LfudaOptions } from './lfuda.js';
 
 export interface HeatState {
   heat: number;

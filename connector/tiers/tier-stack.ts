@@ -30,15 +30,13 @@ import { WriteQueue } from './write-queue.js';
 import { FastIndex } from './fast-index.js';
 import { PinBook } from './pin-book.js';
 import { clearBlocks, evictFrom, moveBlock } from './tier-control.js';
-import { load, loadBatch } from '../tier-reads.js';
-import type { BlockEntry, LookupResult, StackInternals, Tier, TierStackOptions, TierStats } from './tier-types.js';
+import { load, loadBatch } from './tier-reads.js';
+import { countPrefix } from './tier-prefix.js';
+import { WriteFaults } from './write-queue.js';
+import { IN_DRAM, type BlockEntry, type LookupResult, type StackInternals, type Tier, type TierStackOptions, type TierStats } from './tier-types.js';
 import { PutResult } from '../../protocol/wire.js';
-import { logger } from '../log.js';
 
-export type { BlockEntry, LookupResult, TierSpec, TierStackOptions, TierStats } from './tier-types.js';
-
-/** What get(keys, true) answers for a block that is in DRAM (compare by identity). */
-export const IN_DRAM = Buffer.alloc(0);
+export { IN_DRAM, type BlockEntry, type LookupResult, type TierSpec, type TierStackOptions, type TierStats } from './tier-types.js';
 
 export class TierStack extends EventEmitter implements StackInternals {
   /** Every block by storage key. Mutate only through indexAdd / indexDrop (they keep `fast` in step). */
@@ -54,8 +52,7 @@ export class TierStack extends EventEmitter implements StackInternals {
    * byte bounds. (The queued buffer must be the block's own bytes, never a view of DRAM memory that is reused.)
    */
   private readonly inflight = new Map<string, { e: BlockEntry; value: Buffer }>();
-  private lastFaultLog = 0;
-  private faultsUnlogged = 0;
+  private readonly faults = new WriteFaults();
   private closed = false;
   private readonly now: () => number;
   /** Present when a tier is shared: asks it about index misses (see connector/tiers/shared-probe.ts). */
@@ -184,35 +181,11 @@ export class TierStack extends EventEmitter implements StackInternals {
     return this.countPrefix(keys.length, find, (e) => e.where, (e) => e.size, (e) => e, prefetch);
   }
 
-  /** Count the leading present blocks; `find` gives a handle (an entry, or a FastIndex slot) or -1. */
+  /** Count the leading present blocks (tier-prefix.ts); `find` gives a handle (an entry, or a FastIndex slot) or -1. */
   private countPrefix<H>(n: number, find: (i: number) => H | -1, where: (h: H) => number, size: (h: H) => number,
     entry: (h: H) => BlockEntry, prefetch: boolean): LookupResult {
-    const count = new Array<number>(this.tiers.length).fill(0);
-    const bytes = new Array<number>(this.tiers.length).fill(0);
-    const avail = this.availableMask();
-    const depthAt = new Array<number>(this.tiers.length).fill(0);
-    let slowest = 0;
-    let hit = 0;
-    for (; hit < n; hit++) {
-      const h = find(hit);
-      let w = h === -1 ? 0 : where(h) & avail; // copies in a tier that cannot serve now do not count
-      if (w === 0 && h !== -1 && this.inflight.size > 0 && this.inflight.has(entry(h as H).key)) w = 1;
-      if (w === 0) break;
-      const ti = 31 - Math.clz32(w & -w);
-      for (; slowest < ti; slowest++) depthAt[slowest] = hit; // the first block tier `slowest` alone cannot reach
-      count[ti]!++;
-      bytes[ti]! += size(h as H);
-      if (prefetch && ti > 0) void this.load(entry(h as H));
-    }
-    const tiers: Record<string, number> = {};
-    const loadMs: Record<string, number> = {};
-    const depth: Record<string, number> = {};
-    for (const t of this.tiers) {
-      tiers[t.name] = count[t.index]!;
-      loadMs[t.name] = (bytes[t.index]! / t.readBps) * 1000;
-      depth[t.name] = t.index < slowest ? depthAt[t.index]! : hit;
-    }
-    return { hit, tiers, loadMs, depth };
+    const queued = (h: H) => this.inflight.size > 0 && this.inflight.has(entry(h).key);
+    return countPrefix(this.tiers, this.availableMask(), n, find, where, size, queued, prefetch ? (h) => void this.load(entry(h)) : undefined);
   }
 
   /** exists() on raw wire keys. */
@@ -333,7 +306,7 @@ export class TierStack extends EventEmitter implements StackInternals {
         this.enforceBudget(t);
         if (after) await after();
       } catch (err) {
-        this.writeFailed(t, e.key, err);
+        this.faults.failed(t, e.key, err);
         throw err;
       } finally {
         e.pending &= ~bit;
@@ -344,20 +317,6 @@ export class TierStack extends EventEmitter implements StackInternals {
     if (!ok) e.pending &= ~bit;
     else this.inflight.set(e.key, { e, value }); // readable from here until the write lands, whatever DRAM does
     return ok;
-  }
-
-  /** Count, log (at most every 5 s, with how many went unlogged) and remember a failed lower-tier write. */
-  private writeFailed(t: Tier, key: string, err: unknown): void {
-    t.c.writeErrors++;
-    t.writeFault = (err as Error)?.message ?? String(err);
-    const now = Date.now();
-    if (now - this.lastFaultLog < 5000) {
-      this.faultsUnlogged++;
-      return;
-    }
-    logger('tiers').warn({ tier: t.name, key, err: t.writeFault, unlogged: this.faultsUnlogged }, 'tier write failed; the block was not stored there');
-    this.lastFaultLog = now;
-    this.faultsUnlogged = 0;
   }
 
   /** @internal */ enforceBudget(t: Tier): void {

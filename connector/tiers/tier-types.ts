@@ -95,3 +95,6 @@ export interface StackInternals {
   load(e: BlockEntry): Promise<Buffer | undefined>;
 }
 
+
+/** What TierStack.get(keys, true) answers for a block that is in DRAM (compare by identity). */
+export const IN_DRAM = Buffer.alloc(0);

@@ -2,6 +2,8 @@
  * Bounded write-behind queue for one tier. Saves beyond the bounds are dropped and counted (it is a cache);
  * reads never wait on it. Jobs run with a fixed concurrency in FIFO order.
  */
+import { logger } from '../log.js';
+
 export interface WriteQueueOptions {
   maxItems: number;
   maxBytes: number;
@@ -58,5 +60,24 @@ export class WriteQueue {
   drain(): Promise<void> {
     if (this.depth === 0) return Promise.resolve();
     return new Promise((resolve) => this.idleWaiters.push(resolve));
+  }
+}
+
+/** Failed lower-tier writes: counted, remembered on the tier (health: DEGRADED), logged at most every 5 s. */
+export class WriteFaults {
+  private lastLog = 0;
+  private unlogged = 0;
+
+  failed(t: { name: string; writeFault?: string; c: { writeErrors: number } }, key: string, err: unknown): void {
+    t.c.writeErrors++;
+    t.writeFault = (err as Error)?.message ?? String(err);
+    const now = Date.now();
+    if (now - this.lastLog < 5000) {
+      this.unlogged++;
+      return;
+    }
+    logger('tiers').warn({ tier: t.name, key, err: t.writeFault, unlogged: this.unlogged }, 'tier write failed; the block was not stored there');
+    this.lastLog = now;
+    this.unlogged = 0;
   }
 }

@@ -2,7 +2,7 @@
  * Trace replay against the REAL TierStack, with the trace's own clock, and the offline references (Belady, LRU) at
  * the same capacity. Used by `kvstash bench trace` and bench/trace.ts. Policies and workloads: docs/eviction.md.
  *
- * Workloads: the public Mooncake conversation trace (bench/traces/) and the generators of connector/workloads.ts
+ * Workloads: the public Mooncake conversation trace (bench/traces/) and the generators of connector/trace/workloads.ts
  * (each at the tuning seed, plus `<name>@heldout` at the seed no policy was tuned on).
  *
  * Two kinds of run per workload:
@@ -26,12 +26,12 @@ import { admissionFilter, heatPolicy, lfudaPolicy, lruPolicy, type EvictionPolic
 import { FileDriver, parseFileConfig } from '../storage/file.js';
 import { MemoryDriver } from '../storage/memory.js';
 import { TierStack, type TierSpec } from '../tiers/tier-stack.js';
-import { HELD_OUT_SEED, TUNING_SEED, WORKLOADS } from '../workloads.js';
+import { HELD_OUT_SEED, TUNING_SEED, WORKLOADS } from './workloads.js';
 
 export interface TraceBenchOptions {
   /** Mooncake JSONL file used for the workload named `mooncake`. */
   trace: string;
-  /** `mooncake`, a generator name (connector/workloads.ts), or `<generator>@heldout`. */
+  /** `mooncake`, a generator name (connector/trace/workloads.ts), or `<generator>@heldout`. */
   workloads: string[];
   /** One-level capacities, blocks. */
   capacities: number[];

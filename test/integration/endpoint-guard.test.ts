@@ -8,7 +8,7 @@ import { existsSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { KvstashClient } from '../../connector/client.js';
-import { probeEndpoint } from '../../connector/endpoint-probe.js';
+import { probeEndpoint } from '../../connector/server/endpoint-probe.js';
 import { killAndWait, NS, repoRoot, spawnSidecar, tempDir } from '../helpers/sidecar.js';
 
 /** Run `kvstash serve` to its exit (deadline 30 s); resolves with its exit code and output. */

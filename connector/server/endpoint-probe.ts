@@ -16,7 +16,7 @@
  *   (tcp) or replaces the other's file (ipc): start sidecars one at a time.
  */
 import net from 'node:net';
-import { ErrorCode, KvstashError } from '../protocol/errors.js';
+import { ErrorCode, KvstashError } from '../../protocol/errors.js';
 
 type Probe = { path: string } | { host: string; port: number };
 

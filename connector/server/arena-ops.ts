@@ -10,11 +10,11 @@
  * - ALLOC hands out WRITING slots (null for a key already stored or without room); COMMIT indexes the written
  *   ones through TierStack.putInPlace (same budgets, heat and write-through as PUT) and frees the rest.
  */
-import { encodeReply } from '../protocol/codec.js';
-import { ErrorCode, KvstashError } from '../protocol/errors.js';
-import { PutResult } from '../protocol/wire.js';
-import type { ArenaStore, SlotDesc } from './storage/arena.js';
-import { IN_DRAM, type TierStack } from './tiers/tier-stack.js';
+import { encodeReply } from '../../protocol/codec.js';
+import { ErrorCode, KvstashError } from '../../protocol/errors.js';
+import { PutResult } from '../../protocol/wire.js';
+import type { ArenaStore, SlotDesc } from '../storage/arena.js';
+import { IN_DRAM, type TierStack } from '../tiers/tier-stack.js';
 
 /** Peers remembered as attached; the oldest are forgotten beyond this (they re-ATTACH on KVS_ARENA). */
 const MAX_PEERS = 65_536;

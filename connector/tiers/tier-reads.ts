@@ -3,10 +3,10 @@
  * blocks held by one tier), verify against the indexed checksum, promote into DRAM. A copy that fails its checksum
  * is quarantined (or deleted) and counted; the next tier is tried. Every value is verified before it is served.
  */
-import { checksum as computeChecksum } from './checksum.js';
-import type { StoredValue } from './storage/driver.js';
-import type { BlockEntry, Tier } from './tiers/tier-types.js';
-import type { TierStack } from './tiers/tier-stack.js';
+import { checksum as computeChecksum } from '../checksum.js';
+import type { StoredValue } from '../storage/driver.js';
+import type { BlockEntry, Tier } from './tier-types.js';
+import type { TierStack } from './tier-stack.js';
 
 /**
  * Start loads of several blocks, one driver getMany per tier for the blocks whose fastest copy is there (a driver

@@ -13,7 +13,7 @@
  * - A lease ends by itself at its expiry; at most MAX_LEASES live at once (further ones are not taken: a lease
  *   only makes misses rarer, the reply is the same). Leases live in memory and die with the sidecar.
  */
-import type { TierStack } from './tiers/tier-stack.js';
+import type { TierStack } from '../tiers/tier-stack.js';
 
 export const MAX_LEASES = 65_536;
 export const MAX_LEASE_MS = 600_000;

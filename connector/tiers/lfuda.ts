@@ -16,7 +16,7 @@
  *   of the keys (by key hash); the main order uses the cap of the shadow with more (decayed) hits. The shadows keep
  *   32-bit key hashes only. A collision costs a shadow a wrong hit, nothing else.
  */
-import type { PolicyEntry, TierOrder } from './tiers/policy.js';
+import type { PolicyEntry, TierOrder } from './policy.js';
 
 export const LFU_CAP = 15;
 

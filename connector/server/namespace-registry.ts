@@ -16,9 +16,9 @@
 import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import type { Logger } from 'pino';
-import { ErrorCode, KvstashError } from '../protocol/errors.js';
-import type { NamespaceDescriptor } from '../protocol/wire.js';
-import { namespaceId } from './keys.js';
+import { ErrorCode, KvstashError } from '../../protocol/errors.js';
+import type { NamespaceDescriptor } from '../../protocol/wire.js';
+import { namespaceId } from '../keys.js';
 
 export interface NamespaceRegistryOptions {
   /** The map to keep them in (the sidecar's `namespaces`); default a new one. */

@@ -10,7 +10,7 @@
  * - Tuning: `HELD_OUT_SEED` is never used while choosing a policy's parameters; the bench reports it separately as
  *   the check on workloads nobody tuned on.
  */
-import type { TraceRequest } from './trace/belady.js';
+import type { TraceRequest } from './belady.js';
 
 export const TUNING_SEED = 1;
 export const HELD_OUT_SEED = 7_331;
