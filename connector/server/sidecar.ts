@@ -342,8 +342,8 @@ export class Sidecar implements PluginHost {
         this.nsOf(peer, req.op, req.ns);
         const keys = storageKeys(req.ns, req.keys);
         const results: number[] = new Array(keys.length);
-        // Deepest block first, so a chain's root is the most recent and is evicted last (prefix semantics).
-        for (let i = keys.length - 1; i >= 0; i--) {
+        // In chain order (root first), as vLLM emits BlockStored: tier events reach routers parents first.
+        for (let i = 0; i < keys.length; i++) {
           const sum = req.sums?.[i];
           const b = blocks[i]!;
           if (sum !== undefined && checksum(b) !== sum) {
