@@ -67,7 +67,7 @@ def cmd_open_vllm(c: Dict[str, Any]) -> Dict[str, Any]:
     side = SchedulerSide(settings, 16, [desc("a")], True, True)
     side.client.timeout_ms = 3000  # the lookup default (100 ms) is too tight for a loaded test machine
     clients[c["name"]], owners[c["name"]] = side.client, side
-    return {"routing_id": side.client._routing_id.hex(), "settings_repr_has_token": "token" in repr(settings)}
+    return {"routing_id": side.client._routing_id.hex(), "settings_repr_has_token": any(v and v in repr(settings) for v in settings.auth.values())}
 
 
 def cmd_open_sglang(c: Dict[str, Any]) -> Dict[str, Any]:
