@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.join(REPO, "bench"))
 
 import torch  # noqa: E402
 
-from bench_common import start_sidecar, table, vllm_configs  # noqa: E402
+from bench_common import paged_worker, save_then_load, start_sidecar, table  # noqa: E402
 from kvstash.client import KvstashClient  # noqa: E402
 
 QUICK = "--quick" in sys.argv
@@ -51,45 +51,17 @@ def memcpy_s(nbytes: int) -> float:
 
 
 def connector_paths(ep: str, shm: bool) -> tuple:
-    from kvstash.vllm import KvstashConnector
-    from kvstash.vllm_compat import KVConnectorRole
-    from kvstash.vllm_metadata import KvstashConnectorMetadata, LoadSpec, SaveSpec
-
     os.environ["KVSTASH_SHM"] = "1" if shm else "0"
     nb = 2 * N
-    vc, kcc = vllm_configs(ep, nb, LAYERS, HEADS, DIM, BS)
-    w = KvstashConnector(vc, KVConnectorRole.WORKER, kcc)
-    names = [f"model.layers.{i}.self_attn.attn" for i in range(LAYERS)]
-    kv = {n: torch.randint(-2000, 2000, (nb, 2, BS, HEADS, DIM), dtype=torch.int16).view(torch.bfloat16) for n in names}
-    w.register_kv_caches(kv)
+    w, names, kv = paged_worker(ep, nb, LAYERS, HEADS, DIM, BS)
     cl = KvstashClient(ep, timeout_ms=60000)
     ns = cl.namespace(w._worker.desc)
-    src, dst = list(range(0, nb, 2)), list(range(1, nb, 2))
     saves, loads = [], []
     for _ in range(ROUNDS):
         keys = [os.urandom(32) for _ in range(N)]
-        md = KvstashConnectorMetadata(saves=[SaveSpec(f"r{i}", keys[i:i + 16], src[i:i + 16]) for i in range(0, N, 16)])
-        t0 = time.perf_counter()
-        w.bind_connector_metadata(md)
-        w.start_load_kv(None)
-        for n in names:
-            w.save_kv_layer(n, kv[n], None)
-        w.wait_for_save()
-        w._worker._wait(w._worker._save_futures, time.monotonic() + 120)
-        w.clear_connector_metadata()
-        saves.append(time.perf_counter() - t0)
-        md = KvstashConnectorMetadata(loads=[LoadSpec(f"r{i}", keys[i:i + 16], dst[i:i + 16]) for i in range(0, N, 16)])
-        t0 = time.perf_counter()
-        w.bind_connector_metadata(md)
-        w.start_load_kv(None)
-        for n in names:
-            w.wait_for_layer_load(n)
-        w.wait_for_save()
-        w.clear_connector_metadata()
-        loads.append(time.perf_counter() - t0)
-        assert not w.get_block_ids_with_load_errors()
-        i, j = torch.tensor(src), torch.tensor(dst)
-        assert all(torch.equal(kv[n][i].view(torch.int16), kv[n][j].view(torch.int16)) for n in names), "loaded blocks differ"
+        s, g = save_then_load(w, names, kv, keys, list(range(0, nb, 2)), list(range(1, nb, 2)), 16)
+        saves.append(s)
+        loads.append(g)
         cl.delete(ns, keys)  # steady state: the next round reuses these slots (pages already mapped on both sides)
     c = w._worker.counters
     assert c["saved_blocks"] + c["present_blocks"] == ROUNDS * N, c

@@ -52,3 +52,47 @@ def vllm_configs(ep: str, num_blocks: int, LAYERS: int, HEADS: int, DIM: int, BS
     kcc = SimpleNamespace(num_blocks=num_blocks, kv_cache_groups=[SimpleNamespace(layer_names=[], kv_cache_spec=SimpleNamespace(
         block_size=BS, num_kv_heads=HEADS, head_size=DIM, dtype="bfloat16"))])
     return vc, kcc
+
+
+def paged_worker(ep: str, nb: int, layers: int, heads: int, dim: int, bs: int) -> tuple:
+    """A vLLM connector worker over a paged (nb, 2, bs, heads, dim) bf16 CPU cache: (connector, layer names, caches)."""
+    import torch
+
+    from kvstash.vllm import KvstashConnector
+    from kvstash.vllm_compat import KVConnectorRole
+
+    vc, kcc = vllm_configs(ep, nb, layers, heads, dim, bs)
+    w = KvstashConnector(vc, KVConnectorRole.WORKER, kcc)
+    names = [f"model.layers.{i}.self_attn.attn" for i in range(layers)]
+    kv = {n: torch.randint(-2000, 2000, (nb, 2, bs, heads, dim), dtype=torch.int16).view(torch.bfloat16) for n in names}
+    w.register_kv_caches(kv)
+    return w, names, kv
+
+
+def save_then_load(w, names: list, kv: dict, keys: list, src: list, dst: list, batch: int) -> tuple:
+    """Save blocks src under keys (one step, save_kv_layer per layer, saves waited for), then load them into dst
+    (start_load_kv + wait_for_layer_load per layer); checks the bytes; returns (save seconds, load seconds)."""
+    import torch
+
+    from kvstash.vllm_metadata import KvstashConnectorMetadata, LoadSpec, SaveSpec
+
+    def step(md, per_layer):
+        t0 = time.perf_counter()
+        w.bind_connector_metadata(md)
+        w.start_load_kv(None)
+        for n in names:
+            per_layer(n)
+        w.wait_for_save()
+        w._worker._wait(w._worker._save_futures, time.monotonic() + 120)
+        w.clear_connector_metadata()
+        return time.perf_counter() - t0
+
+    plan = [(f"r{i}", keys[i:i + batch]) for i in range(0, len(keys), batch)]
+    save_s = step(KvstashConnectorMetadata(saves=[SaveSpec(r, k, src[i * batch:i * batch + len(k)]) for i, (r, k) in enumerate(plan)]),
+                  lambda n: w.save_kv_layer(n, kv[n], None))
+    load_s = step(KvstashConnectorMetadata(loads=[LoadSpec(r, k, dst[i * batch:i * batch + len(k)]) for i, (r, k) in enumerate(plan)]),
+                  w.wait_for_layer_load)
+    assert not w.get_block_ids_with_load_errors()
+    i, j = torch.tensor(src), torch.tensor(dst)
+    assert all(torch.equal(kv[n][i].view(torch.int16), kv[n][j].view(torch.int16)) for n in names), "loaded blocks differ"
+    return save_s, load_s

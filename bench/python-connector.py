@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.join(REPO, "adapters", "python"))
 import msgpack  # noqa: E402
 import zmq  # noqa: E402
 
-from bench_common import pct, start_sidecar, table, vllm_configs  # noqa: E402
+from bench_common import paged_worker, pct, save_then_load, start_sidecar, table, vllm_configs  # noqa: E402
 from kvstash.client import KvstashClient  # noqa: E402
 from kvstash.hashing import block_hashes  # noqa: E402
 
@@ -85,45 +85,10 @@ def configs(ep: str, num_blocks: int):
 
 
 def connector_roundtrip(ep: str, keys: list) -> tuple:
-    import torch
-
-    from kvstash.vllm import KvstashConnector
-    from kvstash.vllm_compat import KVConnectorRole
-    from kvstash.vllm_metadata import KvstashConnectorMetadata, LoadSpec, SaveSpec
-
     nb = 2 * len(keys)
-    vc, kcc = configs(ep, nb)
-    w = KvstashConnector(vc, KVConnectorRole.WORKER, kcc)
-    names = [f"model.layers.{i}.self_attn.attn" for i in range(LAYERS)]
-    kv = {n: torch.randint(-2000, 2000, (nb, 2, BS, HEADS, DIM), dtype=torch.int16).view(torch.bfloat16) for n in names}
-    w.register_kv_caches(kv)
-    src = list(range(0, nb, 2))
-    dst = list(range(1, nb, 2))
-    md = KvstashConnectorMetadata(saves=[SaveSpec(f"r{i}", keys[i:i + BATCH], src[i:i + BATCH]) for i in range(0, len(keys), BATCH)])
-    t0 = time.perf_counter()
-    w.bind_connector_metadata(md)
-    w.start_load_kv(None)
-    for n in names:
-        w.wait_for_layer_load(n)
-        w.save_kv_layer(n, kv[n], None)
-    w.wait_for_save()
-    w._worker._wait(w._worker._save_futures, time.monotonic() + 60)
-    w.clear_connector_metadata()
-    save_s = time.perf_counter() - t0
+    w, names, kv = paged_worker(ep, nb, LAYERS, HEADS, DIM, BS)
+    save_s, load_s = save_then_load(w, names, kv, keys, list(range(0, nb, 2)), list(range(1, nb, 2)), BATCH)
     assert w._worker.counters["saved_blocks"] == len(keys), w._worker.counters
-    md = KvstashConnectorMetadata(loads=[LoadSpec(f"r{i}", keys[i:i + BATCH], dst[i:i + BATCH]) for i in range(0, len(keys), BATCH)])
-    t0 = time.perf_counter()
-    w.bind_connector_metadata(md)
-    w.start_load_kv(None)
-    for n in names:
-        w.wait_for_layer_load(n)
-    w.wait_for_save()
-    w.clear_connector_metadata()
-    load_s = time.perf_counter() - t0
-    assert not w.get_block_ids_with_load_errors()
-    i = torch.tensor(src)
-    j = torch.tensor(dst)
-    assert all(torch.equal(kv[n][i].view(torch.int16), kv[n][j].view(torch.int16)) for n in names), "loaded blocks differ"
     w.shutdown()
     return save_s, load_s
 
