@@ -89,7 +89,7 @@ function accept(s: TierStack, t: Tier, e: BlockEntry, got: StoredValue, t0: numb
     t.c.checksumFailures++;
     s.emit('corrupt', { key: e.key, tier: t.name });
     const q = t.driver.quarantine ? t.driver.quarantine(e.key) : t.driver.delete(e.key).then(() => undefined);
-    void q.catch(() => undefined);
+    t.writes.track(q);
     s.forget(t, e);
     return undefined;
   }

@@ -40,6 +40,19 @@ export class WriteQueue {
     return true;
   }
 
+  /** Count a side job (a quarantine move) as running until it settles, so drain() waits for it too. */
+  track(p: Promise<unknown>): void {
+    this.running++;
+    void p.catch(() => undefined).finally(() => this.settle(0));
+  }
+
+  private settle(bytes: number): void {
+    this.running--;
+    this.queuedBytes -= bytes;
+    this.pump();
+    if (this.depth === 0) for (const w of this.idleWaiters.splice(0)) w();
+  }
+
   private pump(): void {
     while (this.running < this.opts.concurrency && this.jobs.length > 0) {
       const job = this.jobs.shift()!;
@@ -47,12 +60,7 @@ export class WriteQueue {
       job.run().then(
         () => { this.completed++; },
         () => { this.failed++; },
-      ).finally(() => {
-        this.running--;
-        this.queuedBytes -= job.bytes;
-        this.pump();
-        if (this.depth === 0) for (const w of this.idleWaiters.splice(0)) w();
-      });
+      ).finally(() => this.settle(job.bytes));
     }
   }
 
