@@ -1,16 +1,32 @@
 /**
- * Index memory per block at 1 M blocks: rebuild a TierStack index from a lower tier that lists 1 M blocks
- * (a generated listing, no stored bytes) and measure the heap growth. Run with --expose-gc for a clean
- * figure (bench/run.ts passes it). Also times LOOKUP of an 8,192-block chain in that full index.
+ * Index memory per block: rebuild a TierStack index from a lower tier that lists N blocks (a generated listing,
+ * no stored bytes; N = 1 M, `--blocks=N` to change, e.g. `npm run bench -- index --blocks=10000000`) and measure
+ * the heap + buffer growth and the RSS growth, the rebuild time, and the FastIndex's share (24 bytes per table
+ * slot, connector/tiers/fast-index.ts). Run with --expose-gc for a clean figure (bench/run.ts passes it). Also
+ * times LOOKUP of an 8,192-block chain in that full index. Above ~3 M blocks the V8 heap limit is raised by
+ * re-running this file with --max-old-space-size (10 M blocks: about 6 GB heap, several minutes).
  */
+import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import { getHeapStatistics } from 'node:v8';
 import type { ListedValue, StorageDriver } from '../connector/storage/driver.js';
 import { MemoryDriver } from '../connector/storage/memory.js';
 import { lfudaPolicy, lruPolicy } from '../connector/tiers/policy.js';
 import { TierStack } from '../connector/tiers/tier-stack.js';
 import { formatTable, median, pct, quick } from './util.js';
 
-const N = quick ? 250_000 : 1_000_000;
+import type { FastIndex } from '../connector/tiers/fast-index.js';
+
+const argv = process.argv.slice(2);
+const blocksArg = argv.find((a) => a.startsWith('--blocks='))?.slice(9) ?? (argv.includes('--blocks') ? argv[argv.indexOf('--blocks') + 1] : undefined);
+const N = blocksArg !== undefined ? Number(blocksArg) : quick ? 250_000 : 1_000_000;
+if (!Number.isInteger(N) || N < 8192 * 7) throw new Error(`--blocks must be an integer ≥ ${8192 * 7}, got ${blocksArg}`);
+const wantHeapMb = Math.ceil((N * 700) / 2 ** 20) + 1024; // ~700 B/block covers the JS-object index of main at its peak
+if (getHeapStatistics().heap_size_limit < wantHeapMb * 2 ** 20 && !process.env.KVS_INDEX_BENCH_CHILD) {
+  const r = spawnSync(process.execPath, [...process.execArgv, `--max-old-space-size=${wantHeapMb}`, ...process.argv.slice(1)],
+    { stdio: 'inherit', env: { ...process.env, KVS_INDEX_BENCH_CHILD: '1' } });
+  process.exit(r.status ?? 1);
+}
 const NS = 'd'.repeat(32);
 const seed = randomBytes(32);
 const keyHex = (i: number) => { const b = Buffer.from(seed); b.writeUInt32BE(i, 0); b.writeUInt32BE(i * 2654435761 >>> 0, 8); return b.toString('hex'); };
@@ -37,16 +53,20 @@ for (const [name, policy] of [['lru', lruPolicy], ['lfuda (default)', lfudaPolic
   });
   gc?.(); gc?.();
   const before = process.memoryUsage();
+  const t0 = performance.now();
   const { rebuilt } = await s.open();
+  const rebuildS = (performance.now() - t0) / 1000;
   gc?.(); gc?.();
   const after = process.memoryUsage();
+  const fast = (s as unknown as { fast?: FastIndex }).fast;
+  const fastPerBlock = fast ? ((fast.capacity * 24) / rebuilt).toFixed(0) : '?';
   const perBlock = (after.heapUsed + after.arrayBuffers - before.heapUsed - before.arrayBuffers) / rebuilt; // the fast index lives in an ArrayBuffer
   const rss = (after.rss - before.rss) / rebuilt;
   const chain = Buffer.concat(Array.from({ length: 8192 }, (_, i) => Buffer.from(keyHex(i * 7), 'hex')));
   const lat: number[] = [];
   for (let i = 0; i < 500; i++) { const t0 = performance.now(); s.lookupRaw(NS, chain); lat.push(performance.now() - t0); }
-  rows.push([name, rebuilt, perBlock.toFixed(0), rss.toFixed(0), median(lat).toFixed(3), pct(lat, 99).toFixed(3)]);
+  rows.push([name, rebuilt, perBlock.toFixed(0), rss.toFixed(0), fastPerBlock, rebuildS.toFixed(1), median(lat).toFixed(3), pct(lat, 99).toFixed(3)]);
   s = undefined;
 }
 process.stdout.write(`Index memory (${N.toLocaleString()} blocks; gc ${gc ? 'forced' : 'NOT available: run with --expose-gc'}); targets: ≤ 128 bytes/block, LOOKUP p99 < 1 ms\n`);
-process.stdout.write(formatTable(['policy', 'blocks', 'heap + buffers bytes/block', 'rss bytes/block', 'LOOKUP 8,192 p50 ms', 'p99 ms'], rows) + '\n');
+process.stdout.write(formatTable(['policy', 'blocks', 'heap + buffers bytes/block', 'rss bytes/block', 'of which fast index', 'rebuild s', 'LOOKUP 8,192 p50 ms', 'p99 ms'], rows) + '\n');

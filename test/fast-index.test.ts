@@ -61,3 +61,39 @@ test('fast-index - 200,000 entries grow the table; after deleting half, the rest
   }
   t.is(ok, es.length);
 });
+
+test('fast-index - the same hash in two namespaces is two slots; where bits of one never leak into the other', (t) => {
+  const f = new FastIndex();
+  const h = Buffer.alloc(32, 0x5a);
+  const a = entry('a'.repeat(32), h, 0b101, 7);
+  const b = entry('b'.repeat(32), h, 0b010, 9);
+  f.add(a);
+  f.add(b);
+  const sa = f.find(f.namespace('a'.repeat(32))!, h, 0);
+  const sb = f.find(f.namespace('b'.repeat(32))!, h, 0);
+  t.not(sa, sb);
+  t.is(f.entry(sa), a);
+  t.is(f.entry(sb), b);
+  a.where = 0xff;
+  f.sync(a);
+  t.deepEqual([f.where(sa), f.where(sb), f.size(sa), f.size(sb)], [0xff, 0b010, 7, 9]);
+  a.where = 0;
+  f.sync(a);
+  t.is(f.find(f.namespace('a'.repeat(32))!, h, 0), sa, 'a block with no copies stays findable until dropped');
+  t.is(f.where(sa), 0);
+  f.drop(a);
+  t.is(f.find(f.namespace('a'.repeat(32))!, h, 0), -1);
+  t.is(f.entry(f.find(f.namespace('b'.repeat(32))!, h, 0)), b);
+  t.is(f.namespace('c'.repeat(32)), undefined);
+});
+
+test('fast-index - the table grows past 70 % load, 24 bytes a slot, and stays linear in blocks', (t) => {
+  const f = new FastIndex();
+  t.is(f.capacity, 1024);
+  const ns = 'e'.repeat(32);
+  for (let i = 0; i < 716; i++) { const h = Buffer.alloc(32); h.writeUInt32BE(i * 977, 0); f.add(entry(ns, h)); }
+  t.is(f.capacity, 1024, '716 blocks fit in 1,024 slots (≤ 70 %)');
+  const h = Buffer.alloc(32); h.writeUInt32BE(0xfffffff0, 0); f.add(entry(ns, h));
+  t.is(f.capacity, 2048, 'the 717th grows the table');
+  for (let i = 0; i < 716; i++) { const k = Buffer.alloc(32); k.writeUInt32BE(i * 977, 0); if (f.find(f.namespace(ns)!, k, 0) === -1) t.fail(`lost block ${i} in growth`); }
+});

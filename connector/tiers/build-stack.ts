@@ -16,6 +16,7 @@ import { ArenaStore } from '../storage/arena.js';
 import type { DramStore } from '../storage/driver.js';
 import { MemoryDriver } from '../storage/memory.js';
 import { TierStack, type TierSpec } from './tier-stack.js';
+import { MAX_TIERS } from './fast-index.js';
 import type { WriteQueueOptions } from './write-queue.js';
 // Built-in drivers that register themselves (registerBuiltinDriver) — imported here, not from registry.ts, to avoid a cycle.
 import '../storage/nfs.js';
@@ -103,6 +104,7 @@ export function buildTierStack(config: Config, registry: DriverRegistry): TierSt
   let probe: Partial<SharedProbeOptions> | undefined;
   if (config.tiers) {
     if (!Array.isArray(config.tiers)) fail('tiers', 'must be a JSON array');
+    if (config.tiers.length + 1 > MAX_TIERS) fail('tiers', `lists ${config.tiers.length} tiers; at most ${MAX_TIERS - 1} below DRAM`);
     for (const [i, raw] of config.tiers.entries()) {
       const t = parseTier(raw, i, config, registry, queue, tiers.map((x) => x.name));
       tiers.push(t.spec);

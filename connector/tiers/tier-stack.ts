@@ -27,7 +27,7 @@ import { AccessHistory, bumpHeat, firstUnpinned } from './policy.js';
 import { SharedProbe } from './shared-probe.js';
 import type { DramStore, ListedValue } from '../storage/driver.js';
 import { WriteQueue } from './write-queue.js';
-import { FastIndex } from './fast-index.js';
+import { FastIndex, MAX_TIERS } from './fast-index.js';
 import { PinBook } from './pin-book.js';
 import { clearBlocks, evictFrom, moveBlock } from './tier-control.js';
 import { load, loadBatch } from './tier-reads.js';
@@ -64,7 +64,7 @@ export class TierStack extends EventEmitter implements StackInternals {
 
   constructor(/** @internal */ readonly opts: TierStackOptions) {
     super();
-    if (opts.tiers.length === 0 || opts.tiers[0]!.driver.name !== 'memory') throw new Error('tier 0 must be the memory driver');
+    if (!opts.tiers.length || opts.tiers.length > MAX_TIERS || opts.tiers[0]!.driver.name !== 'memory') throw new Error(`tier 0 must be the memory driver; 1–${MAX_TIERS} tiers`);
     this.tiers = opts.tiers.map((t, index) => ({
       ...t, index, lru: new Map(), order: opts.policy.order?.(), used: 0, writes: new WriteQueue(t.queue), readBps: t.initialReadBps,
       c: { hits: 0, misses: 0, evictions: 0, checksumFailures: 0, promotions: 0, demotions: 0, writeErrors: 0, bytesWritten: 0, readErrors: 0 },
