@@ -89,15 +89,15 @@ export class FastIndex {
 
   /** The block's tier bits changed. */
   sync(e: BlockEntry): void {
-    if (e.fslot === undefined || this.entries[e.fslot] !== e) return;
+    if (e.fslot < 0 || this.entries[e.fslot] !== e) return;
     const o = e.fslot * S + 2;
     this.table[o] = (this.table[o]! & ~0xff) | (e.where & 0xff);
   }
 
   drop(e: BlockEntry): void {
     let i = e.fslot;
-    if (i === undefined || this.entries[i] !== e) return;
-    e.fslot = undefined;
+    if (i < 0 || this.entries[i] !== e) return;
+    e.fslot = -1;
     const t = this.table;
     // Backward-shift deletion: pull later members of the probe run into the hole, so no tombstones.
     let j = i;

@@ -120,7 +120,7 @@ export class TierStack extends EventEmitter implements StackInternals {
     const t = this.tiers[ti]!;
     let e = this.index.get(item.key);
     if (!e) {
-      e = { key: item.key, size: item.size, checksum: item.meta.checksum, where: 0, pending: 0, seen: 1, pins: 0, heat: 0, heatAt: this.now() };
+      e = { key: item.key, fslot: -1, size: item.size, checksum: item.meta.checksum, where: 0, pending: 0, seen: 1, pins: 0, heat: 0, heatAt: this.now() };
       this.indexAdd(e);
     } else if (e.size !== item.size || (e.checksum && e.checksum !== item.meta.checksum)) {
       return; // a copy that disagrees with ours is not adopted (reads verify checksums anyway)
@@ -138,7 +138,7 @@ export class TierStack extends EventEmitter implements StackInternals {
       for await (const item of t.driver.list()) {
         let e = this.index.get(item.key);
         if (!e) {
-          e = { key: item.key, size: item.size, checksum: item.meta.checksum, where: 0, pending: 0, seen: 1, pins: 0, heat: 0, heatAt: 0 };
+          e = { key: item.key, fslot: -1, size: item.size, checksum: item.meta.checksum, where: 0, pending: 0, seen: 1, pins: 0, heat: 0, heatAt: 0 };
           this.indexAdd(e);
           rebuilt++;
         }
@@ -253,7 +253,7 @@ export class TierStack extends EventEmitter implements StackInternals {
       return PutResult.PRESENT;
     }
     const e: BlockEntry = existing ?? {
-      key, size, checksum: sum ?? '', where: 0, pending: 0, seen: 0, pins: 0, heat: 0, heatAt: now,
+      key, fslot: -1, size, checksum: sum ?? '', where: 0, pending: 0, seen: 0, pins: 0, heat: 0, heatAt: now,
     };
     if (!existing) this.indexAdd(e);
     bumpHeat(e, now, this.opts.halfLifeMs);
