@@ -4,7 +4,7 @@ import { FastIndex } from '../connector/tiers/fast-index.js';
 import type { BlockEntry } from '../connector/tiers/tier-types.js';
 
 const entry = (ns: string, hash: Buffer, where = 1, size = 100): BlockEntry =>
-  ({ key: `${ns}/${hash.toString('hex')}`, fslot: -1, size, checksum: '', where, pending: 0, seen: 1, pins: 0, heat: 0, heatAt: 0 });
+  ({ key: `${ns}/${hash.toString('hex')}`, fslot: -1, id: -1, size, checksum: '', where, pending: 0, seen: 1, pins: 0, heat: 0, heatAt: 0 });
 
 test('fast-index - property: inserts, deletes, where updates and growth agree with a Map', (t) => {
   const NS = ['a'.repeat(32), 'b'.repeat(32)];

@@ -28,6 +28,7 @@ import { SharedProbe } from './shared-probe.js';
 import type { DramStore, ListedValue } from '../storage/driver.js';
 import { WriteQueue } from './write-queue.js';
 import { FastIndex, MAX_TIERS } from './fast-index.js';
+import { BlockIds, RecencyList } from './recency.js';
 import { PinBook } from './pin-book.js';
 import { clearBlocks, evictFrom, moveBlock } from './tier-control.js';
 import { load, loadBatch } from './tier-reads.js';
@@ -43,6 +44,7 @@ export class TierStack extends EventEmitter implements StackInternals {
   readonly index = new Map<string, BlockEntry>();
   /** LOOKUP/EXISTS on raw wire keys (advisory; see fast-index.ts). */
   private readonly fast = new FastIndex();
+  private readonly ids = new BlockIds();
   readonly tiers: Tier[];
   /** @internal */ readonly dram: DramStore;
   /** @internal */ readonly loading = new Map<string, Promise<Buffer | undefined>>();
@@ -66,7 +68,7 @@ export class TierStack extends EventEmitter implements StackInternals {
     super();
     if (!opts.tiers.length || opts.tiers.length > MAX_TIERS || opts.tiers[0]!.driver.name !== 'memory') throw new Error(`tier 0 must be the memory driver; 1–${MAX_TIERS} tiers`);
     this.tiers = opts.tiers.map((t, index) => ({
-      ...t, index, lru: new Map(), order: opts.policy.order?.(), used: 0, writes: new WriteQueue(t.queue), readBps: t.initialReadBps,
+      ...t, index, lru: new RecencyList(this.ids), order: opts.policy.order?.(), used: 0, writes: new WriteQueue(t.queue), readBps: t.initialReadBps,
       c: { hits: 0, misses: 0, evictions: 0, checksumFailures: 0, promotions: 0, demotions: 0, writeErrors: 0, bytesWritten: 0, readErrors: 0 },
     }));
     this.dram = opts.tiers[0]!.driver as DramStore;
@@ -120,7 +122,7 @@ export class TierStack extends EventEmitter implements StackInternals {
     const t = this.tiers[ti]!;
     let e = this.index.get(item.key);
     if (!e) {
-      e = { key: item.key, fslot: -1, size: item.size, checksum: item.meta.checksum, where: 0, pending: 0, seen: 1, pins: 0, heat: 0, heatAt: this.now() };
+      e = { key: item.key, fslot: -1, id: -1, size: item.size, checksum: item.meta.checksum, where: 0, pending: 0, seen: 1, pins: 0, heat: 0, heatAt: this.now() };
       this.indexAdd(e);
     } else if (e.size !== item.size || (e.checksum && e.checksum !== item.meta.checksum)) {
       return; // a copy that disagrees with ours is not adopted (reads verify checksums anyway)
@@ -138,7 +140,7 @@ export class TierStack extends EventEmitter implements StackInternals {
       for await (const item of t.driver.list()) {
         let e = this.index.get(item.key);
         if (!e) {
-          e = { key: item.key, fslot: -1, size: item.size, checksum: item.meta.checksum, where: 0, pending: 0, seen: 1, pins: 0, heat: 0, heatAt: 0 };
+          e = { key: item.key, fslot: -1, id: -1, size: item.size, checksum: item.meta.checksum, where: 0, pending: 0, seen: 1, pins: 0, heat: 0, heatAt: 0 };
           this.indexAdd(e);
           rebuilt++;
         }
@@ -152,6 +154,7 @@ export class TierStack extends EventEmitter implements StackInternals {
 
   private indexAdd(e: BlockEntry): void {
     this.index.set(e.key, e);
+    this.ids.give(e);
     this.fast.add(e);
   }
 
@@ -165,6 +168,7 @@ export class TierStack extends EventEmitter implements StackInternals {
     if (!e) return;
     this.index.delete(key);
     this.fast.drop(e);
+    if (e.where === 0) this.ids.release(e);
   }
 
   /** lookup() on raw wire keys (n × 32 bytes) without building key strings: the LOOKUP hot path. */
@@ -202,7 +206,8 @@ export class TierStack extends EventEmitter implements StackInternals {
   /** @internal */ addTo(t: Tier, e: BlockEntry, emit = true): void {
     e.where |= 1 << t.index;
     this.fast.sync(e);
-    t.lru.set(e.key, e);
+    this.ids.give(e);
+    t.lru.push(e.id);
     t.order?.add(e);
     t.used += e.size;
     if (emit) this.emit('stored', { key: e.key, tier: t.name, medium: t.medium });
@@ -218,13 +223,7 @@ export class TierStack extends EventEmitter implements StackInternals {
   private touch(e: BlockEntry, now: number): void {
     bumpHeat(e, now, this.opts.halfLifeMs);
     this.countAccess(e);
-    for (const t of this.tiers) {
-      if (e.where & (1 << t.index)) {
-        t.lru.delete(e.key);
-        t.lru.set(e.key, e);
-        t.order?.touch(e);
-      }
-    }
+    for (const t of this.tiers) if (e.where & (1 << t.index)) { t.lru.touch(e.id); t.order?.touch(e); }
   }
 
   exists(keys: string[]): boolean[] {
@@ -253,7 +252,7 @@ export class TierStack extends EventEmitter implements StackInternals {
       return PutResult.PRESENT;
     }
     const e: BlockEntry = existing ?? {
-      key, fslot: -1, size, checksum: sum ?? '', where: 0, pending: 0, seen: 0, pins: 0, heat: 0, heatAt: now,
+      key, fslot: -1, id: -1, size, checksum: sum ?? '', where: 0, pending: 0, seen: 0, pins: 0, heat: 0, heatAt: now,
     };
     if (!existing) this.indexAdd(e);
     bumpHeat(e, now, this.opts.halfLifeMs);
@@ -342,10 +341,7 @@ export class TierStack extends EventEmitter implements StackInternals {
       if (cands.length >= this.opts.policy.window) break;
     }
     // Pinned blocks passed on the way move to the recent end, so later evictions do not scan them again.
-    for (const e of pinned) {
-      t.lru.delete(e.key);
-      t.lru.set(e.key, e);
-    }
+    for (const e of pinned) t.lru.touch(e.id);
     if (cands.length === 0) return false;
     let victim = cands[this.opts.policy.pick(cands, this.now())] ?? cands[0]!;
     if (t.index === 0) {
@@ -498,7 +494,8 @@ export class TierStack extends EventEmitter implements StackInternals {
     if (!(e.where & (1 << t.index))) return;
     e.where &= ~(1 << t.index);
     this.fast.sync(e);
-    t.lru.delete(e.key);
+    t.lru.remove(e.id);
+    if (e.where === 0 && this.index.get(e.key) !== e) this.ids.release(e);
     t.order?.remove(e);
     t.used -= e.size;
     this.emit('removed', { key: e.key, tier: t.name, medium: t.medium });

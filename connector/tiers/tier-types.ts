@@ -3,6 +3,7 @@ import type { AdmissionFilter, EvictionPolicy, HeatState, TierOrder } from './po
 import type { SharedProbeOptions } from './shared-probe.js';
 import type { DramStore, StorageDriver } from '../storage/driver.js';
 import type { WriteQueue, WriteQueueOptions } from './write-queue.js';
+import type { RecencyList } from './recency.js';
 
 export interface TierSpec {
   /** Tier name used in LOOKUP replies and stats: "dram", "file", "nfs", "s3", … */
@@ -39,6 +40,8 @@ export interface BlockEntry extends HeatState {
    * it (in the same field order) so all entries share one hidden class with in-object fields: a field added later
    * costs each entry an out-of-object property array (~40 bytes at 1 M blocks, bench/index-memory.ts). */
   fslot: number;
+  /** Small integer id (recency.ts BlockIds) while indexed or held by a tier, else -1; the tiers' recency lists use it. */
+  id: number;
   size: number;
   /** xxh64 of the bytes; '' until first needed (computed off the request path, before any lower-tier write). */
   checksum: string;
@@ -53,7 +56,8 @@ export interface BlockEntry extends HeatState {
 /** A tier as the TierStack runs it (internal). */
 export interface Tier extends TierSpec {
   index: number;
-  lru: Map<string, BlockEntry>;
+  /** Recency order of the blocks the tier holds, least recent first (recency.ts; by BlockEntry.id). */
+  lru: RecencyList;
   /** The policy's own eviction order, for ordering policies (policy.ts TierOrder). */
   order: TierOrder | undefined;
   used: number;
