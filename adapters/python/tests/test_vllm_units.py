@@ -11,7 +11,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "..", "te
 import torch  # noqa: E402
 from vllm_harness_common import CachedRequestData, KVCacheBlocks, NewRequestData, Request, make_configs  # noqa: E402
 
-from kvstash.kv_layout import LayoutError, LayoutSpec, detect_layout, ordered_layers  # noqa: E402
+from kvstash.kv_layout import LayoutError, LayoutSpec, TensorLayout, _logical, detect_layout, gather_blocks, index_runs, ordered_layers, scatter_blocks  # noqa: E402
 from kvstash.vllm import KvstashConnector  # noqa: E402
 from kvstash.vllm_compat import KVConnectorRole  # noqa: E402
 from kvstash.vllm_metadata import KvstashConnectorMetadata, LoadSpec  # noqa: E402
@@ -56,6 +56,25 @@ class Layout(unittest.TestCase):
         for shape in ((2, 10, 16 * 2 * 8), (10, 2, 16, 2, 4), (10, 2, 16, 2, 17)):  # flat paged, narrower, too wide
             with self.assertRaises(LayoutError):
                 detect_layout(shape, strides(shape), self.spec, 10)
+
+    def test_block_runs_copy_like_an_indexed_copy(self):
+        self.assertEqual(index_runs([1, 3, 5, 7, 2, 9, 10, 4, 4]), [(0, 1, 2, 4), (4, 2, 7, 2), (6, 10, 1, 1), (7, 4, 1, 1), (8, 4, 1, 1)])
+        gen = torch.Generator().manual_seed(7)
+        cases = [list(range(1, 24, 2)), list(range(3, 15)), [5, 6, 7, 20, 21, 22, 23, 0, 1, 2], torch.randperm(24, generator=gen)[:12].tolist()]
+        for kind, shape in (("kv_first", (2, 24, 4, 3, 5)), ("blocks_first", (24, 2, 4, 3, 5)), ("blocks_first", (24, 2, 3, 4, 5)), ("mla", (24, 4, 5))):
+            lay = TensorLayout(kind, shape[2] == 3, 24, shape[2] == 3, 0)
+            for ids in cases:
+                kv, idx = torch.randn(shape, generator=gen), torch.tensor(ids)
+                logical = _logical(kv, lay)
+                ref = torch.index_select(logical, 1, idx).transpose(0, 1) if kind == "kv_first" else torch.index_select(logical, 0, idx)
+                got = torch.empty_like(ref.contiguous())
+                gather_blocks(kv, lay, idx, got)
+                self.assertTrue(torch.equal(got, ref), (kind, shape, ids))
+                src, want = torch.randn(got.shape, generator=gen), kv.clone()
+                w = _logical(want, lay)
+                w.index_copy_(1, idx, src.transpose(0, 1)) if kind == "kv_first" else w.index_copy_(0, idx, src)
+                scatter_blocks(kv, lay, idx, src)
+                self.assertTrue(torch.equal(kv, want), (kind, shape, ids))
 
     def test_layer_order_is_natural(self):
         self.assertEqual(ordered_layers(["l.10.attn", "l.2.attn", "l.1.attn"]), ["l.1.attn", "l.2.attn", "l.10.attn"])
