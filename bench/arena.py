@@ -7,7 +7,8 @@ Blocks: Llama-3.1-8B shape, 16 tokens x 32 layers x 8 KV heads x 128 x (K,V) x b
    memcpy (torch ``copy_``) of the same bytes between two contiguous buffers.
 2. Save from that cache (save_kv_layer x 32 + wait_for_save + the background store), arena vs inline.
 3. Python fetch of values of 256 KiB, 2 MiB, 4 MiB: ``KvstashClient.get_many`` (arena) against redis-py (hiredis)
-   on a local redis-server started here, best of GET loop / pipeline / MGET; same process, same run.
+   on a local redis-server started here, best of GET loop / pipeline / MGET; same process, same run; and
+   ``get_many(into=...)`` into a reused buffer, with the cost of fresh memory measured alongside.
 Starts its own sidecar (DRAM tier only, ipc) and redis-server (unix socket). ``--quick`` runs less.
 """
 from __future__ import annotations
@@ -48,6 +49,17 @@ def memcpy_s(nbytes: int) -> float:
         b.copy_(a)
         return time.perf_counter() - t0
     return best(run)
+
+
+def fresh_s(nbytes: int) -> float:
+    """Seconds to allocate and first-touch ``nbytes`` in 256 KiB pieces (the page-fault cost of new values)."""
+    def run():
+        t0 = time.perf_counter()
+        bufs = [bytearray(256 << 10) for _ in range(max(1, nbytes >> 18))]
+        dt = time.perf_counter() - t0
+        del bufs
+        return dt
+    return best(run, 3)
 
 
 def connector_paths(ep: str, shm: bool) -> tuple:
@@ -116,10 +128,16 @@ def redis_vs_kvstash(ep: str, tmp: str) -> list:
                 return p.execute()
             red = {"GET loop": best(timed(lambda: [r.get(k) for k in keys])), "pipeline": best(timed(pipe)),
                    "MGET": best(timed(lambda: r.mget(keys)))}
+            pool = memoryview(bytearray(n * size))  # a host pool the caller reuses, as engines do (SGLang, LMCache)
+            pool[:] = b"\1" * len(pool)
+            into = [pool[i * size:(i + 1) * size] for i in range(n)]
             kvs = {"get_many": best(timed(lambda: c.get_many(ns, keys))), "get loop": best(timed(lambda: [c.get(ns, [k])[0] for k in keys]))}
+            kvi = best(timed(lambda: c.get_many(ns, keys, into=into)))
+            assert bytes(into[n - 1]) == vals[n - 1]
             rb, kb = min(red, key=red.get), min(kvs, key=kvs.get)
             gbs = lambda s: n * size / s / 1e9  # noqa: E731
-            rows.append([f"{size >> 10} KiB", f"{gbs(red[rb]):.2f} ({rb})", f"{gbs(kvs[kb]):.2f} ({kb})", f"{red[rb] / kvs[kb]:.2f}"])
+            rows.append([f"{size >> 10} KiB", f"{gbs(red[rb]):.2f} ({rb})", f"{gbs(kvs[kb]):.2f} ({kb})", f"{red[rb] / kvs[kb]:.2f}",
+                         f"{gbs(kvi):.2f}", f"{red[rb] / kvi:.2f}", f"{gbs(fresh_s(n * size)):.2f}"])
             c.delete(ns, keys)
             r.flushall()
         c.close()
@@ -145,8 +163,10 @@ def main() -> None:
             ["save (paged KV → store)", f"{gbs(a_save):.2f}", f"{mc / a_save:.2f}", f"{gbs(i_save):.2f}", f"{mc / i_save:.2f}", f"{i_save / a_save:.2f}"],
         ]))
         rows = redis_vs_kvstash(ep, tmp)
-        print("\nPython fetch, GB/s: kvstash (arena) vs redis-py + hiredis on a local redis-server (unix socket), best method each, best of 3")
-        print(table(["value", "redis", "kvstash", "kvstash / redis"], rows))
+        print("\nPython fetch, GB/s: kvstash (arena) vs redis-py + hiredis on a local redis-server (unix socket), best method each, best of 3;")
+        print("'into' = get_many(into=...) copying into a reused host buffer (redis-py has no such call: each value is a new bytes);")
+        print("'fresh memory' = allocating and touching as many new bytes, what every new value costs both sides on this machine")
+        print(table(["value", "redis", "kvstash", "kvstash / redis", "kvstash into", "into / redis", "fresh memory"], rows))
     finally:
         proc.terminate()
         try:

@@ -268,21 +268,34 @@ class ArenaClientMixin:
         return Allocation(self, m, ns, r.header, sizes, self.arena_limits.get("commit_ms", 0) / 2)
 
 
-def copy_out(lg: LeasedGet) -> List[Optional[memoryview]]:
-    """Copy leased slots out of the arena (then check them), release the lease; inline frames as they are."""
+def copy_out(lg: LeasedGet, into: Optional[Sequence[Any]] = None) -> List[Optional[memoryview]]:
+    """Copy leased slots out of the arena (then check them), release the lease; inline frames as they are.
+    ``into``: one writable buffer per key to copy into (see ``KvstashClient.get_many``)."""
     out: List[Optional[memoryview]] = []
     for i in range(len(lg)):
         v = lg.view(i)
         if v is None:
             out.append(None)
+        elif into is not None:
+            b = fill(into[i], v)
+            out.append(b if b is not None and (lg.slots[i] is None or lg.valid(i)) else None)
         elif lg.slots[i] is None:
             out.append(v)
         else:
-            b = bytearray(v)
-            out.append(memoryview(b) if lg.valid(i) else None)
+            b = memoryview(bytearray(v))
+            out.append(b if lg.valid(i) else None)
     lg.release()
     return out
 
+
+def fill(dst: Any, v: Any) -> Optional[memoryview]:
+    """Copy ``v`` into the front of the writable buffer ``dst``: the filled part, or None when it does not fit."""
+    d = memoryview(dst).cast("B")
+    n = memoryview(v).nbytes
+    if d.readonly or d.nbytes < n:
+        return None
+    d[:n] = memoryview(v).cast("B")
+    return d[:n]
 
 
 def shm_wanted() -> bool:

@@ -19,6 +19,7 @@ from kvstash.arena_io import runs
 from kvstash.client import PUT_PRESENT, PUT_STORED, KvstashClient
 from kvstash.hashing import block_hashes
 from kvstash.load_policy import PrefillRate, worth_loading
+from kvstash.errors import KvstashError
 
 DESC = {"model": "py/arena", "engine": "test", "layout": "raw", "tp_rank": 0, "tp_size": 1, "pp_rank": 0, "pp_size": 1, "tenant": "t"}
 
@@ -44,6 +45,15 @@ class ArenaClient(unittest.TestCase):
         got = c.get_many(ns, keys + [os.urandom(32)], max_batch_keys=16)
         self.assertEqual([bytes(g) for g in got[:-1]], blocks)
         self.assertIsNone(got[-1])
+        pool = memoryview(bytearray(len(keys) * 210_000))
+        into = [pool[i * 210_000:(i + 1) * 210_000] for i in range(len(keys))]
+        into[3] = memoryview(bytearray(1000))  # too small: a miss, nothing written past it
+        got = c.get_many(ns, keys, max_batch_keys=16, into=into)
+        self.assertEqual([bytes(g) if g is not None else None for g in got], blocks[:3] + [None] + blocks[4:])
+        self.assertEqual(bytes(into[5][:len(blocks[5])]), blocks[5], "copied into the caller's buffer")
+        self.assertEqual(bytes(into[3]), bytes(1000))
+        with self.assertRaises(KvstashError):
+            c.get_many(ns, keys, into=into[:-1])
         lg = c.lease_get(ns, keys[:4])
         self.assertEqual(len(lg.inline) - lg.inline.count(None), 0, "no bytes on the socket")
         self.assertTrue(all(lg.valid(i) for i in range(4)))
@@ -80,6 +90,9 @@ class ArenaClient(unittest.TestCase):
         k, v = os.urandom(32), os.urandom(70_000)
         c.put(ns, [k], [v])
         self.assertEqual(bytes(c.get(ns, [k])[0]), v)
+        buf = bytearray(80_000)
+        self.assertEqual(bytes(c.get_many(ns, [k], into=[buf])[0]), v)
+        self.assertEqual(bytes(buf[:70_000]), v)
         c.close()
 
     def test_reused_slot_is_a_miss(self):
