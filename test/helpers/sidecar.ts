@@ -63,7 +63,7 @@ export interface SpawnedSidecar {
   waitFor: (re: RegExp, deadlineMs?: number) => Promise<RegExpExecArray>;
 }
 
-export function spawnSidecar(args: string[], env: NodeJS.ProcessEnv = {}, deadlineMs = 20_000): Promise<SpawnedSidecar> {
+export function spawnSidecar(args: string[], env: NodeJS.ProcessEnv = {}, deadlineMs = 60_000): Promise<SpawnedSidecar> {
   // gRPC and metrics default to fixed loopback ports: off unless a test asks for them (later flags win).
   const proc = spawn(process.execPath, ['--import=tsx', path.join(repoRoot, 'cli', 'kvstash.ts'), 'serve', '--grpc', '', '--metrics', '', ...args], {
     cwd: repoRoot, env: { ...process.env, KVSTASH_LOG_LEVEL: 'warn', ...env }, stdio: ['ignore', 'pipe', 'pipe'],
