@@ -10,12 +10,12 @@ import { killAndWait, repoRoot, spawnSidecar, tempDir } from '../helpers/sidecar
 
 const run = promisify(execFile);
 const cli = (args: string[], env: NodeJS.ProcessEnv = {}) =>
-  run(process.execPath, ['--import=tsx', path.join(repoRoot, 'cli', 'kvstash.ts'), ...args], { cwd: repoRoot, timeout: 30_000, env: { ...process.env, ...env } })
+  run(process.execPath, ['--import=tsx', path.join(repoRoot, 'cli', 'kvstash.ts'), ...args], { cwd: repoRoot, timeout: 120_000, env: { ...process.env, ...env } })
     .then((r) => ({ code: 0, stdout: r.stdout, stderr: r.stderr }))
     .catch((e: { code: number; stdout: string; stderr: string }) => ({ code: e.code, stdout: e.stdout, stderr: e.stderr }));
 
 test('cli - serve prints endpoints and tiers; lookup reports a stored prefix over the data socket', async (t) => {
-  t.timeout(60_000);
+  t.timeout(300_000);
   const dir = tempDir();
   const sock = `ipc://${path.join(dir, 'k.sock')}`;
   const s = await spawnSidecar(['--endpoints', `${sock},tcp://127.0.0.1:0`, '--file-root', path.join(dir, 'tier'), '--dram-bytes', '32MiB', '--file-bytes', '64MiB', '--grpc', '', '--metrics', '']);
@@ -38,7 +38,7 @@ test('cli - serve prints endpoints and tiers; lookup reports a stored prefix ove
 });
 
 test('cli - bad usage exits 2, an unreachable sidecar exits 1 with a coded message', async (t) => {
-  t.timeout(60_000);
+  t.timeout(300_000);
   const bad = await cli(['serve', '--policy', 'fifo', '--endpoints', 'ipc:///tmp/kvstash-never.sock']);
   t.is(bad.code, 2);
   t.regex(bad.stderr, /KVS_CONFIG/);
@@ -53,7 +53,7 @@ test('cli - bad usage exits 2, an unreachable sidecar exits 1 with a coded messa
 });
 
 test('cli - lookup with a broken JSON token list is bad usage (exit 2, KVS_INVALID_ARGUMENT)', async (t) => {
-  t.timeout(60_000);
+  t.timeout(300_000);
   const r = await cli(['lookup', '--data-endpoint', 'ipc:///tmp/kvstash-nobody-here.sock', '--tokens', '[1,']);
   t.is(r.code, 2);
   t.regex(r.stderr, /KVS_INVALID_ARGUMENT/);

@@ -9,7 +9,7 @@
  */
 import test from 'ava';
 import { randomBytes, createHash } from 'node:crypto';
-import { spawnSync } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { rmSync } from 'node:fs';
 import path from 'node:path';
 import http from 'node:http';
@@ -87,16 +87,23 @@ test('s3 - an unknown access key is refused with KVS_UNAUTHENTICATED and a clear
   await d.close();
 });
 
-test('s3 - `kvstash driver-test s3` with credentials from the environment (AWS_ACCESS_KEY_ID/…) passes the kit', (t) => {
+/** `kvstash <args>` through tsx; the deadline is a hang guard for a loaded machine, not a timing. */
+const kvstash = (args: string[], env: NodeJS.ProcessEnv) =>
+  new Promise<{ status: number | null; stdout: string; stderr: string }>((resolve) => {
+    execFile(process.execPath, ['--import', 'tsx', path.join(repoRoot, 'cli', 'kvstash.ts'), ...args], { cwd: repoRoot, encoding: 'utf8', timeout: 240_000, env: { ...process.env, ...env } },
+      (err, stdout, stderr) => resolve({ status: err ? (typeof err.code === 'number' ? err.code : null) : 0, stdout, stderr }));
+  });
+
+test('s3 - `kvstash driver-test s3` with credentials from the environment (AWS_ACCESS_KEY_ID/…) passes the kit', async (t) => {
+  t.timeout(540_000);
   const noKeys: Record<string, unknown> = cfg({ maxValueBytes: 16 * MiB });
   delete noKeys.accessKeyId;
   delete noKeys.secretAccessKey;
-  const r = spawnSync(process.execPath, ['--import', 'tsx', path.join(repoRoot, 'cli', 'kvstash.ts'), 'driver-test', 's3', '--config', JSON.stringify(noKeys),
-    '--only', 'small,missing,batch,list,crash-mid-put'], { cwd: repoRoot, encoding: 'utf8', timeout: 100_000, env: { ...process.env, AWS_ACCESS_KEY_ID: 'S3RVER', AWS_SECRET_ACCESS_KEY: 'S3RVER' } });
+  const r = await kvstash(['driver-test', 's3', '--config', JSON.stringify(noKeys), '--only', 'small,missing,batch,list,crash-mid-put'],
+    { AWS_ACCESS_KEY_ID: 'S3RVER', AWS_SECRET_ACCESS_KEY: 'S3RVER' });
   t.is(r.status, 0, r.stdout + r.stderr);
   t.regex(r.stdout, /5 passed, 0 failed, 0 skipped/);
-  const bad = spawnSync(process.execPath, ['--import', 'tsx', path.join(repoRoot, 'cli', 'kvstash.ts'), 'driver-test', 's3', '--config', JSON.stringify(noKeys), '--only', 'small'],
-    { cwd: repoRoot, encoding: 'utf8', timeout: 100_000, env: { ...process.env, AWS_ACCESS_KEY_ID: 'NOBODY', AWS_SECRET_ACCESS_KEY: 'x' } });
+  const bad = await kvstash(['driver-test', 's3', '--config', JSON.stringify(noKeys), '--only', 'small'], { AWS_ACCESS_KEY_ID: 'NOBODY', AWS_SECRET_ACCESS_KEY: 'x' });
   t.is(bad.status, 1);
   t.regex(bad.stdout, /small\s+FAIL\s+\d+\s+KVS_UNAUTHENTICATED/);
 });
