@@ -9,6 +9,7 @@ import { copyFileSync, mkdirSync, openSync, readdirSync, readSync, rmSync, statS
 import path from 'node:path';
 import { KvstashClient } from '../../connector/client.js';
 import { namespaceId } from '../../connector/keys.js';
+import { HEADER_BYTES } from '../../connector/storage/file.js';
 import { blockFor, keyOf, NS, rng, serve, tempDir, until, verdict, wrongBytes, type Row } from './common.js';
 
 const SIZE = 64 * 1024;
@@ -62,13 +63,13 @@ export async function damage(seed: number): Promise<Row[]> {
   const { acked } = await writeAll(s1.endpoint, keys, SIZE);
   await s1.stop();
   const r = rng(seed);
-  // 62 files with one flipped byte (a few in the 32-byte header), 6 copied over other keys, 6 copied to keys never stored.
+  // 62 files with one flipped byte (a few in the block file's header), 6 copied over other keys, 6 copied to keys never stored.
   const flipped = new Set<string>();
   for (let i = 0; i < 62; i++) {
     const k = acked[i * 5]!;
     const f = fileOf(root, k);
     const size = statSync(f).size;
-    const at = i % 10 === 0 ? Math.floor(r() * 32) : 32 + Math.floor(r() * (size - 32));
+    const at = i % 10 === 0 ? Math.floor(r() * HEADER_BYTES) : HEADER_BYTES + Math.floor(r() * (size - HEADER_BYTES));
     const fd = openSync(f, 'r+');
     const b = Buffer.alloc(1);
     readSync(fd, b, 0, 1, at);
@@ -120,7 +121,7 @@ export async function diskFull(seed: number): Promise<Row> {
     await writeAll(s1.endpoint, keys, size);
     const health = s1.out();
     await s1.stop();
-    // Torn files: a published block file whose length is not its header plus its value.
+    // Torn files: a published block file whose length is not its header plus its value (file.ts's format).
     let torn = 0;
     let files = 0;
     const walk = (d: string) => {
@@ -129,11 +130,11 @@ export async function diskFull(seed: number): Promise<Row> {
         if (e.isDirectory()) walk(p);
         else if (e.name.endsWith('.kvb')) {
           files++;
-          const buf = Buffer.alloc(32);
+          const buf = Buffer.alloc(HEADER_BYTES);
           const fd = openSync(p, 'r');
-          const n = readSync(fd, buf, 0, 32, 0);
+          const n = readSync(fd, buf, 0, HEADER_BYTES, 0);
           closeSync(fd);
-          if (n < 32 || Number(buf.readBigUInt64LE(8)) + 32 !== statSync(p).size) torn++;
+          if (n < HEADER_BYTES || Number(buf.readBigUInt64LE(8)) + HEADER_BYTES !== statSync(p).size) torn++;
         }
       }
     };
