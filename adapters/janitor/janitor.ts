@@ -247,7 +247,7 @@ export class FolderJanitor implements SidecarPlugin {
         this.log.warn({ err, file: rel }, 'adopt-dir: could not remove a file');
       }
     }
-    this.log.info({ dir: this.opts.dir, bytes: total, budget: this.opts.budgetBytes, evicted: this.counters.evicted }, 'adopt-dir eviction');
+    this.log.info({ dir: this.opts.dir, bytes: total, budget: this.opts.budgetBytes, evicted: this.counters.evicted, demoted: this.target?.counters.demoted }, 'adopt-dir eviction');
   }
 
   stats(): Record<string, unknown> {
