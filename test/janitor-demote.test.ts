@@ -11,6 +11,7 @@ import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
+import { janitorExtension } from '../adapters/janitor/cli-extension.js';
 import { parseDemoteSpec, type DemoteSpec } from '../adapters/janitor/demote.js';
 import { FolderJanitor } from '../adapters/janitor/janitor.js';
 import { KvstashClient } from '../connector/client.js';
@@ -206,4 +207,40 @@ test('janitor demote - in a sidecar: ADOPT_RESTORE op, STATS adopt rows, kvstash
   const missing = await runCli(['adopt', 'restore', path.join(dir, 'nope'), '--endpoint', endpoint]);
   t.is(missing.code, 3, missing.stderr);
   t.regex(missing.stderr, /KVS_NOT_FOUND/);
+});
+
+test('janitor demote - a target that fails its puts keeps the files (counted); bad specs are KVS_CONFIG', async (t) => {
+  const { dir, root, spec } = setup(t);
+  const files = fill(dir, sglang, 3, 8 * KB);
+  const j = janitor(dir, spec, 1e9);
+  t.teardown(() => j.stop());
+  await j.start();
+  // The driver's temp folder becomes a plain file: every put now fails with ENOTDIR.
+  rmSync(path.join(root, 'tmp'), { recursive: true, force: true });
+  writeFileSync(path.join(root, 'tmp'), 'in the way');
+  j.opts.budgetBytes = 8 * KB;
+  await j.scan();
+  for (const [rel, bytes] of files) t.true(readFileSync(path.join(dir, rel)).equals(bytes), `${rel} kept`);
+  t.like(j.target!.counters, { demoted: 0, demoteErrors: 1 });
+  t.is(j.target!.demoted.size, 0);
+  // Once the target works again, the next scan demotes.
+  rmSync(path.join(root, 'tmp'));
+  mkdirSync(path.join(root, 'tmp'));
+  await j.scan();
+  t.like(j.target!.counters, { demoted: 2 });
+  for (const bad of ['{"driver":"nope"}', 'not json', '{"driver":"file"}', '{"driver":"file","root":"/x","ns":"XYZ"}', '[1]']) {
+    t.throws(() => parseDemoteSpec(bad), { code: ErrorCode.CONFIG }, bad);
+  }
+});
+
+test('janitor demote - settings: KVSTASH_ADOPT_DEMOTE (JSON) and --adopt-watch reach the janitors', async (t) => {
+  const { dir, root } = setup(t);
+  const env = { KVSTASH_ADOPT_DIR: `${dir}:sglang-file`, KVSTASH_ADOPT_DEMOTE: JSON.stringify({ driver: 'file', root }), KVSTASH_ADOPT_WATCH: 'false' };
+  const config = loadConfig({}, env, undefined, janitorExtension.settings);
+  const [j, ...more] = (await janitorExtension.plugins!(config)) as FolderJanitor[];
+  t.is(more.length, 0);
+  t.like(j!.opts, { dir, layout: 'sglang-file', watch: false, demote: { driver: 'file', config: { root } } });
+  t.is(j!.target!.driver.name, 'file');
+  const off = loadConfig({}, { KVSTASH_ADOPT_DIR: `${dir}:sglang-file` }, undefined, janitorExtension.settings);
+  t.is(((await janitorExtension.plugins!(off)) as FolderJanitor[])[0]!.target, undefined);
 });
