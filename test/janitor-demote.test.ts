@@ -228,6 +228,8 @@ test('janitor demote - a target that fails its puts keeps the files (counted); b
   mkdirSync(path.join(root, 'tmp'));
   await j.scan();
   t.like(j.target!.counters, { demoted: 2 });
+  t.is(await j.target!.demote(sglang(99)), 'gone', 'a file the engine removed meanwhile is no error');
+  t.like(j.target!.counters, { demoted: 2, demoteErrors: 1 });
   for (const bad of ['{"driver":"nope"}', 'not json', '{"driver":"file"}', '{"driver":"file","root":"/x","ns":"XYZ"}', '[1]']) {
     t.throws(() => parseDemoteSpec(bad), { code: ErrorCode.CONFIG }, bad);
   }

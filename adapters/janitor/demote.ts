@@ -106,13 +106,22 @@ export class DemoteTarget {
     return this.driver.close();
   }
 
-  /** Demote one file of the folder. Returns false when it was left in place (changed while read, or the put failed). */
-  async demote(rel: string): Promise<boolean> {
+  /**
+   * Demote one file of the folder: 'demoted', 'changed' (it changed while read: left in place, the engine is writing
+   * it) or 'gone' (no longer there). A failed put rejects (counted `demoteErrors`) and leaves the file in place.
+   */
+  async demote(rel: string): Promise<'demoted' | 'changed' | 'gone'> {
     const abs = path.join(this.dir, rel);
-    const before = await stat(abs);
-    const bytes = await readFile(abs);
-    const after = await stat(abs);
-    if (after.size !== before.size || after.mtimeMs !== before.mtimeMs || bytes.length !== after.size) return false; // the engine is writing it
+    let before, bytes, after;
+    try {
+      before = await stat(abs);
+      bytes = await readFile(abs);
+      after = await stat(abs);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return 'gone';
+      throw err;
+    }
+    if (after.size !== before.size || after.mtimeMs !== before.mtimeMs || bytes.length !== after.size) return 'changed';
     const value = encodeValue(rel, after.mtimeMs, bytes);
     const key = this.keyOf(rel);
     try {
@@ -125,7 +134,7 @@ export class DemoteTarget {
     await unlink(abs).catch((err: NodeJS.ErrnoException) => { if (err.code !== 'ENOENT') throw err; });
     this.counters.demoted++;
     this.counters.demotedBytes += bytes.length;
-    return true;
+    return 'demoted';
   }
 
   /** `key` is a target key or a path relative to the folder. */

@@ -231,7 +231,7 @@ export class FolderJanitor implements SidecarPlugin {
           return undefined;
         });
         if (ok === undefined) break; // the target failed: keep the rest too, retry next scan
-        if (!ok) { this.counters.skippedYoung++; continue; } // changed while read: the engine is writing it
+        if (ok === 'changed') { this.counters.skippedYoung++; continue; } // the engine is writing it
         this.files.delete(rel);
         total -= f.size;
         continue;
