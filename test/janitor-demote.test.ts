@@ -246,3 +246,18 @@ test('janitor demote - settings: KVSTASH_ADOPT_DEMOTE (JSON) and --adopt-watch r
   const off = loadConfig({}, { KVSTASH_ADOPT_DIR: `${dir}:sglang-file` }, undefined, janitorExtension.settings);
   t.is(((await janitorExtension.plugins!(off)) as FolderJanitor[])[0]!.target, undefined);
 });
+
+test('janitor demote - a file over the target driver\'s maxValueBytes stays; the round goes on with the next ones', async (t) => {
+  const { dir, root } = setup(t);
+  const spec = parseDemoteSpec({ driver: 'file', root, maxValueBytes: 16 * KB });
+  const big = fill(dir, (i) => `big${i}_m.bin`, 1, 32 * KB);
+  const small = fill(dir, sglang, 2, 8 * KB);
+  utimesSync(path.join(dir, 'big0_m.bin'), (Date.now() - 86_400_000) / 1000, (Date.now() - 86_400_000) / 1000); // the coldest
+  const j = janitor(dir, spec, 8 * KB);
+  t.teardown(() => j.stop());
+  await j.start();
+  t.true(existsSync(path.join(dir, 'big0_m.bin')));
+  for (const rel of small.keys()) t.false(existsSync(path.join(dir, rel)), `${rel} demoted`);
+  t.like(j.target!.counters, { demoted: 2, demoteErrors: 1 });
+  t.is(big.size, 1);
+});

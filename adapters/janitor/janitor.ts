@@ -228,7 +228,7 @@ export class FolderJanitor implements SidecarPlugin {
       if (this.target) {
         const ok = await this.target.demote(rel).catch((err: unknown) => {
           this.log.warn({ err, file: rel }, 'adopt-dir: could not demote a file; it stays until the next scan');
-          return undefined;
+          return err instanceof KvstashError && err.code === ErrorCode.TOO_LARGE ? 'changed' as const : undefined; // too large: try the next one
         });
         if (ok === undefined) break; // the target failed: keep the rest too, retry next scan
         if (ok === 'changed') { this.counters.skippedYoung++; continue; } // the engine is writing it
