@@ -19,16 +19,24 @@
  *   writing it) and never a non-matching name (engines write temp names first). A failed unlink is counted.
  * - A scan (every `scanMs`) re-reads the folder, so files written or removed while inotify missed them are
  *   picked up; the report (`stats()`, op ADOPT_STATS on the data socket) says what was done.
- * - Not done yet (issue 11 part 3): demotion of cold files to NFS/S3 with a later restore into the folder, and
- *   using the engines' KV events as access signals.
+ * - Demotion (`demote`, `--adopt-demote <JSON driver spec>`, demote.ts): files eviction picks are first put into a
+ *   kvstash storage driver (file, nfs, s3, …) and only then removed; a file whose put fails stays (the eviction
+ *   round stops there and the next scan retries). The target's own listing is the manifest of demoted files, so a
+ *   restarted janitor finds them again. `restore(keys)` (op ADOPT_RESTORE, `kvstash adopt restore`) puts them back,
+ *   refusing bytes that fail their checksum with KVS_CHECKSUM. Restores are on request: an engine's miss on a
+ *   demoted file is not seen (inotify reports no failed opens), the engine recomputes that block.
+ * - `watch: false` runs without inotify (folders where it sees nothing, e.g. NFS): heat is then the file's mtime.
+ * - Counters are in STATS (field `adopt`) and metrics (`kvstash_adopt_*`, label `instance` = the folder).
+ * - Not done yet (issue 11 part 3): using the engines' KV events as access signals.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { readdir, stat, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { logger } from '../../connector/log.js';
-import type { Sidecar, SidecarPlugin } from '../../connector/server/sidecar.js';
+import type { PluginHost, SidecarPlugin } from '../../connector/server/sidecar.js';
 import { ErrorCode, KvstashError } from '../../protocol/errors.js';
+import { DemoteTarget, type DemoteSpec, type RestoreResult } from './demote.js';
 
 export const LAYOUTS: Record<string, RegExp> = {
   'vllm-fs': /^[^/]+_[0-9a-f]{12}_r\d+\/[0-9a-f]{3}\/[0-9a-f]{2}_g\d+\/[0-9a-f]+\.bin$/,
@@ -53,6 +61,10 @@ export interface JanitorOptions extends AdoptSpec {
   minAgeMs?: number;
   scanMs?: number;
   halfLifeMs?: number;
+  /** Demote files to this storage driver instead of deleting them. */
+  demote?: DemoteSpec;
+  /** Watch the folder with inotifywait (default true). */
+  watch?: boolean;
   log?: Logger;
 }
 
@@ -69,26 +81,35 @@ export class FolderJanitor implements SidecarPlugin {
   private readonly re: RegExp;
   private readonly log: Logger;
   private stopped = false;
+  /** Where evicted files go (with `demote`); opened by start(). */
+  readonly target: DemoteTarget | undefined;
 
   constructor(readonly opts: JanitorOptions) {
     this.re = LAYOUTS[opts.layout]!;
     this.name = `janitor:${opts.dir}`;
     this.log = opts.log ?? logger('janitor');
+    this.target = opts.demote && new DemoteTarget(opts.dir, opts.layout, opts.demote, this.re);
   }
 
-  attach(sidecar: Sidecar): void {
-    if (!this.opts.log) this.log.level = sidecar.config.logLevel;
-    let list = JANITORS.get(sidecar);
+  attach(host: PluginHost): void {
+    if (!this.opts.log) this.log.level = host.config.logLevel;
+    let list = JANITORS.get(host);
     if (!list) {
       const all: FolderJanitor[] = (list = []);
-      JANITORS.set(sidecar, all);
-      sidecar.registerOp('ADOPT_STATS', () => ({ adopt: all.map((j) => j.stats()) }));
+      JANITORS.set(host, all);
+      host.registerOp('ADOPT_STATS', () => ({ adopt: all.map((j) => j.stats()) }));
+      host.registerOp('ADOPT_RESTORE', (h) => restoreOp(all, h));
+      host.addStatsSource({
+        name: 'adopt', counters: METRIC_COUNTERS, gauges: METRIC_GAUGES,
+        rows: () => all.map((j) => ({ instance: j.opts.dir, values: j.metricValues() })),
+      });
     }
     list.push(this);
   }
 
   async start(): Promise<void> {
-    await this.watch();
+    await this.target?.open();
+    if (this.opts.watch !== false) await this.watch();
     await this.scan();
     this.timer = setInterval(() => void this.scan(), this.opts.scanMs ?? 5000);
     this.timer.unref();
@@ -99,6 +120,7 @@ export class FolderJanitor implements SidecarPlugin {
     if (this.timer) clearInterval(this.timer);
     this.watcher?.kill('SIGTERM');
     await this.running;
+    await this.target?.close();
   }
 
   /** inotifywait, one line per event: `<event>\t<path>`. Resolves once it has set its watches. */
@@ -203,6 +225,17 @@ export class FolderJanitor implements SidecarPlugin {
     for (const [rel, f] of order) {
       if (total <= this.opts.budgetBytes) break;
       if (now - f.mtimeMs < minAge) { this.counters.skippedYoung++; continue; }
+      if (this.target) {
+        const ok = await this.target.demote(rel).catch((err: unknown) => {
+          this.log.warn({ err, file: rel }, 'adopt-dir: could not demote a file; it stays until the next scan');
+          return err instanceof KvstashError && err.code === ErrorCode.TOO_LARGE ? 'changed' as const : undefined; // too large: try the next one
+        });
+        if (ok === undefined) break; // the target failed: keep the rest too, retry next scan
+        if (ok === 'changed') { this.counters.skippedYoung++; continue; } // the engine is writing it
+        this.files.delete(rel);
+        total -= f.size;
+        continue;
+      }
       try {
         await unlink(path.join(this.opts.dir, rel));
         this.files.delete(rel);
@@ -214,13 +247,66 @@ export class FolderJanitor implements SidecarPlugin {
         this.log.warn({ err, file: rel }, 'adopt-dir: could not remove a file');
       }
     }
-    this.log.info({ dir: this.opts.dir, bytes: total, budget: this.opts.budgetBytes, evicted: this.counters.evicted }, 'adopt-dir eviction');
+    this.log.info({ dir: this.opts.dir, bytes: total, budget: this.opts.budgetBytes, evicted: this.counters.evicted, demoted: this.target?.counters.demoted }, 'adopt-dir eviction');
   }
 
   stats(): Record<string, unknown> {
     let bytes = 0;
     for (const f of this.files.values()) bytes += f.size;
-    return { dir: this.opts.dir, layout: this.opts.layout, files: this.files.size, bytes, budget_bytes: this.opts.budgetBytes, ignored: this.ignored, ...this.counters };
+    return {
+      dir: this.opts.dir, layout: this.opts.layout, files: this.files.size, bytes, budget_bytes: this.opts.budgetBytes, ignored: this.ignored, ...this.counters,
+      ...(this.target ? { demote: this.target.stats() } : {}),
+    };
+  }
+
+  /** The figures of STATS `adopt` and the kvstash_adopt_* metrics. */
+  metricValues(): Record<string, number> {
+    let bytes = 0;
+    for (const f of this.files.values()) bytes += f.size;
+    const t = this.target?.counters;
+    let demotedStored = 0;
+    for (const n of this.target?.demoted.values() ?? []) demotedStored += n;
+    return {
+      files: this.files.size, bytes, budget_bytes: this.opts.budgetBytes, demoted_files: this.target?.demoted.size ?? 0, demoted_stored_bytes: demotedStored,
+      scans: this.counters.scans, accesses: this.counters.accesses, evicted: this.counters.evicted, evicted_bytes: this.counters.evictedBytes,
+      demoted: t?.demoted ?? 0, demoted_bytes: t?.demotedBytes ?? 0, demote_errors: t?.demoteErrors ?? 0,
+      restored: t?.restored ?? 0, restored_bytes: t?.restoredBytes ?? 0, refused: t?.refused ?? 0,
+    };
+  }
+
+  /**
+   * Put demoted files back into the folder: `keys` are target keys or paths relative to the folder; none = every
+   * demoted file. Files whose bytes fail their checksum are refused (KVS_CHECKSUM, nothing written) after the
+   * others were restored.
+   */
+  async restore(keys?: string[]): Promise<RestoreResult[]> {
+    const t = this.target;
+    if (!t) throw new KvstashError(ErrorCode.CONFIG, `adopt restore: ${this.opts.dir} has no demotion target (--adopt-demote)`);
+    const want = keys ?? [...t.demoted.keys()];
+    const resolved = want.map((k) => t.resolveKey(k)); // bad names fail before anything is restored
+    const out: RestoreResult[] = [];
+    const refused: string[] = [];
+    for (const key of resolved) {
+      try {
+        const r = await t.restore(key);
+        out.push(r);
+        if (r.file && r.status === 'restored') {
+          const s = await stat(path.join(this.opts.dir, r.file)).catch(() => undefined);
+          if (s) {
+            const f: FileState = { size: s.size, mtimeMs: s.mtimeMs, heat: 0, heatAt: s.mtimeMs, lastAccess: s.mtimeMs };
+            this.bump(f, Date.now());
+            this.files.set(r.file, f);
+          }
+        }
+      } catch (err) {
+        if (!(err instanceof KvstashError) || err.code !== ErrorCode.CHECKSUM) throw err;
+        refused.push(key);
+      }
+    }
+    if (refused.length) {
+      throw new KvstashError(ErrorCode.CHECKSUM, `adopt restore: ${refused.length} file(s) refused, their bytes fail their checksum (nothing written for them; ${out.filter((r) => r.status === 'restored').length} others restored): ${refused.join(', ')}`);
+    }
+    return out;
   }
 
   /** Files by decayed heat, hottest first (tests, reports). */
@@ -230,5 +316,18 @@ export class FolderJanitor implements SidecarPlugin {
   }
 }
 
-/** The janitors of each sidecar (for its ADOPT_STATS op). */
-const JANITORS = new WeakMap<Sidecar, FolderJanitor[]>();
+/** The janitors of each sidecar (for its ADOPT_STATS and ADOPT_RESTORE ops). */
+const JANITORS = new WeakMap<PluginHost, FolderJanitor[]>();
+
+const METRIC_COUNTERS = ['scans', 'accesses', 'evicted', 'evicted_bytes', 'demoted', 'demoted_bytes', 'demote_errors', 'restored', 'restored_bytes', 'refused'];
+const METRIC_GAUGES = ['files', 'bytes', 'budget_bytes', 'demoted_files', 'demoted_stored_bytes'];
+
+/** ADOPT_RESTORE {dir?: string, keys?: string[]} → {restored: RestoreResult[]}. `dir` may be left out with one adopted folder. */
+async function restoreOp(all: FolderJanitor[], h: Record<string, unknown>): Promise<Record<string, unknown>> {
+  const { dir, keys } = h;
+  if (dir !== undefined && typeof dir !== 'string') throw new KvstashError(ErrorCode.BAD_FIELD, 'ADOPT_RESTORE: dir must be a string');
+  if (keys !== undefined && (!Array.isArray(keys) || keys.some((k) => typeof k !== 'string'))) throw new KvstashError(ErrorCode.BAD_FIELD, 'ADOPT_RESTORE: keys must be a list of strings');
+  const j = dir === undefined && all.length === 1 ? all[0] : all.find((x) => x.opts.dir === (dir === undefined ? undefined : path.resolve(dir)));
+  if (!j) throw new KvstashError(ErrorCode.NOT_FOUND, `ADOPT_RESTORE: ${dir === undefined ? 'give dir (several folders are adopted)' : `${dir} is not an adopted folder`}; adopted: ${all.map((x) => x.opts.dir).join(', ')}`);
+  return { dir: j.opts.dir, restored: await j.restore(keys as string[] | undefined) };
+}

@@ -179,7 +179,22 @@ export class MetricsPlugin implements SidecarPlugin {
     c.misses += n - hits;
   }
 
+  /** Counters and gauges of the plugins' stats sources (PluginHost.addStatsSource), one series per row. */
+  private registerSources(): void {
+    const registers = [this.registry];
+    for (const src of this.sidecar?.statsSources ?? []) {
+      const read = (name: string) => src.rows().flatMap((r) => (typeof r.values[name] === 'number' ? [[r.instance, r.values[name]] as const] : []));
+      for (const c of src.counters) {
+        new Counter({ name: `kvstash_${src.name}_${c}_total`, help: `${src.name}: ${c} (plugin stats source).`, labelNames: ['instance'], registers, collect() { this.reset(); for (const [instance, v] of read(c)) this.inc({ instance }, v); } });
+      }
+      for (const g of src.gauges) {
+        new Gauge({ name: `kvstash_${src.name}_${g}`, help: `${src.name}: ${g} (plugin stats source).`, labelNames: ['instance'], registers, collect() { this.reset(); for (const [instance, v] of read(g)) this.set({ instance }, v); } });
+      }
+    }
+  }
+
   async start(): Promise<void> {
+    this.registerSources();
     const i = this.opts.address.lastIndexOf(':');
     const host = this.opts.address.slice(0, i).replace(/^\[|\]$/g, '');
     const port = Number(this.opts.address.slice(i + 1));

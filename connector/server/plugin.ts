@@ -67,6 +67,18 @@ export type TierWrites = Pick<TierStack, 'put' | 'delete'>;
 /** What the control plane may change in the tier stack. */
 export type TierControl = Pick<TierStack, 'pin' | 'unpin' | 'setPinBudget' | 'evictFrom' | 'clear' | 'move' | 'drain'>;
 
+/**
+ * Figures a plugin shows in STATS (a field `name` holding its rows) and in metrics: each counter as
+ * `kvstash_<name>_<counter>_total`, each gauge as `kvstash_<name>_<gauge>`, one series per row (label `instance`).
+ * Names are fixed when the source is added; `rows()` runs at every STATS and scrape, so it must be cheap.
+ */
+export interface StatsSource {
+  readonly name: string;
+  readonly counters: readonly string[];
+  readonly gauges: readonly string[];
+  rows(): { instance: string; values: Record<string, number | string> }[];
+}
+
 export interface PluginHost {
   readonly config: Config;
   readonly limits: Limits;
@@ -87,6 +99,9 @@ export interface PluginHost {
   addSocketSetup(setup: (router: Router) => void): void;
   setPrincipalResolver(resolve: PrincipalResolver): void;
   registerOp(name: string, handler: OpHandler): void;
+  /** Add a StatsSource (name lowercase, unique, not a core STATS field; else KVS_CONFIG). */
+  addStatsSource(source: StatsSource): void;
+  readonly statsSources: readonly StatsSource[];
   /**
    * Register (or find) a namespace; returns its id. Refuses past the namespace caps (KVS_RESOURCE_EXHAUSTED).
    * `keep`: never expire it when empty (the lm:// server's own namespaces).

@@ -30,13 +30,13 @@ import { defaultRegistry, type DriverRegistry } from '../storage/registry.js';
 import type { TierStack } from '../tiers/tier-stack.js';
 import { LeaseBook } from './leases.js';
 import { VERSION } from '../version.js';
-import type { OpHandler, PeerContext, PluginHost, PrincipalResolver, RequestGuard, RequestObserver, SidecarPlugin, TierControl, TierWrites } from './plugin.js';
+import type { OpHandler, PeerContext, PluginHost, PrincipalResolver, RequestGuard, RequestObserver, SidecarPlugin, StatsSource, TierControl, TierWrites } from './plugin.js';
 
 export const SERVER_VERSION = `kvstash/${VERSION}`;
 /** Namespaces one sidecar registers at most (each HELLO of a new descriptor adds one; they are persisted). */
 export const MAX_NAMESPACES = 65_536;
 
-export type { OpHandler, PeerContext, PluginHost, PrincipalResolver, RequestGuard, RequestObserver, SidecarPlugin, TierControl, TierWrites, TiersView } from './plugin.js';
+export type { OpHandler, PeerContext, PluginHost, PrincipalResolver, RequestGuard, RequestObserver, SidecarPlugin, StatsSource, TierControl, TierWrites, TiersView } from './plugin.js';
 
 export function storageKeys(ns: string, keys: Buffer): string[] {
   const hex = keys.toString('hex');
@@ -64,6 +64,7 @@ export class Sidecar implements PluginHost {
   private readonly plugins: SidecarPlugin[] = [];
   private nsTimer: NodeJS.Timeout | undefined;
   private readonly extraOps = new Map<string, OpHandler>();
+  readonly statsSources: StatsSource[] = [];
   private readonly extraOpNames = new Set<string>();
   private readonly outbox: { frames: Buffer[]; peer: string | undefined; bytes: number }[] = [];
   private sending = false;
@@ -105,6 +106,14 @@ export class Sidecar implements PluginHost {
     }
     this.extraOps.set(name, handler);
     this.extraOpNames.add(name);
+  }
+
+  addStatsSource(source: StatsSource): void {
+    const core = ['server', 'uptime_s', 'blocks', 'namespaces', 'requests', 'errors', 'by_op', 'by_code', 'tiers', 'arena'];
+    if (!/^[a-z][a-z0-9_]*$/.test(source.name) || core.includes(source.name) || this.statsSources.some((s) => s.name === source.name)) {
+      throw new KvstashError(ErrorCode.CONFIG, `cannot add stats source "${source.name}"`);
+    }
+    this.statsSources.push(source);
   }
 
   get endpoints(): string[] {
@@ -392,6 +401,7 @@ export class Sidecar implements PluginHost {
       namespaces: this.namespaces.size, requests: this.counters.requests, errors: this.counters.errors,
       by_op: this.counters.byOp, by_code: this.counters.byCode, tiers: this.tiers.stats(),
       ...(this.arena ? { arena: this.arena.stats() } : {}),
+      ...Object.fromEntries(this.statsSources.map((s) => [s.name, s.rows()])),
     };
   }
 
