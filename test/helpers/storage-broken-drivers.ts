@@ -2,23 +2,32 @@
  * Drivers that break the StorageDriver contract on purpose, to prove the conformance kit catches each fault.
  * Used by test/storage-conformance.test.ts and test/integration/custom-driver.test.ts (as a module a child loads).
  */
-import { promises as fs } from 'node:fs';
+import { closeSync, mkdirSync, openSync, writeSync } from 'node:fs';
 import path from 'node:path';
 import { FileDriver, encodeHeader, parseFileConfig, type FileDriverConfig } from '../../connector/storage/file.js';
 import { MemoryDriver } from '../../connector/storage/memory.js';
 import type { BlockMeta, DriverFactory, StoredValue } from '../../connector/storage/driver.js';
 
-/** Writes values in place, 1 MiB at a time, with no temp file: readers and crashes see partial values. */
+/**
+ * Writes values in place, with no temp file: readers and crashes see partial values. The header and the first half
+ * go out synchronously as the put starts (so a kill a few ms after the kit's "putting" lands mid-value even on a
+ * loaded machine), the rest 1 MiB at a time.
+ */
 export class TornWriterDriver extends FileDriver {
   override async put(key: string, value: Buffer, meta: BlockMeta): Promise<void> {
     const dest = this.pathOf(key);
-    await fs.mkdir(path.dirname(dest), { recursive: true });
-    const fh = await fs.open(dest, 'w');
+    mkdirSync(path.dirname(dest), { recursive: true });
+    const fd = openSync(dest, 'w');
     try {
-      await fh.write(encodeHeader(value.length, meta.checksum, key));
-      for (let off = 0; off < value.length; off += 2 ** 20) await fh.write(value.subarray(off, off + 2 ** 20));
+      const half = value.length >> 1;
+      writeSync(fd, encodeHeader(value.length, meta.checksum, key));
+      writeSync(fd, value.subarray(0, half));
+      for (let off = half; off < value.length; off += 2 ** 20) {
+        await new Promise((r) => setImmediate(r));
+        writeSync(fd, value.subarray(off, Math.min(off + 2 ** 20, value.length)));
+      }
     } finally {
-      await fh.close();
+      closeSync(fd);
     }
   }
 }
