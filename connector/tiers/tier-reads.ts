@@ -71,7 +71,7 @@ function getManyBatch(s: TierStack, t: Tier, group: BlockEntry[]): void {
   const t0 = performance.now();
   const batch = t.driver.getMany(group.map((e) => e.key)).catch(() => undefined);
   group.forEach((e, j) => {
-    register(s, e, batch.then(async (vals) => {
+    void register(s, e, batch.then(async (vals) => {
       const got = vals?.[j];
       if (vals === undefined) t.c.readErrors++;
       const v = got ? accept(s, t, e, got, t0) : undefined;
