@@ -43,8 +43,24 @@ function register(s: TierStack, e: BlockEntry, p: Promise<Buffer | undefined>): 
   return q;
 }
 
-/** One readInto for the group, into pooled buffers; each block verified and promoted as it lands. */
+/**
+ * Reads of one GET are cut into sub-batches of at least this many bytes (a chain's consecutive blocks stay
+ * together), all issued at once: the first ones are verified and promoted while the later ones are still read.
+ */
+const SUB_BATCH_BYTES = 1 << 20;
+
+/** readInto for the group in sub-batches, into pooled buffers; each block verified and promoted as it lands. */
 function readIntoPool(s: TierStack, t: Tier, group: BlockEntry[], started: Map<BlockEntry, Promise<Buffer | undefined>>): void {
+  for (let i = 0; i < group.length;) {
+    let j = i;
+    let bytes = 0;
+    while (j < group.length && bytes < SUB_BATCH_BYTES) bytes += group[j++]!.size;
+    readIntoBatch(s, t, group.slice(i, j), started);
+    i = j;
+  }
+}
+
+function readIntoBatch(s: TierStack, t: Tier, group: BlockEntry[], started: Map<BlockEntry, Promise<Buffer | undefined>>): void {
   const bufs = group.map((e) => s.pool.acquire(e.size));
   const t0 = performance.now();
   const batch = t.driver.readInto!(group.map((e, j) => ({ key: e.key, into: bufs[j]! }))).catch(() => undefined);
