@@ -73,11 +73,14 @@ function readIntoBatch(s: TierStack, t: Tier, group: BlockEntry[], started: Map<
         if (v) return v;
       } else {
         s.pool.release(buf); // never served: back to the pool
-        if (r === 'failed') t.c.readErrors++;
-        else missIn(s, t, e);
+        if (r === 'missing') missIn(s, t, e);
+        else {
+          // A failing tier still holds the block (index kept); the next tier is tried, not this one again.
+          t.c.readErrors++;
+          return loadFromTiers(s, e, t.index);
+        }
       }
-      const v = await loadFromTiers(s, e);
-      return v;
+      return loadFromTiers(s, e);
     })));
   });
 }
@@ -108,8 +111,8 @@ export function load(s: TierStack, e: BlockEntry): Promise<Buffer | undefined> {
   return p;
 }
 
-async function loadFromTiers(s: TierStack, e: BlockEntry): Promise<Buffer | undefined> {
-  const avail = s.availableMask();
+async function loadFromTiers(s: TierStack, e: BlockEntry, skip = -1): Promise<Buffer | undefined> {
+  const avail = s.availableMask() & ~(skip >= 0 ? 1 << skip : 0);
   for (const t of s.tiers.slice(1)) {
     if (!(e.where & avail & (1 << t.index))) continue;
     const t0 = performance.now();
