@@ -6,9 +6,10 @@
  */
 import test from 'ava';
 import { randomBytes } from 'node:crypto';
-import { openSync, readFileSync, readdirSync, rmSync, writeSync, closeSync } from 'node:fs';
+import { existsSync, openSync, readFileSync, readdirSync, rmSync, writeSync, closeSync } from 'node:fs';
 import path from 'node:path';
 import { lruPolicy } from '../connector/tiers/policy.js';
+import { ArenaStore } from '../connector/storage/arena.js';
 import { FileDriver } from '../connector/storage/file.js';
 import { MemoryDriver } from '../connector/storage/memory.js';
 import { SegmentDriver, parseSegmentConfig } from '../connector/storage/segment.js';
@@ -22,7 +23,7 @@ const NS = 'c'.repeat(32);
 const key = (i: number) => `${NS}/${i.toString(16).padStart(64, '0')}`;
 type Layout = 'file' | 'segment';
 
-function stack(layout: Layout, opts: { dram?: number; readPoolBytes?: number } = {}) {
+function stack(layout: Layout, opts: { dram?: number; readPoolBytes?: number; dramStore?: ArenaStore } = {}) {
   const root = tempDir();
   const driver: StorageDriver = layout === 'file'
     ? new FileDriver({ root, fsync: false, maxValueBytes: 1 << 30 })
@@ -30,7 +31,7 @@ function stack(layout: Layout, opts: { dram?: number; readPoolBytes?: number } =
   const queue = { maxItems: 1000, maxBytes: 1 << 30, concurrency: 2 };
   const s = new TierStack({
     tiers: [
-      { name: 'dram', medium: 'CPU', driver: new MemoryDriver(), budgetBytes: opts.dram ?? 64 << 20, writeMode: 'through', admitAfter: 1, queue, initialReadBps: 1e10 },
+      { name: 'dram', medium: 'CPU', driver: opts.dramStore ?? new MemoryDriver(), budgetBytes: opts.dram ?? 64 << 20, writeMode: 'through', admitAfter: 1, queue, initialReadBps: 1e10 },
       { name: 'file', medium: 'DISK', driver, budgetBytes: 1 << 30, writeMode: 'through', admitAfter: 1, queue, initialReadBps: 1e9 },
     ],
     policy: lruPolicy, halfLifeMs: 60_000, promoteOnHit: true,
@@ -185,5 +186,24 @@ test('hit path - a buffer get() answered and stored again under another key is n
   await s.drain();
   const again = s.getResident([key(100)]) ?? (await s.get([key(100)]));
   t.true(again[0]?.equals(vals[0]!), 'the re-stored block keeps its bytes');
+  await s.close();
+});
+
+test('hit path - a copying DRAM store (the arena) copies the pooled buffer: reusing it after release never changes DRAM', async (t) => {
+  const dir = existsSync('/dev/shm') ? '/dev/shm' : tempDir();
+  const arena = new ArenaStore({ dir, bytes: 64 << 20, chunkBytes: 16 << 20, maxValueBytes: 16 << 20, leaseMs: 5000, commitMs: 5000, fileMode: 0o600, tenantGroups: {} });
+  const { s, root } = stack('segment', { dram: 8 * 128 * KiB, dramStore: arena });
+  t.teardown(() => rmSync(root, { recursive: true, force: true }));
+  await s.open();
+  const vals = await chainOnDisk(s, 8, 128 * KiB);
+  const first = await s.get([0, 1, 2, 3].map(key));
+  first.forEach((g, i) => t.true(g?.equals(vals[i]!), `block ${i}`));
+  t.deepEqual(s.lookup([0, 1, 2, 3].map(key)).tiers, { dram: 4, file: 0 }, 'promoted into the arena');
+  s.release(first);
+  t.is(s.pool.stats().recycled, 4, 'the arena holds its own copy: released buffers are free at once');
+  const second = await s.get([4, 5, 6, 7].map(key));
+  t.is(s.pool.stats().reused, 4, 'read into the buffers the first GET gave back');
+  second.forEach((g, i) => t.true(g?.equals(vals[4 + i]!), `block ${4 + i}`));
+  for (let i = 0; i < 4; i++) t.true(arena.getSync(key(i))?.value.equals(vals[i]!), `arena copy of block ${i} intact`);
   await s.close();
 });

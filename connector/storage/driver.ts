@@ -146,6 +146,12 @@ export interface StorageDriver {
  * then evicts and retries); `deleteSync` frees the block's memory once nobody reads it.
  */
 export interface DramStore extends StorageDriver {
+  /**
+   * True when `putSync` keeps the very buffer it is given as the block's memory (the heap MemoryDriver); absent or
+   * false when it copies the bytes into memory of its own (the arena). The hit path then knows whether DRAM holds
+   * a read-pool buffer (connector/tiers/read-pool.ts) without asking `getSync`, which may copy.
+   */
+  readonly keepsValues?: boolean;
   getSync(key: string): StoredValue | undefined;
   putSync(key: string, value: Buffer, meta: BlockMeta): boolean;
   deleteSync(key: string): boolean;

@@ -152,8 +152,8 @@ function accept(s: TierStack, t: Tier, e: BlockEntry, got: StoredValue, t0: numb
 
 /**
  * accept() for a block read into the pooled buffer `buf`: a copy that fails goes back to the pool unserved. Heap
- * DRAM keeps `buf` itself as the block's memory (one more hold); a copying DRAM store (the arena) copies it, and
- * the caller is then served DRAM's copy while `buf` goes straight back to the pool.
+ * DRAM keeps `buf` itself as the block's memory (one more hold on it); a copying DRAM store (the arena) copies it
+ * into its slot. Either way the caller is served `buf`, with the reader's hold.
  */
 function acceptInto(s: TierStack, t: Tier, e: BlockEntry, buf: Buffer, size: number, sum: string, t0: number): Buffer | undefined {
   if (!verified(s, t, e, buf, size, sum)) {
@@ -163,14 +163,7 @@ function acceptInto(s: TierStack, t: Tier, e: BlockEntry, buf: Buffer, size: num
   hit(t, e, t0);
   if (s.opts.promoteOnHit && s.index.get(e.key) === e && !(e.where & 1) && s.promotes(e) && s.insertDram(e, buf)) {
     t.c.promotions++;
-    const kept = s.dram.getSync(e.key)?.value;
-    if (kept === buf) {
-      s.pool.keptByDram(buf);
-    } else if (kept) {
-      s.pool.release(buf);
-      s.pool.hold(kept);
-      return kept;
-    }
+    if (s.dram.keepsValues) s.pool.keptByDram(buf);
   }
   return buf;
 }
