@@ -221,7 +221,7 @@ export class TierStack extends EventEmitter implements StackInternals {
   /** @internal */ removeFrom(t: Tier, e: BlockEntry): void {
     if (!(e.where & (1 << t.index))) return;
     if (t.index === 0) {
-      const v = this.pool.active ? this.dram.getSync(e.key)?.value : undefined;
+      const v = this.pool.active && this.dram.keepsValues ? this.dram.getSync(e.key)?.value : undefined; // (an arena getSync copies)
       this.dram.deleteSync(e.key);
       if (v) this.pool.droppedByDram(v);
     }
