@@ -167,7 +167,8 @@ export class FileDriver implements StorageDriver {
       try {
         got = await readFully(fh, [head, into]);
       } finally {
-        await fh.close();
+        // Not awaited: the bytes are in `into` already, and the close need not delay the block's verify + promote.
+        fh.close().catch(() => undefined);
       }
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') return 'missing';
