@@ -207,3 +207,26 @@ test('hit path - a copying DRAM store (the arena) copies the pooled buffer: reus
   for (let i = 0; i < 4; i++) t.true(arena.getSync(key(i))?.value.equals(vals[i]!), `arena copy of block ${i} intact`);
   await s.close();
 });
+
+test('hit path - a key asked twice in one GET is read once; giving the answer back never frees what DRAM keeps', async (t) => {
+  const { s, root } = stack('segment', { dram: 8 * 512 * KiB });
+  t.teardown(() => rmSync(root, { recursive: true, force: true }));
+  await s.open();
+  // 512 KiB blocks: two sub-batches, so the loads of the two halves may land in any order.
+  const vals = await chainOnDisk(s, 4, 512 * KiB);
+  const keys = [key(0), key(1), key(2), key(3), key(0), key(3)];
+  const got = await s.get(keys);
+  got.forEach((g, j) => t.true(g?.equals(vals[[0, 1, 2, 3, 0, 3][j]!]!), `slot ${j}`));
+  t.is(s.pool.stats().acquired, 4, 'each block read once');
+  s.release(got);
+  // Read other blocks into whatever the pool has free: DRAM's copies of blocks 0-3 must not change.
+  await chainOnDisk(s, 4, 512 * KiB, 10).then(async (more) => {
+    const again = await s.get([10, 11, 12, 13].map(key));
+    again.forEach((g, i) => t.true(g?.equals(more[i]!), `block ${10 + i}`));
+  });
+  for (let i = 0; i < 4; i++) {
+    const r = s.getResident([key(i)]) ?? (await s.get([key(i)]));
+    t.true(r[0]?.equals(vals[i]!), `block ${i} intact`);
+  }
+  await s.close();
+});

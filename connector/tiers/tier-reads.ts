@@ -20,8 +20,10 @@ export function startLoads(s: TierStack, es: BlockEntry[]): Map<BlockEntry, Prom
   const started = new Map<BlockEntry, Promise<Buffer | undefined>>();
   const avail = s.availableMask();
   const byTier = new Map<number, BlockEntry[]>();
+  const seen = new Set<BlockEntry>();
   for (const e of es) {
-    if (s.loading.has(e.key)) continue;
+    if (s.loading.has(e.key) || seen.has(e)) continue; // being loaded already, or asked twice
+    seen.add(e);
     const w = e.where & avail & ~1;
     if (w === 0) continue;
     const ti = 31 - Math.clz32(w & -w);

@@ -479,6 +479,7 @@ export class TierStack extends EventEmitter implements StackInternals {
     const mine = lower.length ? startLoads(this, lower.map((l) => l.e)) : undefined;
     for (const { i, e } of lower) {
       const own = mine?.get(e);
+      mine?.delete(e); // a key asked twice: only its first slot takes the load's hold, the other one shares (escape)
       waits.push((own ?? this.load(e)).then((v) => { out[i] = own || !v ? v : this.escape(v); }));
     }
     if (waits.length) await Promise.all(waits);
