@@ -73,6 +73,7 @@ export const SETTINGS: Setting[] = [
   s('policy', 'string', () => 'lfuda', 'lfuda', 'Eviction policy: `lfuda` (LFU with dynamic ageing, frequency cap chosen online against LRU; docs/eviction.md), `heat` (the coldest of the `heatWindow` least recently used blocks) or `lru`.'),
   s('heatWindow', 'int', () => 256, '256', 'How many of the least recently used blocks the `heat` policy compares (1 = LRU). Larger keeps reused blocks in DRAM longer against a flood of new ones (bench trace, first 4,000 requests: 256 instead of 8 gives 1.4× the DRAM hits, same overall hit ratio).'),
   s('heatHalfLifeMs', 'int', () => 300_000, '300000', 'Half-life of the decayed access count (heat), ms.'),
+  s('readPoolBytes', 'bytes', () => 128 * 2 ** 20, '128 MiB', 'Free memory the lower-tier hit path keeps to read blocks into again instead of allocating fresh memory per read (docs/storage.md "Hit path"); 0 turns reuse off.'),
   s('arenaDir', 'string', defaultArenaDir, '`/dev/shm` where it exists, else empty', 'Folder on a tmpfs of the shared-memory DRAM arena: same-host engines map it and load and save blocks in place (protocol/README.md "Same-host arena"). Not hugetlbfs: the sidecar writes the arena with pwrite, which hugetlbfs refuses (it would take a native mmap addon). Empty: DRAM blocks live in the sidecar heap and every client gets bytes inline.'),
   s('arenaLeaseMs', 'int', () => 5000, '5000', 'How long a same-host reader may hold the slots a GET described before they can be reused (it RELEASEs them sooner; a reader that copies later sees a generation change and treats the block as a miss).'),
   s('arenaCommitMs', 'int', () => 10_000, '10000', 'How long a same-host writer has between ALLOC and COMMIT; an uncommitted slot is reclaimed after twice this.'),
@@ -101,6 +102,7 @@ export interface Config {
   fileWriteMode: 'through' | 'back';
   policy: 'lfuda' | 'heat' | 'lru';
   heatHalfLifeMs: number;
+  readPoolBytes: number;
   heatWindow: number;
   maxMessageBytes: number;
   maxBlockBytes: number;

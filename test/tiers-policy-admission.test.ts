@@ -61,11 +61,15 @@ test('tiers-policy - a read error in a lower tier is not a miss: the block stays
   s.put(key(2), block(2));
   await s.drain();
   const realGet = file.get.bind(file);
+  const realInto = file.readInto.bind(file);
+  // The stack's hit path reads with readInto (a failed item) and falls back to get: both fail, as a dead disk would.
   file.get = async () => { throw Object.assign(new Error('EIO'), { code: 'KVS_STORAGE' }); };
+  file.readInto = async (items) => items.map(() => 'failed' as const);
   t.deepEqual(await s.get([key(1)]), [undefined]);
   t.is(s.entry(key(1))?.where, 2, 'still indexed in the file tier');
   t.is(s.stats()[1]!.readErrors, 1);
   file.get = realGet;
+  file.readInto = realInto;
   const [v] = await s.get([key(1)]);
   t.true(v!.equals(block(1)));
 });

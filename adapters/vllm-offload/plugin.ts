@@ -172,18 +172,24 @@ export class VllmOffloadPlugin implements SidecarPlugin {
     this.checkBlocks(reg, blocks);
     const tiers = this.sidecar!.tiers;
     const vals = tiers.getResident(keys) ?? (await tiers.get(keys));
-    const missing: number[] = [];
-    for (let i = 0; i < keys.length; i++) if (!vals[i] || vals[i]!.length !== reg.rowStride) missing.push(i);
-    if (missing.length) {
-      this.counters.loadMisses += missing.length;
-      return { ok: false, missing };
+    try {
+      const missing: number[] = [];
+      for (let i = 0; i < keys.length; i++) if (!vals[i] || vals[i]!.length !== reg.rowStride) missing.push(i);
+      if (missing.length) {
+        this.counters.loadMisses += missing.length;
+        return { ok: false, missing };
+      }
+      // allSettled: every write is over before the buffers go back to the stack's read pool (finally).
+      const writes = await Promise.allSettled(vals.map(async (v, i) => {
+        const { bytesWritten } = await reg.fh.write(v!, 0, reg.rowStride, blocks[i]! * reg.rowStride);
+        if (bytesWritten !== reg.rowStride) throw new KvstashError(ErrorCode.STORAGE, `short write of block ${blocks[i]}`);
+        this.counters.rowsWritten++;
+      }));
+      for (const w of writes) if (w.status === 'rejected') throw w.reason;
+      return { ok: true, missing: [] };
+    } finally {
+      tiers.release(vals); // copied into the worker's region (or not needed): pooled memory may be reused
     }
-    await Promise.all(vals.map(async (v, i) => {
-      const { bytesWritten } = await reg.fh.write(v!, 0, reg.rowStride, blocks[i]! * reg.rowStride);
-      if (bytesWritten !== reg.rowStride) throw new KvstashError(ErrorCode.STORAGE, `short write of block ${blocks[i]}`);
-      this.counters.rowsWritten++;
-    }));
-    return { ok: true, missing: [] };
   }
 
   private lookup(h: Record<string, unknown>): Record<string, unknown> {

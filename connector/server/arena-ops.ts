@@ -65,6 +65,9 @@ export class ArenaOps {
           inline.push(v);
         }
       }
+      // Blocks served from their arena slots: the buffers a lower-tier read answered are not sent, so they go back
+      // to the read pool now (the inline ones go out through ZeroMQ and are not given back).
+      this.tiers.release(at.map((i) => vals[i]));
       const l = this.store.lease(peer, at.map((i) => keys[i]!));
       at.forEach((i, j) => {
         slots[i] = l.slots[j]!;

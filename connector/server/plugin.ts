@@ -56,7 +56,7 @@ export type RequestObserver = (req: Request, startedAt: number, frames: Buffer[]
 export type PrincipalResolver = (routingId: Buffer, frames: Buffer[]) => string | undefined;
 
 /** What a plugin may read of the tier stack. */
-export type TiersView = Pick<TierStack, 'lookup' | 'exists' | 'get' | 'getResident' | 'getDram' | 'entry' | 'stats' | 'pinStats' | 'on' | 'off' | 'once'> & {
+export type TiersView = Pick<TierStack, 'lookup' | 'exists' | 'get' | 'getResident' | 'release' | 'getDram' | 'entry' | 'stats' | 'pinStats' | 'on' | 'off' | 'once'> & {
   readonly tiers: readonly Readonly<Tier>[];
   readonly index: ReadonlyMap<string, BlockEntry>;
 };

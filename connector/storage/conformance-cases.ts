@@ -348,6 +348,51 @@ export const CASES: ConformanceCase[] = [
     },
   },
   {
+    name: 'read-into', title: 'readInto (optional) reads values byte-exact into the caller\'s buffers, per item', async run({ driver }) {
+      if (!driver.readInto) throw new SkipCase('this driver has no readInto (an optional method): nothing to check');
+      const ns = newNs();
+      // A chain saved in one batch (drivers may lay it out back to back), with an empty value in it.
+      const vals = [randomBytes(300_000), randomBytes(4096), Buffer.alloc(0), randomBytes(70_001), randomBytes(1 << 20)];
+      const keys = vals.map(() => newKey(ns));
+      const ok = await driver.putMany(vals.map((v, i) => ({ key: keys[i]!, value: v, meta: metaOf(v) })));
+      if (ok.some((x) => !x)) fail('putMany of the chain failed');
+      const missing = newKey(ns);
+      // Each target is a view inside a larger buffer whose edges must stay untouched.
+      const PAD = 64;
+      const frames = vals.map((v) => Buffer.alloc(v.length + 2 * PAD, 0xa5));
+      const into = frames.map((f, i) => f.subarray(PAD, PAD + vals[i]!.length));
+      const items = [
+        { key: keys[0]!, into: into[0]! }, { key: keys[1]!, into: into[1]! }, { key: missing, into: Buffer.alloc(10) },
+        { key: keys[2]!, into: into[2]! }, { key: keys[3]!, into: into[3]! }, { key: keys[4]!, into: into[4]! },
+      ];
+      const res = await driver.readInto(items);
+      if (!Array.isArray(res) || res.length !== items.length) fail(`readInto answered ${res?.length} results for ${items.length} items`);
+      if (res[2] !== 'missing') fail(`a missing key (the gap) answered ${JSON.stringify(res[2])}, not 'missing'`);
+      for (const [j, i] of [[0, 0], [1, 1], [3, 2], [4, 3], [5, 4]] as const) {
+        const r = res[j];
+        if (typeof r !== 'object') fail(`value ${i}: answered ${JSON.stringify(r)}`);
+        if (r.size !== vals[i]!.length) fail(`value ${i}: size ${r.size}, expected ${vals[i]!.length}`);
+        if (r.meta.checksum !== checksum(vals[i]!)) fail(`value ${i}: meta.checksum ${r.meta.checksum} is not the one put`);
+        if (!into[i]!.equals(vals[i]!)) fail(`value ${i}: bytes read into the buffer differ from what was put`);
+        const f = frames[i]!;
+        for (const b of [...f.subarray(0, PAD), ...f.subarray(PAD + vals[i]!.length)]) if (b !== 0xa5) fail(`value ${i}: bytes outside the target buffer were written`);
+      }
+      // A buffer of the wrong size: the answer says the real size (and the caller ignores the bytes).
+      const wrong = await driver.readInto([{ key: keys[3]!, into: Buffer.alloc(100) }]);
+      const w = wrong[0];
+      if (typeof w !== 'object' || w.size !== vals[3]!.length) fail(`a wrong-size buffer answered ${JSON.stringify(w)}, not the stored size ${vals[3]!.length}`);
+      // A deleted value is missing; a bad key fails only itself.
+      await driver.delete(keys[1]!);
+      const again = await driver.readInto([{ key: 'nope', into: Buffer.alloc(1) }, { key: keys[1]!, into: Buffer.alloc(4096) }, { key: keys[0]!, into: Buffer.alloc(300_000) }]);
+      if (again[0] !== 'failed') fail(`a malformed key answered ${JSON.stringify(again[0])}, not 'failed'`);
+      if (again[1] !== 'missing') fail(`a deleted value answered ${JSON.stringify(again[1])}, not 'missing'`);
+      if (typeof again[2] !== 'object') fail(`a value after a bad key answered ${JSON.stringify(again[2])}`);
+      await driver.close();
+      const closed = await driver.readInto([{ key: keys[0]!, into: Buffer.alloc(300_000) }]);
+      if (closed[0] !== 'failed') fail(`readInto after close answered ${JSON.stringify(closed[0])}, not 'failed'`);
+    },
+  },
+  {
     name: 'closed', title: 'after close every call rejects with KVS_UNAVAILABLE; close is idempotent', async run({ driver }) {
       const k = newKey();
       const v = Buffer.from('abc');

@@ -44,6 +44,12 @@
  * Buffers
  * - `put` takes ownership of `value`: the caller never mutates it afterwards, and the driver may keep it (the
  *   memory driver does). Buffers returned by `get` belong to the caller; the driver never changes them later.
+ * - `readInto` (optional) reads values into buffers the caller supplies (a pooled buffer, the DRAM tier's memory)
+ *   instead of allocating one per value. Per item it answers `{ size, meta }` when the key is present — the bytes
+ *   in `into` are the value only when `size === into.length`; on any other size `into` holds nothing meaningful
+ *   (the caller treats it as a damaged copy) — 'missing' when the key is absent, 'failed' when reading it failed
+ *   (I/O error; the copy may still be fine). It never writes to `into` after it resolves, never keeps `into`, and
+ *   writes nothing outside `into`. One item failing never fails the others; after `close` every item is 'failed'.
  *
  * Shared stores (`shared: true`: nfs, s3)
  * - Other processes and hosts write and delete the same store at the same time. `open` must not remove their
@@ -69,6 +75,15 @@ export interface StoredValue {
   value: Buffer;
   meta: BlockMeta;
 }
+
+/** One item of a `readInto` batch: read `key`'s value into `into` (whose length is the size the caller expects). */
+export interface ReadIntoItem {
+  key: string;
+  into: Buffer;
+}
+
+/** Per item of a `readInto` batch (see "Buffers"). */
+export type ReadIntoResult = { size: number; meta: BlockMeta } | 'missing' | 'failed';
 
 export interface ListedValue {
   key: string;
@@ -102,6 +117,11 @@ export interface StorageDriver {
   getMany(keys: string[]): Promise<(StoredValue | undefined)[]>;
   putMany(items: { key: string; value: Buffer; meta: BlockMeta }[]): Promise<boolean[]>;
   list(): AsyncIterable<ListedValue>;
+  /**
+   * Optional: read a batch of values into caller-supplied buffers, no allocation per value (see "Buffers"). Drivers
+   * that store a chain's blocks back to back read consecutive ones with one system call.
+   */
+  readInto?(items: ReadIntoItem[]): Promise<ReadIntoResult[]>;
   /** Optional: size and meta of one value without reading it; undefined when missing. */
   stat?(key: string): Promise<ListedValue | undefined>;
   /**
@@ -126,6 +146,12 @@ export interface StorageDriver {
  * then evicts and retries); `deleteSync` frees the block's memory once nobody reads it.
  */
 export interface DramStore extends StorageDriver {
+  /**
+   * True when `putSync` keeps the very buffer it is given as the block's memory (the heap MemoryDriver); absent or
+   * false when it copies the bytes into memory of its own (the arena). The hit path then knows whether DRAM holds
+   * a read-pool buffer (connector/tiers/read-pool.ts) without asking `getSync`, which may copy.
+   */
+  readonly keepsValues?: boolean;
   getSync(key: string): StoredValue | undefined;
   putSync(key: string, value: Buffer, meta: BlockMeta): boolean;
   deleteSync(key: string): boolean;

@@ -26,7 +26,7 @@ import path from 'node:path';
 import { ErrorCode, KvstashError } from '../../protocol/errors.js';
 import {
   assertKey, assertValueSize, getManyBySingle, putManyBySingle, type BlockMeta, type DriverFactory,
-  type DriverLimits, type ListedValue, type StorageDriver, type StoredValue,
+  type DriverLimits, type ListedValue, type ReadIntoItem, type ReadIntoResult, type StorageDriver, type StoredValue,
 } from './driver.js';
 
 export const HEADER_BYTES = 80;
@@ -145,6 +145,56 @@ export class FileDriver implements StorageDriver {
     return { value: buf.subarray(HEADER_BYTES), meta: { checksum: h.checksum } };
   }
 
+  /**
+   * Read each value straight into the caller's buffer: open + one readv of header and value + close per block (no
+   * fstat, no allocation but the 80-byte header), the blocks of a batch in parallel.
+   */
+  readInto(items: ReadIntoItem[]): Promise<ReadIntoResult[]> {
+    return Promise.all(items.map((it) => this.readOneInto(it.key, it.into)));
+  }
+
+  private async readOneInto(key: string, into: Buffer): Promise<ReadIntoResult> {
+    try {
+      assertKey(key);
+      this.check();
+    } catch {
+      return 'failed';
+    }
+    const head = Buffer.allocUnsafe(HEADER_BYTES);
+    let got: number;
+    try {
+      const fh = await fs.open(this.pathOf(key), 'r');
+      try {
+        got = await readFully(fh, [head, into]);
+      } finally {
+        // Not awaited: the bytes are in `into` already, and the close need not delay the block's verify + promote.
+        fh.close().catch(() => undefined);
+      }
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return 'missing';
+      this.ioError('read', key, err);
+      return 'failed';
+    }
+    const h = got >= HEADER_BYTES ? decodeHeader(head) : undefined;
+    if (!h) {
+      this.counters.torn++; // as in get: a damaged header is a damaged copy (a checksum failure upstream)
+      return { size: Math.max(0, got - HEADER_BYTES), meta: { checksum: 'ffffffffffffffff' } };
+    }
+    if (h.key !== key) {
+      this.counters.misplaced++;
+      return 'missing';
+    }
+    if (h.size === into.length && got !== HEADER_BYTES + h.size) {
+      this.counters.torn++;
+      return { size: h.size, meta: { checksum: 'ffffffffffffffff' } };
+    }
+    if (h.size === into.length) {
+      this.counters.reads++;
+      this.counters.readBytes += h.size;
+    }
+    return { size: h.size, meta: { checksum: h.checksum } };
+  }
+
   async put(key: string, value: Buffer, meta: BlockMeta): Promise<void> {
     assertKey(key);
     assertValueSize(value, this.limits);
@@ -251,6 +301,26 @@ export async function readWhole(file: string): Promise<Buffer> {
   } finally {
     await fh.close();
   }
+}
+
+/** readv into `parts` from offset 0 until they are full or the file ends; the bytes read. */
+export async function readFully(fh: fs.FileHandle, parts: Buffer[]): Promise<number> {
+  const want = parts.reduce((n, b) => n + b.length, 0);
+  let got = (await fh.readv(parts, 0)).bytesRead;
+  // A short readv (signals, huge values) goes on part by part from where it stopped.
+  let base = 0;
+  for (const p of parts) {
+    if (got >= want) break;
+    if (got < base + p.length) {
+      while (got < base + p.length) {
+        const { bytesRead } = await fh.read(p, got - base, base + p.length - got, got);
+        if (bytesRead === 0) return got;
+        got += bytesRead;
+      }
+    }
+    base += p.length;
+  }
+  return got;
 }
 
 /** A folder's entries; [] when it cannot be read (vanished folders are simply skipped). */

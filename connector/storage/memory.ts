@@ -12,6 +12,8 @@ export interface MemoryDriverConfig {
 export class MemoryDriver implements DramStore {
   readonly name = 'memory';
   readonly durable = false;
+  /** putSync keeps the caller's buffer (no copy). */
+  readonly keepsValues = true;
   readonly limits: DriverLimits;
   private readonly map = new Map<string, StoredValue>();
   private closed = false;

@@ -10,7 +10,8 @@
  */
 export {
   assertKey, assertValueSize, getManyBySingle, putManyBySingle, DRIVER_ERROR_CODES,
-  type BlockMeta, type DriverFactory, type DriverLimits, type DriverStats, type ListedValue, type StorageDriver, type StoredValue,
+  type BlockMeta, type DriverFactory, type DriverLimits, type DriverStats, type ListedValue, type ReadIntoItem, type ReadIntoResult,
+  type StorageDriver, type StoredValue,
 } from './driver.js';
 export { ErrorCode, KvstashError } from '../../protocol/errors.js';
 export { checksum } from '../checksum.js';

@@ -118,5 +118,5 @@ export function buildTierStack(config: Config, registry: DriverRegistry): TierSt
     });
   }
   const policy = config.policy === 'lru' ? lruPolicy : config.policy === 'heat' ? heatPolicy(config.heatHalfLifeMs, config.heatWindow ?? 256) : lfudaPolicy();
-  return new TierStack({ tiers, policy, halfLifeMs: config.heatHalfLifeMs, promoteOnHit: true, probe });
+  return new TierStack({ tiers, policy, halfLifeMs: config.heatHalfLifeMs, promoteOnHit: true, probe, readPoolBytes: config.readPoolBytes });
 }

@@ -4,7 +4,7 @@
  * They use the stack's internal paths (promotion, direct writes, removal) so budgets, events and pins hold.
  */
 import { checksum as computeChecksum } from '../checksum.js';
-import type { BlockEntry, StackInternals } from './tier-types.js';
+import type { BlockEntry, StackInternals, Tier, TierStats } from './tier-types.js';
 
 /** Drop a block's copy in tier `tier` (in every tier when undefined) without demoting it. Pinned blocks stay. */
 export function evictFrom(s: StackInternals, key: string, tier?: number): 'evicted' | 'pinned' | 'missing' {
@@ -49,9 +49,10 @@ export async function moveBlock(s: StackInternals, key: string, to: number): Pro
   if (e.where & bit && !(e.where & (bit - 1))) return 'present';
   if (!(e.where & bit)) {
     if (e.pending & bit) return 'failed';
-    const value = e.where & 1 ? s.dram.getSync(key)?.value : to === 0 ? await s.load(e) : await readVerified(s, e);
+    const got = e.where & 1 ? s.dram.getSync(key)?.value : to === 0 ? await s.load(e) : await readVerified(s, e);
     if (s.index.get(key) !== e) return 'missing';
-    if (!value) return 'failed';
+    if (!got) return 'failed';
+    const value = s.escape(got); // kept by a tier or a queued write: not the read pool's to reuse
     if (to === 0) {
       if (!(e.where & 1) && !s.insertDram(e, value)) return 'failed';
       return 'moved';
@@ -91,4 +92,16 @@ async function readVerified(s: StackInternals, e: BlockEntry): Promise<Buffer | 
     if (got && got.value.length === e.size && computeChecksum(got.value) === e.checksum) return got.value;
   }
   return undefined;
+}
+
+/** Per-tier counters for stats and metrics. */
+export function tierStats(tiers: Tier[], availableMask: number): TierStats[] {
+  return tiers.map((t) => ({
+    name: t.name, medium: t.medium, bytes: t.used, blocks: t.lru.size, budgetBytes: t.budgetBytes,
+    hits: t.c.hits, misses: t.c.misses, evictions: t.c.evictions, queueDepth: t.writes.depth, droppedSaves: t.writes.dropped,
+    checksumFailures: t.c.checksumFailures, promotions: t.c.promotions, demotions: t.c.demotions,
+    writeErrors: t.c.writeErrors, bytesWritten: t.c.bytesWritten, readBps: Math.round(t.readBps),
+    readErrors: t.c.readErrors, available: (availableMask & (1 << t.index)) !== 0,
+    ...(t.writeFault !== undefined ? { degraded: t.writeFault } : {}),
+  }));
 }

@@ -30,8 +30,10 @@ import { WriteQueue } from './write-queue.js';
 import { FastIndex, MAX_TIERS } from './fast-index.js';
 import { BlockIds, RecencyList } from './recency.js';
 import { PinBook } from './pin-book.js';
-import { clearBlocks, evictFrom, moveBlock } from './tier-control.js';
-import { load, loadBatch } from './tier-reads.js';
+import { clearBlocks, evictFrom, moveBlock, tierStats } from './tier-control.js';
+import { demoteLower } from './tier-demote.js';
+import { load, startLoads } from './tier-reads.js';
+import { ReadPool } from './read-pool.js';
 import { countPrefix } from './tier-prefix.js';
 import { WriteFaults } from './write-queue.js';
 import { IN_DRAM, type BlockEntry, type LookupResult, type StackInternals, type Tier, type TierStackOptions, type TierStats } from './tier-types.js';
@@ -48,6 +50,8 @@ export class TierStack extends EventEmitter implements StackInternals {
   readonly tiers: Tier[];
   /** @internal */ readonly dram: DramStore;
   /** @internal */ readonly loading = new Map<string, Promise<Buffer | undefined>>();
+  /** Memory lower-tier hits are read into and reused (read-pool.ts); release() gives a GET's buffers back. */
+  readonly pool: ReadPool;
   /**
    * The buffer of every queued lower-tier write, by key: what serves a block evicted from DRAM (or too big for it)
    * until its write lands. The queued job holds the same buffer, so this costs no memory beyond the write queues'
@@ -55,8 +59,8 @@ export class TierStack extends EventEmitter implements StackInternals {
    */
   private readonly inflight = new Map<string, { e: BlockEntry; value: Buffer }>();
   private readonly faults = new WriteFaults();
-  private closed = false;
-  private readonly now: () => number;
+  /** @internal */ closed = false;
+  /** @internal */ readonly now: () => number;
   /** Present when a tier is shared: asks it about index misses (see connector/tiers/shared-probe.ts). */
   readonly probe: SharedProbe | undefined;
   /** Some write-through tier admits only later accesses: hits must offer it the block. */
@@ -72,6 +76,7 @@ export class TierStack extends EventEmitter implements StackInternals {
       c: { hits: 0, misses: 0, evictions: 0, checksumFailures: 0, promotions: 0, demotions: 0, writeErrors: 0, bytesWritten: 0, readErrors: 0 },
     }));
     this.dram = opts.tiers[0]!.driver as DramStore;
+    this.pool = new ReadPool(opts.readPoolBytes);
     this.now = opts.now ?? Date.now;
     const shared = this.tiers.filter((t) => t.index > 0 && t.driver.shared);
     this.probe = shared.length ? new SharedProbe(shared, opts.probe, this.now) : undefined;
@@ -85,7 +90,7 @@ export class TierStack extends EventEmitter implements StackInternals {
   }
 
   /** Does tier t take block e now? (admitAfter and the tier's AdmissionFilter) */
-  private admits(t: Tier, e: BlockEntry, now: number): boolean {
+  /** @internal */ admits(t: Tier, e: BlockEntry, now: number): boolean {
     return e.seen >= t.admitAfter && (!t.admit || t.admit.admit(e, now));
   }
 
@@ -102,7 +107,7 @@ export class TierStack extends EventEmitter implements StackInternals {
     for (const t of this.tiers) {
       if (t.index === 0 || t.writeMode !== 'through' || (e.where | e.pending) & (1 << t.index) || !this.admits(t, e, now)) continue;
       const v = this.dram.getSync(e.key);
-      if (v) this.queueWrite(t, e, v.value);
+      if (v) this.queueWrite(t, e, this.escape(v.value));
     }
   }
 
@@ -159,7 +164,7 @@ export class TierStack extends EventEmitter implements StackInternals {
   }
 
   /** Drop e from the index once no tier holds it and no write of it is pending. */
-  private dropIfGone(e: BlockEntry): void {
+  /** @internal */ dropIfGone(e: BlockEntry): void {
     if (e.where === 0 && e.pending === 0 && this.index.get(e.key) === e) this.indexDrop(e.key);
   }
 
@@ -215,7 +220,11 @@ export class TierStack extends EventEmitter implements StackInternals {
 
   /** @internal */ removeFrom(t: Tier, e: BlockEntry): void {
     if (!(e.where & (1 << t.index))) return;
-    if (t.index === 0) this.dram.deleteSync(e.key);
+    if (t.index === 0) {
+      const v = this.pool.active && this.dram.keepsValues ? this.dram.getSync(e.key)?.value : undefined; // (an arena getSync copies)
+      this.dram.deleteSync(e.key);
+      if (v) this.pool.droppedByDram(v);
+    }
     else t.driver.delete(e.key).catch(() => undefined);
     this.forget(t, e);
   }
@@ -232,6 +241,7 @@ export class TierStack extends EventEmitter implements StackInternals {
 
   /** Store a block. The buffer is kept as is (not copied): callers hand over ownership. */
   put(key: string, value: Buffer, sum?: string): PutResult {
+    if (this.pool.active) this.pool.escape(value); // a buffer get() answered, stored again: DRAM keeps it now
     return this.putWith(key, value.length, sum, (e) => this.dram.putSync(e.key, value, { checksum: e.checksum }), () => value);
   }
 
@@ -329,7 +339,7 @@ export class TierStack extends EventEmitter implements StackInternals {
       if (!victim) return false;
       t.c.evictions++;
       t.order.evicted(victim);
-      if (this.demote(t, victim)) this.forget(t, victim);
+      if (demoteLower(this, t, victim)) this.forget(t, victim);
       else this.removeFrom(t, victim);
       return true;
     }
@@ -357,7 +367,7 @@ export class TierStack extends EventEmitter implements StackInternals {
       return true;
     }
     t.c.evictions++;
-    if (this.demote(t, victim)) this.forget(t, victim);
+    if (demoteLower(this, t, victim)) this.forget(t, victim);
     else this.removeFrom(t, victim);
     return true;
   }
@@ -377,43 +387,8 @@ export class TierStack extends EventEmitter implements StackInternals {
     if (!next) return true; // no tier takes it (admission): evicting it is the policy's choice, not a loss
     const v = this.dram.getSync(e.key);
     if (!v) return true;
-    if (!this.queueWrite(next, e, v.value)) return false;
+    if (!this.queueWrite(next, e, this.escape(v.value))) return false;
     this.tiers[0]!.c.demotions++;
-    return true;
-  }
-
-  /**
-   * Before a block leaves lower tier t, copy it down if no lower tier has it and the next tier admits it.
-   * Returns true when a queued job took over deleting tier t's stored copy (lower → lower demotion).
-   */
-  private demote(t: Tier, e: BlockEntry): boolean {
-    const below = this.tiers.slice(t.index + 1);
-    if (below.some((b) => (e.where | e.pending) & (1 << b.index))) return false;
-    const now = this.now();
-    const next = below.find((b) => this.admits(b, e, now));
-    if (!next) return false;
-    const bit = 1 << next.index;
-    e.pending |= bit;
-    const ok = next.writes.offer(e.size, async () => {
-      try {
-        const v = await t.driver.get(e.key);
-        if (v && !this.closed && this.index.get(e.key) === e && computeChecksum(v.value) === e.checksum) {
-          await next.driver.put(e.key, v.value, { checksum: e.checksum });
-          next.c.bytesWritten += e.size;
-          this.addTo(next, e);
-          this.enforceBudget(next);
-        }
-      } finally {
-        e.pending &= ~bit;
-        await t.driver.delete(e.key).catch(() => undefined);
-        this.dropIfGone(e);
-      }
-    });
-    if (!ok) {
-      e.pending &= ~bit;
-      return false;
-    }
-    t.c.demotions++;
     return true;
   }
 
@@ -424,7 +399,28 @@ export class TierStack extends EventEmitter implements StackInternals {
 
   /** DRAM-only read; undefined if the block is not in DRAM. */
   getDram(key: string): Buffer | undefined {
-    return this.dram.getSync(key)?.value;
+    const v = this.dram.getSync(key)?.value;
+    return v && this.escape(v);
+  }
+
+  /** A DRAM buffer going where the read pool cannot track it: never reused (read-pool.ts). */
+  /** @internal */ escape(v: Buffer): Buffer {
+    if (this.pool.active) this.pool.escape(v);
+    return v;
+  }
+
+  /** A DRAM buffer handed to a GET caller: one more hold on it if pooled. */
+  private handOut(v: Buffer | undefined): Buffer | undefined {
+    if (v && this.pool.active) this.pool.hold(v);
+    return v;
+  }
+
+  /**
+   * Optional: a GET caller is done with the buffers get() or getResident() answered (each answer released once):
+   * pooled ones may then be reused (read-pool.ts). Buffers never released are simply never reused.
+   */
+  release(values: readonly (Buffer | undefined)[]): void {
+    for (const v of values) if (v && v !== IN_DRAM) this.pool.release(v);
   }
 
   /**
@@ -446,7 +442,7 @@ export class TierStack extends EventEmitter implements StackInternals {
       if (!e || (e.where === 0 && !queued)) { t0.c.misses++; continue; }
       t0.c.hits++;
       touched.push(e);
-      out[i] = queued ?? (inPlace ? IN_DRAM : this.dram.getSync(e.key)?.value);
+      out[i] = queued ?? (inPlace ? IN_DRAM : this.handOut(this.dram.getSync(e.key)?.value));
     }
     const now = this.now();
     this.touchChain(touched, now);
@@ -471,15 +467,21 @@ export class TierStack extends EventEmitter implements StackInternals {
       touched.push(e);
       if (e.where & 1 || queued) {
         this.tiers[0]!.c.hits++;
-        out[i] = queued || (inPlace ? IN_DRAM : this.dram.getSync(e.key)?.value);
+        out[i] = queued || (inPlace ? IN_DRAM : this.handOut(this.dram.getSync(e.key)?.value));
       } else {
         lower.push({ i, e });
       }
     }
     this.touchChain(touched, now);
     if (this.lateAdmission) for (const e of touched) this.admitLater(e, now);
-    if (lower.length > 1) loadBatch(this, lower.map((l) => l.e));
-    for (const { i, e } of lower) waits.push(this.load(e).then((v) => { out[i] = v; }));
+    // Loads started here carry this caller's hold on their pooled buffers; a block another reader was already
+    // loading is shared with it, so its buffer leaves the pool (escape) rather than be reused under either reader.
+    const mine = lower.length ? startLoads(this, lower.map((l) => l.e)) : undefined;
+    for (const { i, e } of lower) {
+      const own = mine?.get(e);
+      mine?.delete(e); // a key asked twice: only its first slot takes the load's hold, the other one shares (escape)
+      waits.push((own ?? this.load(e)).then((v) => { out[i] = own || !v ? v : this.escape(v); }));
+    }
     if (waits.length) await Promise.all(waits);
     return out;
   }
@@ -521,14 +523,7 @@ export class TierStack extends EventEmitter implements StackInternals {
   }
 
   stats(): TierStats[] {
-    return this.tiers.map((t) => ({
-      name: t.name, medium: t.medium, bytes: t.used, blocks: t.lru.size, budgetBytes: t.budgetBytes,
-      hits: t.c.hits, misses: t.c.misses, evictions: t.c.evictions, queueDepth: t.writes.depth, droppedSaves: t.writes.dropped,
-      checksumFailures: t.c.checksumFailures, promotions: t.c.promotions, demotions: t.c.demotions,
-      writeErrors: t.c.writeErrors, bytesWritten: t.c.bytesWritten, readBps: Math.round(t.readBps),
-      readErrors: t.c.readErrors, available: (this.availableMask() & (1 << t.index)) !== 0,
-      ...(t.writeFault !== undefined ? { degraded: t.writeFault } : {}),
-    }));
+    return tierStats(this.tiers, this.availableMask());
   }
 
   /** Wait for every queued write to finish. */

@@ -30,6 +30,8 @@ export interface TierStackOptions {
   promoteOnHit: boolean;
   /** Clock for heat and recency (default Date.now); trace replays pass the trace's time. */
   now?: () => number;
+  /** Free memory the hit path keeps for reuse (read-pool.ts), bytes; default 128 MiB, 0 turns reuse off. */
+  readPoolBytes?: number;
   /** Bounds of the index-miss probe of shared tiers (connector/tiers/shared-probe.ts). */
   probe?: Partial<SharedProbeOptions>;
 }
@@ -99,6 +101,8 @@ export interface StackInternals {
   insertDram(e: BlockEntry, value: Buffer): boolean;
   enforceBudget(t: Tier): void;
   load(e: BlockEntry): Promise<Buffer | undefined>;
+  /** A buffer going where the read pool cannot track it (read-pool.ts): never reused; answers it. */
+  escape(v: Buffer): Buffer;
 }
 
 
