@@ -116,15 +116,14 @@ export class ArenaStore implements StorageDriver {
       return false;
     }
     try {
-      a.stamp(slot, SlotState.WRITING);
-      a.write(slot, value);
+      a.writeLive(slot, value, key.slice(33), key.slice(0, 32)); // header page and data in one pwritev
     } catch { // ENOSPC: the shared-memory file system is full
       this.c.noRoom++;
       a.stamp(slot, SlotState.FREE);
       a.release(slot);
       return false;
     }
-    this.publish(key, { arena: a, slot, checksum: meta.checksum, refs: 0, live: true });
+    this.indexEntry(key, { arena: a, slot, checksum: meta.checksum, refs: 0, live: true });
     return true;
   }
   deleteSync(key: string): boolean {
@@ -147,6 +146,10 @@ export class ArenaStore implements StorageDriver {
 
   private publish(key: string, e: Entry): void {
     e.arena.stamp(e.slot, SlotState.LIVE, Buffer.from(key.slice(33), 'hex'), Buffer.from(key.slice(0, 32), 'hex'));
+    this.indexEntry(key, e);
+  }
+
+  private indexEntry(key: string, e: Entry): void {
     const old = this.map.get(key);
     if (old) this.deleteSync(key);
     this.map.set(key, e);
@@ -155,10 +158,7 @@ export class ArenaStore implements StorageDriver {
 
   private unref(e: Entry, n: number): void {
     e.refs -= n;
-    if (e.refs <= 0 && !e.live) {
-      e.arena.stamp(e.slot, SlotState.FREE);
-      e.arena.release(e.slot);
-    }
+    if (e.refs <= 0 && !e.live) e.arena.free(e.slot);
   }
 
   // ---- leases (GET with descriptors) and allocations (ALLOC / COMMIT) -----------------------------------
