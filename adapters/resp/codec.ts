@@ -215,8 +215,16 @@ function parseLen(buf: Buffer, from: number, to: number, what: string): number {
 
 // ---- replies ----------------------------------------------------------------------------------------------
 
-/** A reply as a list of buffers, written with one writev. */
-export type Reply = Buffer | Buffer[];
+/**
+ * A value the connection copies straight from the DRAM tier into its output buffer when it queues the reply
+ * (synchronously, right after the command ran): no Buffer of its own per GET. `fill` writes exactly `length` bytes.
+ */
+export class ValueRead {
+  constructor(readonly length: number, readonly fill: (into: Buffer) => void) {}
+}
+export type Piece = Buffer | ValueRead;
+/** A reply: one buffer, or pieces the connection writes in order. */
+export type Reply = Buffer | Piece[];
 
 const CRLF = Buffer.from('\r\n');
 export const OK = Buffer.from('+OK\r\n');
@@ -243,19 +251,19 @@ function bulkHead(n: number): Buffer {
   }
   return h;
 }
-export function bulk(v: Buffer | string | undefined, proto: number): Buffer[] {
+export function bulk(v: Buffer | ValueRead | string | undefined, proto: number): Piece[] {
   if (v === undefined) return [proto === 3 ? NULL3 : NULL2];
   const b = typeof v === 'string' ? Buffer.from(v, 'utf8') : v;
   return [bulkHead(b.length), b, CRLF];
 }
-export function array(items: Reply[]): Buffer[] {
-  const out: Buffer[] = [Buffer.from(`*${items.length}\r\n`)];
+export function array(items: Reply[]): Piece[] {
+  const out: Piece[] = [Buffer.from(`*${items.length}\r\n`)];
   for (const it of items) Array.isArray(it) ? out.push(...it) : out.push(it);
   return out;
 }
 /** A map: RESP3 `%`, RESP2 a flat array of key, value, … */
-export function map(pairs: [string, Reply][], proto: number): Buffer[] {
-  const out: Buffer[] = [Buffer.from(proto === 3 ? `%${pairs.length}\r\n` : `*${pairs.length * 2}\r\n`)];
+export function map(pairs: [string, Reply][], proto: number): Piece[] {
+  const out: Piece[] = [Buffer.from(proto === 3 ? `%${pairs.length}\r\n` : `*${pairs.length * 2}\r\n`)];
   for (const [k, v] of pairs) {
     out.push(...bulk(k, proto));
     Array.isArray(v) ? out.push(...v) : out.push(v);

@@ -19,7 +19,13 @@ import type { Logger } from 'pino';
 import type { Sidecar } from '../../connector/server/sidecar.js';
 import { PutResult, type NamespaceDescriptor } from '../../protocol/wire.js';
 import { KeyIndex } from '../lmcache/key-index.js';
-import { VIEW_BELOW } from './codec.js';
+import { IN_DRAM } from '../../connector/tiers/tier-stack.js';
+import { ValueRead, VIEW_BELOW } from './codec.js';
+
+/** Storage keys remembered (sha256 of a key costs more than the map lookup); the cache starts over when full. */
+const SK_CACHE = 65_536;
+/** Longer keys are hashed every time. */
+const SK_CACHE_KEY = 256;
 
 export function respNamespace(db: number, tenant: string): NamespaceDescriptor {
   return { model: 'resp', engine: 'resp', layout: `db${db}`, tp_rank: 0, tp_size: 1, pp_rank: 0, pp_size: 1, tenant };
@@ -28,6 +34,7 @@ export function respNamespace(db: number, tenant: string): NamespaceDescriptor {
 export class RespStore {
   readonly index: KeyIndex;
   private readonly nsCache = new Map<string, string>();
+  private skCache = new Map<string, string>();
   private readonly ours = new Set<string>();
   private readonly onRemoved = (ev: { key: string }) => {
     if (!this.ours.has(ev.key.slice(0, 32))) return;
@@ -71,7 +78,34 @@ export class RespStore {
   }
 
   sk(ns: string, key: Buffer): string {
-    return ns + '/' + hash('sha256', key, 'hex');
+    if (key.length > SK_CACHE_KEY) return ns + '/' + hash('sha256', key, 'hex');
+    const k = ns + key.toString('latin1');
+    let sk = this.skCache.get(k);
+    if (sk === undefined) {
+      sk = ns + '/' + hash('sha256', key, 'hex');
+      if (this.skCache.size >= SK_CACHE) this.skCache = new Map();
+      this.skCache.set(k, sk);
+    }
+    return sk;
+  }
+
+  /**
+   * get() for a reply written right away: a value in the shared-memory DRAM arena comes as a ValueRead that the
+   * connection reads straight into its output buffer (valid only until the next command runs).
+   */
+  getForReply(ns: string, key: Buffer): Buffer | ValueRead | undefined | Promise<Buffer | undefined> {
+    const dram = this.sidecar.tiers.dram;
+    if (!dram.readInto) return this.get(ns, key);
+    const sk = this.sk(ns, key);
+    const tiers = this.sidecar.tiers;
+    const r = tiers.getResident([sk], true);
+    if (!r) return tiers.get([sk]).then((v) => v[0]);
+    const v = r[0];
+    if (v !== IN_DRAM) return v;
+    const size = tiers.entry(sk)!.size;
+    return new ValueRead(size, (into) => {
+      if (!dram.readInto!(sk, into)) throw new Error(`resp: ${sk} left DRAM before its reply was written`);
+    });
   }
 
   /** The value, undefined on a miss, or a promise when it must be read from a lower tier. */

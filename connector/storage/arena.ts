@@ -107,6 +107,12 @@ export class ArenaStore implements StorageDriver {
     const e = this.map.get(key);
     return e ? { value: e.arena.read(e.slot), meta: { checksum: e.checksum } } : undefined;
   }
+  readInto(key: string, into: Buffer): boolean {
+    const e = this.map.get(key);
+    if (!e || into.length !== e.slot.size) return false;
+    e.arena.read(e.slot, into);
+    return true;
+  }
   /** Store a copy of value; false when the tenant's arena has no free slot for it. */
   putSync(key: string, value: Buffer, meta: BlockMeta): boolean {
     const a = this.arenaOfNs(key.slice(0, 32));
