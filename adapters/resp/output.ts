@@ -8,7 +8,8 @@
  * - A slab is shared by every connection (one JS thread; each connection's run of bytes in it is a segment).
  *   It is reused only when every write of its bytes has completed (write callbacks), so the memory stays hot
  *   (no page faults on fresh buffers) and nothing is overwritten that a socket still has to send. At most
- *   POOL_SLABS idle slabs are kept.
+ *   POOL_SLABS idle slabs are kept. Bytes queued in a task stay as they are until that task has ended (RespStore
+ *   copies a value read earlier in the task from them).
  */
 import type { Socket } from 'node:net';
 import type { Piece } from './codec.js';
@@ -109,7 +110,7 @@ export class Output {
     if (pieces.length === 0) return;
     const done = slabs.length ? () => { for (const s of slabs) release(s); } : undefined;
     if (socket.destroyed) {
-      done?.();
+      if (done) queueMicrotask(done); // never recycled within the task that filled it (store.ts reuses its bytes)
       return;
     }
     if (pieces.length === 1) {
@@ -125,7 +126,8 @@ export class Output {
   /** Drop what is queued (the connection closes). */
   discard(): void {
     this.closeSegment();
-    for (const s of this.slabs) release(s);
+    const slabs = this.slabs;
+    queueMicrotask(() => { for (const s of slabs) release(s); });
     this.pieces = [];
     this.slabs = [];
     this.bytes = 0;

@@ -35,6 +35,17 @@ export class RespStore {
   readonly index: KeyIndex;
   private readonly nsCache = new Map<string, string>();
   private skCache = new Map<string, string>();
+  /**
+   * Arena values read into reply output during the current task, by storage key: a pipelined batch that GETs one
+   * key many times reads the arena once and copies the bytes already in the output. Cleared at the end of the task
+   * (slab bytes are not reused before: output.ts) and on every SET/DEL/FLUSH of the key.
+   */
+  private readonly readMemo = new Map<string, Buffer>();
+  private memoClearQueued = false;
+  private readonly clearMemo = () => {
+    this.memoClearQueued = false;
+    this.readMemo.clear();
+  };
   private readonly ours = new Set<string>();
   private readonly onRemoved = (ev: { key: string }) => {
     if (!this.ours.has(ev.key.slice(0, 32))) return;
@@ -104,7 +115,17 @@ export class RespStore {
     if (v !== IN_DRAM) return v;
     const size = tiers.entry(sk)!.size;
     return new ValueRead(size, (into) => {
+      const memo = this.readMemo.get(sk);
+      if (memo && memo.length === size) {
+        memo.copy(into);
+        return;
+      }
       if (!dram.readInto!(sk, into)) throw new Error(`resp: ${sk} left DRAM before its reply was written`);
+      this.readMemo.set(sk, into);
+      if (!this.memoClearQueued) {
+        this.memoClearQueued = true;
+        queueMicrotask(this.clearMemo);
+      }
     });
   }
 
@@ -130,6 +151,7 @@ export class RespStore {
   set(ns: string, key: Buffer, value: Buffer): boolean {
     const sk = this.sk(ns, key);
     const tiers = this.sidecar.tiers;
+    this.readMemo.delete(sk);
     if (tiers.entry(sk)) tiers.delete([sk]);
     if (value.length < VIEW_BELOW) {
       // A short argument may be a view of a socket chunk (codec.ts): keep an exact copy, not the chunk.
@@ -150,6 +172,7 @@ export class RespStore {
     let n = 0;
     for (const k of keys) {
       const sk = this.sk(ns, k);
+      this.readMemo.delete(sk);
       n += this.sidecar.tiers.delete([sk]);
       this.index.remove(sk);
     }
@@ -163,6 +186,7 @@ export class RespStore {
   /** Remove every key of a namespace from every tier; returns how many. */
   flush(ns: string): number {
     const keys = this.keys(ns);
+    this.readMemo.clear();
     const { removed } = this.sidecar.tiers.clear((k) => k.startsWith(ns + '/'), { includePinned: true });
     for (const k of keys) this.index.remove(this.sk(ns, Buffer.from(k, 'latin1')));
     return removed;
