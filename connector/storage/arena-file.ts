@@ -152,6 +152,11 @@ export class ArenaFile {
     return true;
   }
 
+  /** Are the slot's pages committed (written once)? A write into it cannot then fail for want of memory. */
+  isCommitted(s: Slot): boolean {
+    return this.chunkOwner[s.chunk]?.committed[s.index] === 1;
+  }
+
   /** Give a slot back (its header must already say FREE). */
   release(s: Slot): void {
     const c = this.chunkOwner[s.chunk];
@@ -271,6 +276,10 @@ export class ArenaFile {
       if (n === 0) throw new Error(`arena ${this.opts.path}: short write at ${pos}`);
       pos += n;
       bufs = skipBytes(bufs, n);
+    }
+    if (Math.ceil(value.length / PAGE) * PAGE >= s.stride - PAGE) {
+      const c = this.chunkOwner[s.chunk];
+      if (c) c.committed[s.index] = 1; // every data page touched: later writes cannot hit ENOSPC
     }
     return s.gen;
   }

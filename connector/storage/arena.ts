@@ -40,6 +40,8 @@ interface Entry {
   checksum: string;
   refs: number;
   live: boolean;
+  /** Value put but not written into the slot yet (see putSync): the bytes to serve and to write at the end of the task. */
+  pending?: Buffer | undefined;
 }
 interface Lease { peer: string; entries: Entry[]; until: number }
 interface Alloc { peer: string; ns: string; keys: string[]; entries: (Entry | undefined)[]; until: number }
@@ -59,11 +61,14 @@ export class ArenaStore implements StorageDriver {
   private readonly leases = new Map<number, Lease>();
   private readonly allocs = new Map<number, Alloc>();
   private nextId = 1;
+  /** Entries whose value is written at the end of the task (putSync), by key. */
+  private readonly unwritten = new Map<string, Entry>();
+  private writeQueued = false;
   private bytes = 0;
   private closed = false;
   private timer: NodeJS.Timeout | undefined;
   tenantOf: (ns: string) => string = () => 'default';
-  readonly c = { leases: 0, leaseExpired: 0, allocs: 0, allocExpired: 0, noRoom: 0, staleSwept: 0 };
+  readonly c = { leases: 0, leaseExpired: 0, allocs: 0, allocExpired: 0, noRoom: 0, staleSwept: 0, writeErrors: 0 };
 
   constructor(readonly cfg: ArenaConfig) {
     this.limits = { maxValueBytes: cfg.maxValueBytes };
@@ -105,21 +110,39 @@ export class ArenaStore implements StorageDriver {
 
   getSync(key: string): StoredValue | undefined {
     const e = this.map.get(key);
-    return e ? { value: e.arena.read(e.slot), meta: { checksum: e.checksum } } : undefined;
+    return e ? { value: e.pending ?? e.arena.read(e.slot), meta: { checksum: e.checksum } } : undefined;
   }
   readInto(key: string, into: Buffer): boolean {
     const e = this.map.get(key);
     if (!e || into.length !== e.slot.size) return false;
-    e.arena.read(e.slot, into);
+    if (e.pending) e.pending.copy(into);
+    else e.arena.read(e.slot, into);
     return true;
   }
-  /** Store a copy of value; false when the tenant's arena has no free slot for it. */
+  /**
+   * Store value (the caller hands it over). Into a slot whose pages are committed (one reused), the write is
+   * deferred to the end of the task: several puts of one key in a pipelined batch write the arena once (the
+   * earlier values are dropped unwritten), reads meanwhile are served from `value`, and a lease writes first.
+   * A fresh slot is written at once (its first write may fail with ENOSPC: the put then fails).
+   * False when the tenant's arena has no free slot for it.
+   */
   putSync(key: string, value: Buffer, meta: BlockMeta): boolean {
     const a = this.arenaOfNs(key.slice(0, 32));
     const slot = a.alloc(value.length);
     if (!slot) {
       this.c.noRoom++;
       return false;
+    }
+    const e: Entry = { arena: a, slot, checksum: meta.checksum, refs: 0, live: true };
+    if (a.isCommitted(slot)) {
+      e.pending = value;
+      this.unwritten.set(key, e);
+      if (!this.writeQueued) {
+        this.writeQueued = true;
+        queueMicrotask(this.writeUnwritten);
+      }
+      this.indexEntry(key, e);
+      return true;
     }
     try {
       a.writeLive(slot, value, key.slice(33), key.slice(0, 32)); // header page and data in one pwritev
@@ -129,15 +152,35 @@ export class ArenaStore implements StorageDriver {
       a.release(slot);
       return false;
     }
-    this.indexEntry(key, { arena: a, slot, checksum: meta.checksum, refs: 0, live: true });
+    this.indexEntry(key, e);
     return true;
   }
+
+  /** Write the values putSync deferred (still indexed ones only). */
+  private readonly writeUnwritten = (): void => {
+    this.writeQueued = false;
+    if (this.unwritten.size === 0) return;
+    for (const [key, e] of this.unwritten) {
+      const value = e.pending;
+      if (!value || !e.live || this.map.get(key) !== e) continue;
+      e.pending = undefined;
+      try {
+        e.arena.writeLive(e.slot, value, key.slice(33), key.slice(0, 32));
+      } catch { // not expected: the slot's pages were committed
+        e.pending = value;
+        this.c.writeErrors++;
+      }
+    }
+    this.unwritten.clear();
+  };
+
   deleteSync(key: string): boolean {
     const e = this.map.get(key);
     if (!e) return false;
     this.map.delete(key);
     this.bytes -= e.slot.size;
     e.live = false;
+    e.pending = undefined;
     this.unref(e, 0);
     return true;
   }
@@ -171,12 +214,13 @@ export class ArenaStore implements StorageDriver {
 
   /** Descriptors of the resident keys, held for `leaseMs`; null for a key not in the arena. */
   lease(peer: string, keys: string[], now = Date.now()): { lease: number; slots: SlotDesc[]; sizes: number[] } {
+    this.writeUnwritten(); // descriptors point at the arena's bytes: deferred writes land first
     const entries: Entry[] = [];
     const sizes: number[] = [];
     const slots: SlotDesc[] = keys.map((k) => {
       const e = this.map.get(k);
-      sizes.push(e ? e.slot.size : -1);
-      if (!e) return null;
+      sizes.push(e && !e.pending ? e.slot.size : -1);
+      if (!e || e.pending) return null; // (a write that failed is served inline, never by descriptor)
       e.refs++;
       entries.push(e);
       return [e.slot.off, e.slot.gen];
@@ -293,11 +337,12 @@ export class ArenaStore implements StorageDriver {
     return {
       entries: this.map.size, bytes: this.bytes, arenas: this.arenas.size, arena_allocated_bytes: allocated,
       leases_active: this.leases.size, allocs_pending: this.allocs.size, leases: this.c.leases, lease_expired: this.c.leaseExpired,
-      allocs: this.c.allocs, alloc_expired: this.c.allocExpired, no_room: this.c.noRoom, stale_arenas_swept: this.c.staleSwept,
+      allocs: this.c.allocs, alloc_expired: this.c.allocExpired, no_room: this.c.noRoom, stale_arenas_swept: this.c.staleSwept, write_errors: this.c.writeErrors,
     };
   }
   async close(): Promise<void> {
     if (this.closed) return;
+    this.writeUnwritten();
     this.closed = true;
     if (this.timer) clearInterval(this.timer);
     for (const a of this.arenas.values()) a.close();
