@@ -50,6 +50,33 @@ export const VIEW_BELOW = 512;
 const CR = 13;
 const LF = 10;
 
+/**
+ * Large bulk buffers given back by a consumer that copied them and kept no reference (RespStore.set when the DRAM
+ * arena wrote the value and no other tier holds on to it): the next request of the same length reuses one instead
+ * of a fresh allocation (for 256 KiB values the fresh buffers' page faults and GC were most of a SET's cost).
+ */
+export const bulkPool = new (class BulkPool {
+  static readonly MIN = 64 << 10;
+  private readonly free = new Map<number, Buffer[]>();
+  private bytes = 0;
+  private readonly limit = 32 << 20;
+  take(len: number): Buffer {
+    const list = len >= BulkPool.MIN ? this.free.get(len) : undefined;
+    const b = list?.pop();
+    if (!b) return Buffer.allocUnsafe(len);
+    this.bytes -= len;
+    return b;
+  }
+  /** Give back a buffer nothing refers to any more (it may be handed out again at once). */
+  give(b: Buffer): void {
+    if (b.length < BulkPool.MIN || this.bytes + b.length > this.limit || b.byteOffset !== 0 || b.buffer.byteLength !== b.length) return;
+    let list = this.free.get(b.length);
+    if (!list) this.free.set(b.length, (list = []));
+    list.push(b);
+    this.bytes += b.length;
+  }
+})();
+
 export class RespParser {
   /** Carried-over bytes of an incomplete header line (charged to the budget). */
   private carry: Buffer | undefined;
@@ -159,7 +186,7 @@ export class RespParser {
           b = buf.subarray(pos, pos + len); // names and keys: a view, dropped when the command has run
         } else {
           this.acquire(len);
-          b = Buffer.allocUnsafe(len);
+          b = bulkPool.take(len);
           buf.copy(b, 0, pos, pos + len);
         }
         pos += len + 2;
@@ -168,7 +195,7 @@ export class RespParser {
         continue;
       }
       this.acquire(len);
-      this.bulk = Buffer.allocUnsafe(len);
+      this.bulk = bulkPool.take(len);
       this.bulkFill = 0;
     }
   }

@@ -20,7 +20,7 @@ import type { Sidecar } from '../../connector/server/sidecar.js';
 import { PutResult, type NamespaceDescriptor } from '../../protocol/wire.js';
 import { KeyIndex } from '../lmcache/key-index.js';
 import { IN_DRAM } from '../../connector/tiers/tier-stack.js';
-import { ValueRead, VIEW_BELOW } from './codec.js';
+import { bulkPool, ValueRead, VIEW_BELOW } from './codec.js';
 
 /** Storage keys remembered (sha256 of a key costs more than the map lookup); the cache starts over when full. */
 const SK_CACHE = 65_536;
@@ -147,7 +147,7 @@ export class RespStore {
     return e && e.where !== 0 ? e.size : 0;
   }
 
-  /** Store a value (ownership passes to the tier stack). False when the tier stack dropped it. */
+  /** Store a value (ownership passes: the caller must not use it afterwards). False when the tier stack dropped it. */
   set(ns: string, key: Buffer, value: Buffer): boolean {
     const sk = this.sk(ns, key);
     const tiers = this.sidecar.tiers;
@@ -160,6 +160,9 @@ export class RespStore {
       value = own;
     }
     const r = tiers.put(sk, value);
+    // The arena copied a large value and no lower tier queued it: the buffer goes back to the parser's pool.
+    const copies = tiers.dram.copiesFrom;
+    if (copies !== undefined && value.length >= copies && tiers.tiers.length === 1) bulkPool.give(value);
     if (r === PutResult.STORED || r === PutResult.PRESENT) {
       this.index.add(ns, sk, key.toString('latin1'));
       return true;

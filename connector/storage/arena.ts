@@ -50,12 +50,16 @@ interface Alloc { peer: string; ns: string; keys: string[]; entries: (Entry | un
 export type SlotDesc = [number, number] | null;
 
 const OWNER = 'owner.json';
+/** Largest value whose write putSync may defer to the end of the task (a syscall matters next to copying it). */
+const DEFER_MAX = 64 << 10;
 
 export class ArenaStore implements StorageDriver {
   readonly name = 'memory';
   readonly durable = false;
   readonly limits: DriverLimits;
   readonly folder: string;
+  /** Larger values are written at once (never deferred), so putSync keeps no reference to them. */
+  readonly copiesFrom = DEFER_MAX + 1;
   private readonly map = new Map<string, Entry>();
   private readonly arenas = new Map<string, ArenaFile>();
   private readonly leases = new Map<number, Lease>();
@@ -120,8 +124,8 @@ export class ArenaStore implements StorageDriver {
     return true;
   }
   /**
-   * Store value (the caller hands it over). Into a slot whose pages are committed (one reused), the write is
-   * deferred to the end of the task: several puts of one key in a pipelined batch write the arena once (the
+   * Store value (the caller hands it over). A value of at most DEFER_MAX bytes into a slot whose pages are
+   * committed (one reused) is written at the end of the task: several puts of one key in a pipelined batch write the arena once (the
    * earlier values are dropped unwritten), reads meanwhile are served from `value`, and a lease writes first.
    * A fresh slot is written at once (its first write may fail with ENOSPC: the put then fails).
    * False when the tenant's arena has no free slot for it.
@@ -134,7 +138,7 @@ export class ArenaStore implements StorageDriver {
       return false;
     }
     const e: Entry = { arena: a, slot, checksum: meta.checksum, refs: 0, live: true };
-    if (a.isCommitted(slot)) {
+    if (value.length <= DEFER_MAX && a.isCommitted(slot)) {
       e.pending = value;
       this.unwritten.set(key, e);
       if (!this.writeQueued) {
