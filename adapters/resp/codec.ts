@@ -55,7 +55,7 @@ const LF = 10;
  * arena wrote the value and no other tier holds on to it): the next request of the same length reuses one instead
  * of a fresh allocation (for 256 KiB values the fresh buffers' page faults and GC were most of a SET's cost).
  */
-export const bulkPool = new (class BulkPool {
+export class BulkPool {
   static readonly MIN = 64 << 10;
   private readonly free = new Map<number, Buffer[]>();
   private bytes = 0;
@@ -75,7 +75,8 @@ export const bulkPool = new (class BulkPool {
     list.push(b);
     this.bytes += b.length;
   }
-})();
+}
+export const bulkPool = new BulkPool();
 
 export class RespParser {
   /** Carried-over bytes of an incomplete header line (charged to the budget). */
