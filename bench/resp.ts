@@ -3,6 +3,8 @@
  * (DRAM tier, a sidecar in a child process: this file with --serve) and against a real `redis-server`
  * (`--save '' --appendonly no`) started in the same run, rounds alternating between the two; the table gives
  * the median requests/s of each and the ratio kvstash / Redis. Goals: ≥ 1.0× at 256 KiB, ≥ 0.7× at 4 KiB.
+ * The DRAM tier is the default one, the shared-memory arena (arenaDir /dev/shm); `--heap-dram` adds a second
+ * kvstash whose DRAM tier is the heap (arenaDir ''), measured in the same rounds, for comparison.
  *
  * Needs Debian's redis-server and redis-tools (scripts/test-prereqs.mjs installs them).
  * `--quick` runs one round with fewer requests.
@@ -23,8 +25,13 @@ const ROUNDS = quick ? 1 : 3;
 const CLIENTS = 50;
 const PIPELINE = 16;
 
-async function serve(): Promise<void> {
-  const config = loadConfig({ endpoints: [`ipc:///tmp/kvstash-bench-resp-${process.pid}.sock`], fileRoot: '', dramBytes: '4GiB', logLevel: 'warn' }, {});
+const heapDram = process.argv.includes('--heap-dram');
+
+async function serve(heap: boolean): Promise<void> {
+  const config = loadConfig({
+    endpoints: [`ipc:///tmp/kvstash-bench-resp-${process.pid}.sock`], fileRoot: '', dramBytes: '4GiB', logLevel: 'warn', ...(heap ? { arenaDir: '' } : {}),
+  }, {});
+  if (!heap && !config.arenaDir) throw new Error('no shared-memory arena folder (/dev/shm) on this host: the arena DRAM tier cannot be measured');
   const sidecar = new Sidecar(config);
   const resp = new RespServer({ listen: [{ host: '127.0.0.1', port: 0 }], policy: new AccessPolicy() });
   sidecar.use(resp);
@@ -70,18 +77,24 @@ function redisBenchmark(port: number, size: number, requests: number, retried = 
   return out;
 }
 
+type Who = 'redis' | 'kvstash' | 'heap';
+
 async function main(): Promise<void> {
   if (spawnSync('redis-benchmark', ['--version']).status !== 0) throw new Error('redis-benchmark not found: run scripts/test-prereqs.mjs (installs redis-tools)');
-  const kv = await startChild(new URL(import.meta.url).pathname, ['--serve'], /ready \d+/);
-  const kvPort = Number(/ready (\d+)/.exec(kv.out())![1]);
+  const script = new URL(import.meta.url).pathname;
+  const kv = await startChild(script, ['--serve'], /ready \d+/);
+  const heap = heapDram ? await startChild(script, ['--serve', '--heap'], /ready \d+/) : undefined;
+  const port = (c: { out: () => string }) => Number(/ready (\d+)/.exec(c.out())![1]);
   const redis = await startRedis();
+  const targets: [Who, number][] = [['redis', redis.port], ['kvstash', port(kv)]];
+  if (heap) targets.push(['heap', port(heap)]);
   const rows: (string | number)[][] = [];
   try {
     for (const c of CASES) {
-      const samples: Record<'redis' | 'kvstash', Record<string, number[]>> = { redis: { SET: [], GET: [] }, kvstash: { SET: [], GET: [] } };
+      const samples: Record<Who, Record<string, number[]>> = { redis: { SET: [], GET: [] }, kvstash: { SET: [], GET: [] }, heap: { SET: [], GET: [] } };
       for (let i = 0; i < ROUNDS; i++) {
-        for (const [who, port] of [['redis', redis.port], ['kvstash', kvPort]] as const) {
-          const r = redisBenchmark(port, c.size, c.requests);
+        for (const [who, p] of targets) {
+          const r = redisBenchmark(p, c.size, c.requests);
           samples[who].SET!.push(r.SET!);
           samples[who].GET!.push(r.GET!);
         }
@@ -90,16 +103,24 @@ async function main(): Promise<void> {
         const rd = median(samples.redis[t]!);
         const kvs = median(samples.kvstash[t]!);
         const spread = (xs: number[]) => `${Math.round(Math.min(...xs))}–${Math.round(Math.max(...xs))}`;
-        rows.push([t, humanBytes(c.size), ROUNDS, Math.round(rd), spread(samples.redis[t]!), Math.round(kvs), spread(samples.kvstash[t]!), ratio(kvs, rd), `≥ ${c.goal.toFixed(1)}`]);
+        const row: (string | number)[] = [t, humanBytes(c.size), ROUNDS, Math.round(rd), spread(samples.redis[t]!), Math.round(kvs), spread(samples.kvstash[t]!), ratio(kvs, rd)];
+        if (heap) {
+          const h = median(samples.heap[t]!);
+          row.push(Math.round(h), ratio(h, rd));
+        }
+        rows.push([...row, `≥ ${c.goal.toFixed(1)}`]);
       }
     }
   } finally {
     kv.proc.kill('SIGKILL');
+    heap?.proc.kill('SIGKILL');
     redis.proc.kill('SIGKILL');
   }
-  process.stdout.write(`redis-benchmark -c ${CLIENTS} -P ${PIPELINE} (requests/s, median of rounds; ceiling: redis-server ${spawnSync('redis-server', ['--version'], { encoding: 'utf8' }).stdout.match(/v=([\d.]+)/)?.[1] ?? '?'} in the same run)\n`);
-  process.stdout.write(formatTable(['test', 'value', 'rounds', 'redis rps', 'redis spread', 'kvstash rps', 'kvstash spread', 'kvstash/redis', 'goal'], rows) + '\n');
+  process.stdout.write(`redis-benchmark -c ${CLIENTS} -P ${PIPELINE} (requests/s, median of rounds; ceiling: redis-server ${spawnSync('redis-server', ['--version'], { encoding: 'utf8' }).stdout.match(/v=([\d.]+)/)?.[1] ?? '?'} in the same run; kvstash: DRAM tier = shared-memory arena${heap ? ', heap: DRAM tier = heap' : ''})\n`);
+  const head = ['test', 'value', 'rounds', 'redis rps', 'redis spread', 'kvstash rps', 'kvstash spread', 'kvstash/redis'];
+  if (heap) head.push('heap rps', 'heap/redis');
+  process.stdout.write(formatTable([...head, 'goal'], rows) + '\n');
 }
 
-if (process.argv.includes('--serve')) await serve();
+if (process.argv.includes('--serve')) await serve(process.argv.includes('--heap'));
 else await main();

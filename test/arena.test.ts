@@ -39,6 +39,77 @@ test('arena - allocator hands out consecutive slots of one stride, reuses freed 
   a.close();
 });
 
+test('arena - puts: one pwritev publishes LIVE; a reused slot\'s write waits for the end of the task, a lease writes first; a freed slot says FREE once the task ends', async (t) => {
+  const store = new ArenaStore(arenaCfg());
+  await store.open();
+  t.teardown(() => store.close());
+  const ns = 'ab'.repeat(16);
+  const key = (i: number) => `${ns}/${i.toString(16).padStart(64, '0')}`;
+  const v1 = randomBytes(4096);
+  t.true(store.putSync(key(1), v1, { checksum: 'x' }));
+  const a = store.arenaOfNs(ns);
+  const fd = openSync(a.opts.path, 'r');
+  t.teardown(() => closeSync(fd));
+  const [off1, gen1] = store.lease('p', [key(1)]).slots[0]!;
+  let r = readSync_(fd, off1, 4096);
+  t.is(r.state, SlotState.LIVE, 'a fresh slot is written and published at once');
+  t.is(r.gen, gen1);
+  t.deepEqual(r.data, v1);
+  t.is(r.key.toString('hex'), key(1).slice(33));
+  store.release('p', [1]);
+  // Replace the value twice in one task: the slot is reused (pages committed), nothing is written until the task ends.
+  const v2 = randomBytes(4096);
+  const v3 = randomBytes(4096);
+  t.true(store.deleteSync(key(1)));
+  t.true(store.putSync(key(1), v2, { checksum: 'x' }));
+  t.true(store.deleteSync(key(1)));
+  t.true(store.putSync(key(1), v3, { checksum: 'x' }));
+  t.deepEqual(store.getSync(key(1))!.value, v3, 'served from the put buffer meanwhile');
+  const into = Buffer.alloc(4096);
+  t.true(store.readInto(key(1), into));
+  t.deepEqual(into, v3);
+  t.deepEqual(readSync_(fd, off1, 4096).data, v1, 'not written yet');
+  const l = store.lease('p', [key(1)]); // a lease writes deferred values first
+  const [off3, gen3] = l.slots[0]!;
+  t.is(off3, off1, 'the slot was reused');
+  r = readSync_(fd, off3, 4096);
+  t.is(r.state, SlotState.LIVE);
+  t.is(r.gen, gen3);
+  t.true(gen3 > gen1);
+  t.deepEqual(r.data, v3);
+  store.release('p', [l.lease]);
+  // Another reuse, written at the end of the task without a lease.
+  const v4 = randomBytes(4096);
+  t.true(store.deleteSync(key(1)));
+  t.true(store.putSync(key(1), v4, { checksum: 'x' }));
+  await Promise.resolve();
+  r = readSync_(fd, off1, 4096);
+  t.deepEqual(r.data, v4, 'written when the task ended');
+  t.is(r.state, SlotState.LIVE);
+  // A delete: FREE with a newer generation once the task ends.
+  t.true(store.deleteSync(key(1)));
+  await Promise.resolve();
+  r = readSync_(fd, off1, 4096);
+  t.is(r.state, SlotState.FREE);
+  t.true(r.gen > gen3);
+});
+
+test('arena - an emptied chunk stays with its size class; the pool gets it back when another class needs room', (t) => {
+  const dir = tempDir();
+  const a = new ArenaFile({ path: path.join(dir, 'y.arena'), bytes: 2 * 16 * 2 ** 20, chunkBytes: 16 * 2 ** 20, mode: 0o600, tenant: 't' });
+  t.teardown(() => a.close());
+  const s1 = a.alloc(4096)!;
+  a.release(s1);
+  const s2 = a.alloc(8192)!; // another class: the second chunk
+  t.not(s2.chunk, s1.chunk);
+  t.is(a.alloc(4096)!.off, s1.off, 'the 4 KiB class reuses its emptied chunk');
+  const s3 = a.alloc(4096)!;
+  a.release(s3);
+  a.release({ ...s1 });
+  a.release(s2);
+  t.truthy(a.alloc(20 * 2 ** 20) ?? undefined, 'no free chunk run until the kept chunks go back to the pool');
+});
+
 // ---- wire ops against a real sidecar ---------------------------------------------------------------------
 
 interface Arena { id: string; path: string; bytes: number }
@@ -52,6 +123,8 @@ async function attach(c: KvstashClient, tenant = 'default'): Promise<{ ns: strin
   await c.request({ op: 'ATTACH', ns: r.header.ns, token });
   return { ns: r.header.ns as string, arena, fd };
 }
+
+const readSync_ = (fd: number, off: number, size: number) => readSlot(fd, off, size);
 
 function readSlot(fd: number, off: number, size: number): { data: Buffer; state: number; gen: number; key: Buffer } {
   const h = Buffer.alloc(96);

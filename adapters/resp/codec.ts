@@ -50,6 +50,34 @@ export const VIEW_BELOW = 512;
 const CR = 13;
 const LF = 10;
 
+/**
+ * Large bulk buffers given back by a consumer that copied them and kept no reference (RespStore.set when the DRAM
+ * arena wrote the value and no other tier holds on to it): the next request of the same length reuses one instead
+ * of a fresh allocation (for 256 KiB values the fresh buffers' page faults and GC were most of a SET's cost).
+ */
+export class BulkPool {
+  static readonly MIN = 64 << 10;
+  private readonly free = new Map<number, Buffer[]>();
+  private bytes = 0;
+  private readonly limit = 32 << 20;
+  take(len: number): Buffer {
+    const list = len >= BulkPool.MIN ? this.free.get(len) : undefined;
+    const b = list?.pop();
+    if (!b) return Buffer.allocUnsafe(len);
+    this.bytes -= len;
+    return b;
+  }
+  /** Give back a buffer nothing refers to any more (it may be handed out again at once). */
+  give(b: Buffer): void {
+    if (b.length < BulkPool.MIN || this.bytes + b.length > this.limit || b.byteOffset !== 0 || b.buffer.byteLength !== b.length) return;
+    let list = this.free.get(b.length);
+    if (!list) this.free.set(b.length, (list = []));
+    list.push(b);
+    this.bytes += b.length;
+  }
+}
+export const bulkPool = new BulkPool();
+
 export class RespParser {
   /** Carried-over bytes of an incomplete header line (charged to the budget). */
   private carry: Buffer | undefined;
@@ -159,7 +187,7 @@ export class RespParser {
           b = buf.subarray(pos, pos + len); // names and keys: a view, dropped when the command has run
         } else {
           this.acquire(len);
-          b = Buffer.allocUnsafe(len);
+          b = bulkPool.take(len);
           buf.copy(b, 0, pos, pos + len);
         }
         pos += len + 2;
@@ -168,7 +196,7 @@ export class RespParser {
         continue;
       }
       this.acquire(len);
-      this.bulk = Buffer.allocUnsafe(len);
+      this.bulk = bulkPool.take(len);
       this.bulkFill = 0;
     }
   }
@@ -215,8 +243,16 @@ function parseLen(buf: Buffer, from: number, to: number, what: string): number {
 
 // ---- replies ----------------------------------------------------------------------------------------------
 
-/** A reply as a list of buffers, written with one writev. */
-export type Reply = Buffer | Buffer[];
+/**
+ * A value the connection copies straight from the DRAM tier into its output buffer when it queues the reply
+ * (synchronously, right after the command ran): no Buffer of its own per GET. `fill` writes exactly `length` bytes.
+ */
+export class ValueRead {
+  constructor(readonly length: number, readonly fill: (into: Buffer) => void) {}
+}
+export type Piece = Buffer | ValueRead;
+/** A reply: one buffer, or pieces the connection writes in order. */
+export type Reply = Buffer | Piece[];
 
 const CRLF = Buffer.from('\r\n');
 export const OK = Buffer.from('+OK\r\n');
@@ -243,19 +279,19 @@ function bulkHead(n: number): Buffer {
   }
   return h;
 }
-export function bulk(v: Buffer | string | undefined, proto: number): Buffer[] {
+export function bulk(v: Buffer | ValueRead | string | undefined, proto: number): Piece[] {
   if (v === undefined) return [proto === 3 ? NULL3 : NULL2];
   const b = typeof v === 'string' ? Buffer.from(v, 'utf8') : v;
   return [bulkHead(b.length), b, CRLF];
 }
-export function array(items: Reply[]): Buffer[] {
-  const out: Buffer[] = [Buffer.from(`*${items.length}\r\n`)];
+export function array(items: Reply[]): Piece[] {
+  const out: Piece[] = [Buffer.from(`*${items.length}\r\n`)];
   for (const it of items) Array.isArray(it) ? out.push(...it) : out.push(it);
   return out;
 }
 /** A map: RESP3 `%`, RESP2 a flat array of key, value, … */
-export function map(pairs: [string, Reply][], proto: number): Buffer[] {
-  const out: Buffer[] = [Buffer.from(proto === 3 ? `%${pairs.length}\r\n` : `*${pairs.length * 2}\r\n`)];
+export function map(pairs: [string, Reply][], proto: number): Piece[] {
+  const out: Piece[] = [Buffer.from(proto === 3 ? `%${pairs.length}\r\n` : `*${pairs.length * 2}\r\n`)];
   for (const [k, v] of pairs) {
     out.push(...bulk(k, proto));
     Array.isArray(v) ? out.push(...v) : out.push(v);

@@ -18,7 +18,7 @@
  * | anything else | `-ERR unknown command '<name>', with args beginning with: …` |
  */
 import type { AccessPolicy, Principal } from '../../connector/control/auth.js';
-import { array, bulk, error, int, map, NULL2, NULL3, OK, PONG, simple, type Reply } from './codec.js';
+import { array, bulk, error, int, map, NULL2, NULL3, OK, PONG, simple, type Piece, type Reply, type ValueRead } from './codec.js';
 import type { RespStore } from './store.js';
 
 export interface Session {
@@ -98,7 +98,7 @@ function flushAllowed(c: CommandContext, s: Session): boolean {
 
 const noPerm = (cmd: string) => error(`NOPERM User has no permissions to run the '${cmd}' command`);
 
-function getReply(c: CommandContext, s: Session, v: Buffer | undefined): Reply {
+function getReply(c: CommandContext, s: Session, v: Buffer | ValueRead | undefined): Reply {
   if (v) c.counters.hits++;
   else c.counters.misses++;
   return v ? bulk(v, s.proto) : nil(s);
@@ -162,7 +162,8 @@ export const COMMANDS: Record<string, Spec> = {
       }
     },
   },
-  get: { arity: 2, fn: (c, s, a) => { const v = c.store.get(ns(c, s), a[1]!); return v instanceof Promise ? v.then((x) => getReply(c, s, x)) : getReply(c, s, v); } },
+  // A DRAM value is read into the connection's output when the reply is queued (ValueRead), not into a Buffer of its own.
+  get: { arity: 2, fn: (c, s, a) => { const v = c.store.getForReply(ns(c, s), a[1]!); return v instanceof Promise ? v.then((x) => getReply(c, s, x)) : getReply(c, s, v); } },
   set: {
     arity: -3,
     fn: (c, s, a) => {
@@ -290,7 +291,7 @@ COMMANDS.ttl = { arity: 2, fn: (c, s, a) => int(c.store.has(ns(c, s), a[1]!) ? -
 COMMANDS.pttl = COMMANDS.ttl;
 
 /** A COMMAND INFO entry: [name, arity, flags, first key, last key, step]. */
-function commandEntry(name: string, proto: number): Buffer[] {
+function commandEntry(name: string, proto: number): Piece[] {
   return array([bulk(name, proto), int(COMMANDS[name]!.arity), array([]), int(0), int(0), int(0)]);
 }
 

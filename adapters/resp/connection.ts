@@ -1,9 +1,9 @@
 /**
  * One RESP client connection: parse (codec.ts), execute in order (commands.ts), write replies.
  *
- * - Pipelining: all replies produced while one socket chunk is parsed are batched and written at once: small
- *   replies joined into one buffer (one write), pieces of 1 KiB and more (values) as the tier stack's own Buffers
- *   under cork (one writev, no copy).
+ * - Pipelining: all replies produced while one socket chunk is parsed are batched and written at once (output.ts:
+ *   small pieces and DRAM-arena values copied into a shared output slab, large heap values as they are, one
+ *   write or one corked writev per batch).
  * - Order: commands run strictly in order. When one needs a lower tier (a promise), reading pauses and later
  *   commands wait in a queue (at most what one chunk held) until its reply is written.
  * - Backpressure: when the socket's unsent bytes pass `highWaterBytes` (a client that pipelines GETs and does
@@ -17,9 +17,8 @@ import type { Socket } from 'node:net';
 import type { Logger } from 'pino';
 import { ByteBudget, error, RespParser, RespProtocolError, type ParserLimits, type Reply } from './codec.js';
 import { execute, type CommandContext, type Session } from './commands.js';
+import { Output } from './output.js';
 
-/** Reply pieces at least this big are written as they are (writev); smaller ones are joined. Joining 4 KiB values cost ~3× the server CPU of writing them as they are (measured with redis-benchmark GET -d 4096 -P 16). */
-const COPY_BELOW = 1024;
 /** Write the batch once it holds this many bytes (a long pipeline of large GETs). */
 const FLUSH_AT = 4 * 1024 * 1024;
 
@@ -38,9 +37,7 @@ export class RespConnection {
   private closing = false;
   private stallTimer: NodeJS.Timeout | undefined;
   private readonly peer: string;
-  private out: Buffer[] = [];
-  private outBytes = 0;
-  private outLarge = false;
+  private readonly out = new Output();
 
   constructor(private readonly socket: Socket, private readonly ctx: CommandContext, private readonly session: Session,
     private readonly opts: ConnectionOptions, private readonly log: Logger, private readonly onProtocolError: () => void) {
@@ -52,6 +49,7 @@ export class RespConnection {
     socket.on('close', () => {
       this.clearStall();
       this.parser.dispose();
+      this.out.discard();
     });
   }
 
@@ -95,53 +93,21 @@ export class RespConnection {
     this.write(r);
   }
 
-  /** Queue a reply; `flush` writes the batch (one write for small replies, a corked writev with large values). */
+  /** Queue a reply (a DRAM value is read into the output now); `flush` writes the batch. */
   private write(reply: Reply): void {
-    if (Array.isArray(reply)) {
-      for (const b of reply) {
-        this.out.push(b);
-        this.outBytes += b.length;
-        if (b.length >= COPY_BELOW) this.outLarge = true;
-      }
-    } else {
-      this.out.push(reply);
-      this.outBytes += reply.length;
-    }
+    if (Array.isArray(reply)) for (const p of reply) this.out.add(p);
+    else this.out.add(reply);
     if (this.session.quit) {
       this.flush();
       this.closing = true;
       this.queue.length = 0;
       this.socket.end();
-    } else if (this.outBytes >= FLUSH_AT) this.flush();
+    } else if (this.out.bytes >= FLUSH_AT) this.flush();
   }
 
   private flush(): void {
-    const out = this.out;
-    if (out.length === 0 || this.socket.destroyed) {
-      this.out = [];
-      this.outBytes = 0;
-      this.outLarge = false;
-      return;
-    }
-    if (out.length === 1) this.socket.write(out[0]!);
-    else if (!this.outLarge) this.socket.write(Buffer.concat(out, this.outBytes));
-    else {
-      // Large values go out as they are (no copy); small pieces between them are joined.
-      this.socket.cork();
-      let small: Buffer[] = [];
-      for (const b of out) {
-        if (b.length >= COPY_BELOW) {
-          if (small.length) this.socket.write(small.length === 1 ? small[0]! : Buffer.concat(small));
-          small = [];
-          this.socket.write(b);
-        } else small.push(b);
-      }
-      if (small.length) this.socket.write(small.length === 1 ? small[0]! : Buffer.concat(small));
-      this.socket.uncork();
-    }
-    this.out = [];
-    this.outBytes = 0;
-    this.outLarge = false;
+    if (this.out.empty) return;
+    this.out.flush(this.socket);
     if (this.socket.writableLength > this.opts.highWaterBytes && !this.waitingDrain) {
       this.waitingDrain = true;
       this.socket.pause();

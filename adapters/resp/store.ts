@@ -19,7 +19,13 @@ import type { Logger } from 'pino';
 import type { Sidecar } from '../../connector/server/sidecar.js';
 import { PutResult, type NamespaceDescriptor } from '../../protocol/wire.js';
 import { KeyIndex } from '../lmcache/key-index.js';
-import { VIEW_BELOW } from './codec.js';
+import { IN_DRAM } from '../../connector/tiers/tier-stack.js';
+import { bulkPool, ValueRead, VIEW_BELOW } from './codec.js';
+
+/** Storage keys remembered (sha256 of a key costs more than the map lookup); the cache starts over when full. */
+const SK_CACHE = 65_536;
+/** Longer keys are hashed every time. */
+const SK_CACHE_KEY = 256;
 
 export function respNamespace(db: number, tenant: string): NamespaceDescriptor {
   return { model: 'resp', engine: 'resp', layout: `db${db}`, tp_rank: 0, tp_size: 1, pp_rank: 0, pp_size: 1, tenant };
@@ -28,6 +34,18 @@ export function respNamespace(db: number, tenant: string): NamespaceDescriptor {
 export class RespStore {
   readonly index: KeyIndex;
   private readonly nsCache = new Map<string, string>();
+  private skCache = new Map<string, string>();
+  /**
+   * Arena values read into reply output during the current task, by storage key: a pipelined batch that GETs one
+   * key many times reads the arena once and copies the bytes already in the output. Cleared at the end of the task
+   * (slab bytes are not reused before: output.ts) and on every SET/DEL/FLUSH of the key.
+   */
+  private readonly readMemo = new Map<string, Buffer>();
+  private memoClearQueued = false;
+  private readonly clearMemo = () => {
+    this.memoClearQueued = false;
+    this.readMemo.clear();
+  };
   private readonly ours = new Set<string>();
   private readonly onRemoved = (ev: { key: string }) => {
     if (!this.ours.has(ev.key.slice(0, 32))) return;
@@ -71,7 +89,44 @@ export class RespStore {
   }
 
   sk(ns: string, key: Buffer): string {
-    return ns + '/' + hash('sha256', key, 'hex');
+    if (key.length > SK_CACHE_KEY) return ns + '/' + hash('sha256', key, 'hex');
+    const k = ns + key.toString('latin1');
+    let sk = this.skCache.get(k);
+    if (sk === undefined) {
+      sk = ns + '/' + hash('sha256', key, 'hex');
+      if (this.skCache.size >= SK_CACHE) this.skCache = new Map();
+      this.skCache.set(k, sk);
+    }
+    return sk;
+  }
+
+  /**
+   * get() for a reply written right away: a value in the shared-memory DRAM arena comes as a ValueRead that the
+   * connection reads straight into its output buffer (valid only until the next command runs).
+   */
+  getForReply(ns: string, key: Buffer): Buffer | ValueRead | undefined | Promise<Buffer | undefined> {
+    const dram = this.sidecar.tiers.dram;
+    if (!dram.readInto) return this.get(ns, key);
+    const sk = this.sk(ns, key);
+    const tiers = this.sidecar.tiers;
+    const r = tiers.getResident([sk], true);
+    if (!r) return tiers.get([sk]).then((v) => v[0]);
+    const v = r[0];
+    if (v !== IN_DRAM) return v;
+    const size = tiers.entry(sk)!.size;
+    return new ValueRead(size, (into) => {
+      const memo = this.readMemo.get(sk);
+      if (memo && memo.length === size) {
+        memo.copy(into);
+        return;
+      }
+      if (!dram.readInto!(sk, into)) throw new Error(`resp: ${sk} left DRAM before its reply was written`);
+      this.readMemo.set(sk, into);
+      if (!this.memoClearQueued) {
+        this.memoClearQueued = true;
+        queueMicrotask(this.clearMemo);
+      }
+    });
   }
 
   /** The value, undefined on a miss, or a promise when it must be read from a lower tier. */
@@ -92,10 +147,11 @@ export class RespStore {
     return e && e.where !== 0 ? e.size : 0;
   }
 
-  /** Store a value (ownership passes to the tier stack). False when the tier stack dropped it. */
+  /** Store a value (ownership passes: the caller must not use it afterwards). False when the tier stack dropped it. */
   set(ns: string, key: Buffer, value: Buffer): boolean {
     const sk = this.sk(ns, key);
     const tiers = this.sidecar.tiers;
+    this.readMemo.delete(sk);
     if (tiers.entry(sk)) tiers.delete([sk]);
     if (value.length < VIEW_BELOW) {
       // A short argument may be a view of a socket chunk (codec.ts): keep an exact copy, not the chunk.
@@ -104,6 +160,9 @@ export class RespStore {
       value = own;
     }
     const r = tiers.put(sk, value);
+    // The arena copied a large value and no lower tier queued it: the buffer goes back to the parser's pool.
+    const copies = tiers.dram.copiesFrom;
+    if (copies !== undefined && value.length >= copies && tiers.tiers.length === 1) bulkPool.give(value);
     if (r === PutResult.STORED || r === PutResult.PRESENT) {
       this.index.add(ns, sk, key.toString('latin1'));
       return true;
@@ -116,6 +175,7 @@ export class RespStore {
     let n = 0;
     for (const k of keys) {
       const sk = this.sk(ns, k);
+      this.readMemo.delete(sk);
       n += this.sidecar.tiers.delete([sk]);
       this.index.remove(sk);
     }
@@ -129,6 +189,7 @@ export class RespStore {
   /** Remove every key of a namespace from every tier; returns how many. */
   flush(ns: string): number {
     const keys = this.keys(ns);
+    this.readMemo.clear();
     const { removed } = this.sidecar.tiers.clear((k) => k.startsWith(ns + '/'), { includePinned: true });
     for (const k of keys) this.index.remove(this.sk(ns, Buffer.from(k, 'latin1')));
     return removed;

@@ -11,7 +11,7 @@
  *   writer of headers. Generations only grow, so a reader that copied a slot can tell afterwards whether the
  *   slot changed hands (state, generation, key and namespace are all checked by the reader).
  */
-import { closeSync, ftruncateSync, openSync, readSync, writeSync, fchmodSync, fchownSync } from 'node:fs';
+import { closeSync, ftruncateSync, openSync, readSync, writeSync, writevSync, fchmodSync, fchownSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import {
   ARENA_FILE_HEADER_BYTES, ARENA_MAGIC, ARENA_VERSION, PAGE, SLOT_HEADER_BYTES, SLOT_MAGIC, SlotState, dataStride,
@@ -42,6 +42,9 @@ interface Chunk {
   readonly committed: Uint8Array;
 }
 
+/** Zeros between a slot header and its data (the rest of the header page), written with the header. */
+const HEADER_PAD = Buffer.alloc(PAGE - SLOT_HEADER_BYTES);
+
 export interface ArenaFileOptions {
   path: string;
   bytes: number;
@@ -62,6 +65,14 @@ export class ArenaFile {
   private readonly open = new Map<number, Set<Chunk>>(); // stride → chunks with a free slot
   private readonly hdr = Buffer.alloc(SLOT_HEADER_BYTES);
   private gens = 0;
+  /** Size class (stride) → one emptied chunk kept for it. */
+  private readonly spare = new Map<number, Chunk>();
+  /** Freed slots whose FREE header is not written yet, by data offset (see free()). */
+  private readonly unstamped = new Map<number, Slot>();
+  private stampQueued = false;
+  /** Every chunk below this index is owned (takeChunks starts here). */
+  private searchFrom = 0;
+  private closed = false;
   allocated = 0;
 
   constructor(readonly opts: ArenaFileOptions) {
@@ -93,25 +104,26 @@ export class ArenaFile {
   alloc(size: number): Slot | undefined {
     const stride = dataStride(size) + PAGE;
     const cb = this.opts.chunkBytes;
-    let c: Chunk | undefined;
-    if (stride > cb / 4) {
-      c = this.takeChunks(Math.ceil(stride / cb), stride, 1);
-    } else {
-      const set = this.open.get(stride);
-      c = set?.values().next().value;
-      if (!c) {
-        c = this.takeChunks(1, stride, Math.floor(cb / stride));
-        if (!c) return undefined;
-        if (!set) this.open.set(stride, new Set([c]));
-        else set.add(c);
+    const span = Math.ceil(stride / cb);
+    const slots = stride > cb / 4 ? 1 : Math.floor(cb / stride);
+    let set = slots > 1 ? this.open.get(stride) : undefined;
+    let c: Chunk | undefined = set?.values().next().value;
+    if (!c) {
+      c = this.spare.get(stride);
+      if (c) this.spare.delete(stride);
+      else c = this.takeChunks(span, stride, slots) ?? (this.dropSpares() ? this.takeChunks(span, stride, slots) : undefined);
+      if (!c) return undefined;
+      if (slots > 1) {
+        if (!set) this.open.set(stride, (set = new Set()));
+        set.add(c);
       }
     }
-    if (!c) return undefined;
     const index = c.free.length ? c.free.pop()! : c.bump++;
     c.used++;
-    if (c.used === c.slots) this.open.get(stride)?.delete(c);
+    if (c.used === c.slots) set?.delete(c);
     this.allocated += stride;
     const off = ARENA_FILE_HEADER_BYTES + c.index * cb + index * stride + PAGE;
+    this.unstamped.delete(off); // its next header (WRITING or LIVE) is written by the caller
     return { off, stride, chunk: c.index, index, gen: 0, size };
   }
 
@@ -140,18 +152,26 @@ export class ArenaFile {
     return true;
   }
 
+  /** Are the slot's pages committed (written once)? A write into it cannot then fail for want of memory. */
+  isCommitted(s: Slot): boolean {
+    return this.chunkOwner[s.chunk]?.committed[s.index] === 1;
+  }
+
   /** Give a slot back (its header must already say FREE). */
   release(s: Slot): void {
     const c = this.chunkOwner[s.chunk];
     if (!c) return;
     c.used--;
     this.allocated -= s.stride;
+    c.free.push(s.index);
     if (c.used === 0) {
       this.open.get(c.stride)?.delete(c);
-      for (let i = 0; i < c.span; i++) this.chunkOwner[c.index + i] = undefined;
+      // One emptied chunk per size class stays with the class (reused without a search, its pages committed);
+      // others go back to the pool for any class.
+      if (!this.spare.has(c.stride)) this.spare.set(c.stride, c);
+      else this.toPool(c);
       return;
     }
-    c.free.push(s.index);
     if (c.slots > 1) {
       let set = this.open.get(c.stride);
       if (!set) this.open.set(c.stride, (set = new Set()));
@@ -159,23 +179,63 @@ export class ArenaFile {
     }
   }
 
+  /**
+   * Free a slot nothing refers to any more. Its FREE header is written at the end of the current task unless the
+   * slot is handed out again first (then the next owner's header, with a newer generation, replaces it): a
+   * delete-then-put of the same size class costs one header write, not two. A reader copying the slot sees a
+   * new generation once it is reused either way.
+   */
+  free(s: Slot): void {
+    this.unstamped.set(s.off, s);
+    this.release(s);
+    if (!this.stampQueued) {
+      this.stampQueued = true;
+      queueMicrotask(this.stampFreed);
+    }
+  }
+
+  private readonly stampFreed = (): void => {
+    this.stampQueued = false;
+    if (this.closed) return;
+    for (const s of this.unstamped.values()) this.stamp(s, SlotState.FREE);
+    this.unstamped.clear();
+  };
+
+  /** Hand the class-kept empty chunks back to the pool (a search found no free run). True if there were any. */
+  private dropSpares(): boolean {
+    if (this.spare.size === 0) return false;
+    for (const c of this.spare.values()) this.toPool(c);
+    this.spare.clear();
+    return true;
+  }
+
+  private toPool(c: Chunk): void {
+    // Headers still to be stamped FREE must land before the chunk's bytes can belong to another class.
+    if (this.unstamped.size) this.stampFreed();
+    for (let i = 0; i < c.span; i++) this.chunkOwner[c.index + i] = undefined;
+    if (c.index < this.searchFrom) this.searchFrom = c.index;
+  }
+
   private takeChunks(span: number, stride: number, slots: number): Chunk | undefined {
     const owner = this.chunkOwner;
-    for (let i = 0; i + span <= owner.length; i++) {
+    // Chunks below searchFrom are all owned: the search starts there, not at 0.
+    for (let i = this.searchFrom; i + span <= owner.length; i++) {
       let j = 0;
       while (j < span && owner[i + j] === undefined) j++;
       if (j === span) {
         const c: Chunk = { index: i, stride, slots, used: 0, bump: 0, free: [], span, committed: new Uint8Array(slots) };
         for (let k = 0; k < span; k++) owner[i + k] = c;
+        if (i === this.searchFrom) this.searchFrom = i + span;
         return c;
       }
+      if (i === this.searchFrom && j === 0) this.searchFrom = i + 1;
       i += j;
     }
     return undefined;
   }
 
-  /** Write a slot header: state, a new generation, and (for LIVE) what the slot holds. Returns the generation. */
-  stamp(s: Slot, state: SlotState, key?: Buffer, ns?: Buffer): number {
+  /** Fill `hdr` for slot s in `state` with a new generation; key and namespace as hex (LIVE). */
+  private header(s: Slot, state: SlotState, keyHex?: string, nsHex?: string): Buffer {
     const h = this.hdr;
     h.fill(0);
     s.gen = ++this.gens;
@@ -185,9 +245,42 @@ export class ArenaFile {
     h.writeUInt32LE(Math.floor(s.gen / 2 ** 32), 12);
     h.writeUInt32LE(s.size % 2 ** 32, 16);
     h.writeUInt32LE(Math.floor(s.size / 2 ** 32), 20);
+    if (keyHex) h.write(keyHex, 32, 32, 'hex');
+    if (nsHex) h.write(nsHex, 64, 16, 'hex');
+    return h;
+  }
+
+  /** Write a slot header: state, a new generation, and (for LIVE) what the slot holds. Returns the generation. */
+  stamp(s: Slot, state: SlotState, key?: Buffer, ns?: Buffer): number {
+    const h = this.header(s, state);
     key?.copy(h, 32);
     ns?.copy(h, 64);
     writeSync(this.fd, h, 0, h.length, s.off - PAGE);
+    return s.gen;
+  }
+
+  /**
+   * Store a value the sidecar itself writes and publish it LIVE, header page and data in one pwritev (readers
+   * copy first and check the header after: a slot being reused shows them a new generation either way, and no
+   * descriptor with the new generation exists before this returns). Throws on ENOSPC; the caller frees the slot.
+   */
+  writeLive(s: Slot, value: Buffer, keyHex: string, nsHex: string): number {
+    const h = this.header(s, SlotState.LIVE, keyHex, nsHex);
+    let bufs = [h, HEADER_PAD, value];
+    let pos = s.off - PAGE;
+    let left = PAGE + value.length;
+    for (;;) {
+      const n = writevSync(this.fd, bufs, pos);
+      left -= n;
+      if (left === 0) break;
+      if (n === 0) throw new Error(`arena ${this.opts.path}: short write at ${pos}`);
+      pos += n;
+      bufs = skipBytes(bufs, n);
+    }
+    if (Math.ceil(value.length / PAGE) * PAGE >= s.stride - PAGE) {
+      const c = this.chunkOwner[s.chunk];
+      if (c) c.committed[s.index] = 1; // every data page touched: later writes cannot hit ENOSPC
+    }
     return s.gen;
   }
 
@@ -208,6 +301,21 @@ export class ArenaFile {
   }
 
   close(): void {
+    if (!this.closed) this.stampFreed();
+    this.closed = true;
     closeSync(this.fd);
   }
+}
+
+/** The buffers after their first n bytes. */
+function skipBytes(bufs: Buffer[], n: number): Buffer[] {
+  const out: Buffer[] = [];
+  for (const b of bufs) {
+    if (n >= b.length) n -= b.length;
+    else {
+      out.push(n > 0 ? b.subarray(n) : b);
+      n = 0;
+    }
+  }
+  return out;
 }

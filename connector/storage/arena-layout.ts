@@ -25,9 +25,11 @@
  * - A copy of a slot is valid only if, AFTER the copy, the header says LIVE, with the descriptor's generation,
  *   key and namespace. Anything else — the lease ran out and the slot was reused, or it is another key's slot —
  *   is a miss: the bytes copied are discarded, never served.
- * - The sidecar never reuses a slot while a lease on it is held; on free it first stamps FREE with a new
- *   generation, then (on reuse) WRITING, then data, then LIVE. So a reader racing a reuse always sees a
- *   generation other than its descriptor's.
+ * - The sidecar never reuses a slot while a lease on it is held. A freed slot is stamped FREE with a new
+ *   generation by the end of the sidecar's current task, unless it is reused first; on reuse the new owner's
+ *   header (WRITING for an engine writer; for a value the sidecar writes itself, LIVE together with the data in
+ *   one pwritev) carries a newer generation before or with the new bytes. So a reader racing a reuse always sees
+ *   a generation other than its descriptor's.
  * Rules for writers (ALLOC → write → COMMIT): a writer writes only the data of the slots it was given, only
  * before its allocation's deadline (`commit_ms` after the ALLOC reply); the sidecar reclaims an uncommitted
  * slot only after twice that deadline.

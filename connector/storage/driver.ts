@@ -155,6 +155,14 @@ export interface DramStore extends StorageDriver {
   getSync(key: string): StoredValue | undefined;
   putSync(key: string, value: Buffer, meta: BlockMeta): boolean;
   deleteSync(key: string): boolean;
+  /**
+   * Copy a resident value into `into` (exactly its size) without a Buffer of its own: the shared-memory arena,
+   * whose values are read with pread, offers it so a reply can be read straight into an output buffer. False when
+   * the key is not resident.
+   */
+  readInto?(key: string, into: Buffer): boolean;
+  /** putSync copies values of this many bytes or more and keeps no reference to the caller's buffer. */
+  readonly copiesFrom?: number;
 }
 
 /** A factory building a driver from a parsed config. */

@@ -163,3 +163,25 @@ test.serial('resp - bad input: huge declared length, truncated request from a st
   t.is(await cli(port, 'strlen', 'a'), '716800');
   t.regex(await cli(port, 'info', 'clients'), /query_buffered_bytes:0/);
 });
+
+test.serial('resp - one pipelined batch that sets, gets and deletes one key answers each GET with the value of its moment (arena reads coalesced within a batch)', async (t) => {
+  const { port } = await serve(t);
+  const cmd = (...a: string[]) => `*${a.length}\r\n` + a.map((x) => `$${Buffer.byteLength(x, 'latin1')}\r\n${x}\r\n`).join('');
+  const bulk = (v: string) => `$${v.length}\r\n${v}\r\n`;
+  for (const size of [4096, 300, 256 * 1024]) {
+    const [a, b, c] = ['a', 'b', 'c'].map((ch) => ch.repeat(size - 1) + String(size % 10)) as [string, string, string];
+    const conn = await rawConn(port);
+    const batch = cmd('SET', 'k', a) + cmd('GET', 'k') + cmd('GET', 'k') + cmd('SET', 'k', b) + cmd('GET', 'k') + cmd('SET', 'k2', c) + cmd('GET', 'k')
+      + cmd('GET', 'k2') + cmd('DEL', 'k') + cmd('GET', 'k') + cmd('GET', 'k2') + cmd('SET', 'k', c) + cmd('GET', 'k');
+    conn.sock.write(batch);
+    const want = '+OK\r\n' + bulk(a) + bulk(a) + '+OK\r\n' + bulk(b) + '+OK\r\n' + bulk(b) + bulk(c) + ':1\r\n' + '$-1\r\n' + bulk(c) + '+OK\r\n' + bulk(c);
+    await within((async () => { while (conn.data().length < want.length) await new Promise((r) => setTimeout(r, 20)); })(), 20_000, `replies for ${size}-byte values`);
+    t.true(conn.data() === want, `replies for ${size}-byte values`);
+    // The next batch (a later task) still reads the stored values.
+    conn.sock.write(cmd('GET', 'k') + cmd('GET', 'k2'));
+    const later = want + bulk(c) + bulk(c);
+    await within((async () => { while (conn.data().length < later.length) await new Promise((r) => setTimeout(r, 20)); })(), 20_000, 'later batch');
+    t.true(conn.data() === later);
+    conn.sock.destroy();
+  }
+});
