@@ -66,7 +66,7 @@ test('arena - puts: one pwritev publishes LIVE; a reused slot\'s write waits for
   t.true(store.putSync(key(1), v3, { checksum: 'x' }));
   t.deepEqual(store.getSync(key(1))!.value, v3, 'served from the put buffer meanwhile');
   const into = Buffer.alloc(4096);
-  t.true(store.readInto(key(1), into));
+  t.true(store.copySyncInto(key(1), into));
   t.deepEqual(into, v3);
   t.deepEqual(readSync_(fd, off1, 4096).data, v1, 'not written yet');
   const l = store.lease('p', [key(1)]); // a lease writes deferred values first

@@ -106,7 +106,7 @@ export class RespStore {
    */
   getForReply(ns: string, key: Buffer): Buffer | ValueRead | undefined | Promise<Buffer | undefined> {
     const dram = this.sidecar.tiers.dram;
-    if (!dram.readInto) return this.get(ns, key);
+    if (!dram.copySyncInto) return this.get(ns, key);
     const sk = this.sk(ns, key);
     const tiers = this.sidecar.tiers;
     const r = tiers.getResident([sk], true);
@@ -120,7 +120,7 @@ export class RespStore {
         memo.copy(into);
         return;
       }
-      if (!dram.readInto!(sk, into)) throw new Error(`resp: ${sk} left DRAM before its reply was written`);
+      if (!dram.copySyncInto!(sk, into)) throw new Error(`resp: ${sk} left DRAM before its reply was written`);
       this.readMemo.set(sk, into);
       if (!this.memoClearQueued) {
         this.memoClearQueued = true;

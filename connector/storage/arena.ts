@@ -116,7 +116,7 @@ export class ArenaStore implements StorageDriver {
     const e = this.map.get(key);
     return e ? { value: e.pending ?? e.arena.read(e.slot), meta: { checksum: e.checksum } } : undefined;
   }
-  readInto(key: string, into: Buffer): boolean {
+  copySyncInto(key: string, into: Buffer): boolean {
     const e = this.map.get(key);
     if (!e || into.length !== e.slot.size) return false;
     if (e.pending) e.pending.copy(into);

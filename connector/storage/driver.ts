@@ -160,7 +160,7 @@ export interface DramStore extends StorageDriver {
    * whose values are read with pread, offers it so a reply can be read straight into an output buffer. False when
    * the key is not resident.
    */
-  readInto?(key: string, into: Buffer): boolean;
+  copySyncInto?(key: string, into: Buffer): boolean;
   /** putSync copies values of this many bytes or more and keeps no reference to the caller's buffer. */
   readonly copiesFrom?: number;
 }
