@@ -30,6 +30,15 @@ test('arena - allocator hands out consecutive slots of one stride, reuses freed 
   t.is(s[0]!.off % PAGE, 0, 'data is page-aligned');
   a.release(s[1]!);
   t.is(a.alloc(256 * 1024)!.off, s[1]!.off, 'a freed slot is reused');
+  // Slots freed in any order come back lowest first: a batch gets ascending, evenly spaced offsets (one strided
+  // run for a reader's copy), not the descending order of a last-in-first-out list.
+  const more = [0, 1, 2, 3].map(() => a.alloc(256 * 1024)!);
+  for (const x of [...more, s[3]!, s[2]!]) a.release(x);
+  const slots = [0, 1, 2, 3, 4, 5].map(() => a.alloc(256 * 1024)!);
+  const again = slots.map((x) => x.off);
+  t.deepEqual(again, [...again].sort((x, y) => x - y), 'ascending');
+  t.true(again.every((o, i) => i === 0 || o - again[i - 1]! === s[0]!.stride), 'evenly spaced');
+  for (const x of slots) a.release(x);
   const big = a.alloc(20 * 2 ** 20)!; // more than a quarter chunk: whole chunks of its own
   t.truthy(big);
   t.is(a.alloc(40 * 2 ** 20), undefined, 'no room left for two more chunks');

@@ -35,7 +35,9 @@ interface Chunk {
   readonly slots: number;
   used: number;
   bump: number;
+  /** Freed slot indexes; kept in descending order when `sorted`, so pop() hands out the lowest one. */
   readonly free: number[];
+  sorted: boolean;
   /** Chunks in this run (a large value spans several). */
   readonly span: number;
   /** Slots whose data pages were all written once (committed in tmpfs). */
@@ -118,6 +120,13 @@ export class ArenaFile {
         set.add(c);
       }
     }
+    // Lowest free slot first: a batch of allocations gets ascending offsets (evenly spaced when the chunk's slots
+    // were freed together), which readers copy as one strided run instead of slot by slot (a LIFO free list
+    // handed them out in descending order).
+    if (c.free.length && !c.sorted) {
+      c.free.sort((x, y) => y - x);
+      c.sorted = true;
+    }
     const index = c.free.length ? c.free.pop()! : c.bump++;
     c.used++;
     if (c.used === c.slots) set?.delete(c);
@@ -164,6 +173,7 @@ export class ArenaFile {
     c.used--;
     this.allocated -= s.stride;
     c.free.push(s.index);
+    c.sorted = false;
     if (c.used === 0) {
       this.open.get(c.stride)?.delete(c);
       // One emptied chunk per size class stays with the class (reused without a search, its pages committed);
@@ -223,7 +233,7 @@ export class ArenaFile {
       let j = 0;
       while (j < span && owner[i + j] === undefined) j++;
       if (j === span) {
-        const c: Chunk = { index: i, stride, slots, used: 0, bump: 0, free: [], span, committed: new Uint8Array(slots) };
+        const c: Chunk = { index: i, stride, slots, used: 0, bump: 0, free: [], sorted: true, span, committed: new Uint8Array(slots) };
         for (let k = 0; k < span; k++) owner[i + k] = c;
         if (i === this.searchFrom) this.searchFrom = i + span;
         return c;
