@@ -9,8 +9,9 @@
   tensor/pipeline-parallel rank's namespace and takes the minimum. Timeout or error → 0 tokens, and lookups
   are skipped for ``retry_interval_ms`` (the sidecar being down costs one deadline, not one per request). A
   lookup with no connection to send on (sidecar absent, or dead: ZeroMQ saw its socket close) answers 0 at
-  once, without waiting for the deadline: the worst case is one deadline, 50 ms at the defaults. The first
-  lookup on a live connection also registers the namespaces (HELLO), once, within max(lookup deadline, 1 s).
+  once, without waiting for the deadline: the worst case is one deadline, 50 ms at the defaults. The namespaces
+  are registered (HELLO) at start-up, off the engine's steps, within max(lookup deadline, 1 s); if that failed
+  (sidecar absent or stalled then), the first lookup on a live connection registers them within its own deadline.
 - Leases: the lookup pins the blocks it promises (``lease`` = ``vllm:<request id>``, ``lease_ms`` =
   ``lease_window_ms``, renewed by a repeated lookup) so that eviction between ``get_num_new_matched_tokens``
   and the worker's load does not turn a hit into a load error; the worker releases the lease after its load.
@@ -48,6 +49,8 @@ from .vllm_compat import make_block_stored
 from .vllm_metadata import KvstashConnectorMetadata, LoadSpec, SaveSpec
 
 log = logging.getLogger("kvstash.vllm")
+#: of lookup_timeout_ms, kept for giving up after a timeout (raising, counting, logging) so the hook stays within it
+RETURN_MARGIN_MS = 1.0
 
 
 def request_tokens(request: Any) -> List[int]:
@@ -172,6 +175,11 @@ class SchedulerSide:
         self._ns: Optional[List[str]] = None
         self._down_until = 0.0
         self._last_warn = 0.0
+        if can_load or events:  # at start-up, not on a step: a sidecar that is down or stalled costs this once
+            try:
+                self._register(time.monotonic() + max(settings.lookup_timeout_ms, 1000.0) / 1000.0)
+            except Exception as err:  # a cache fault never breaks the engine: the first lookup tries again
+                log.warning("kvstash: namespaces not registered at start-up (%s); lookups will try again", err)
         self._chains: Dict[str, _Chain] = {}
         self._match: Dict[str, Tuple[int, int]] = {}
         self._tracked: Dict[str, _Tracked] = {}
@@ -198,14 +206,21 @@ class SchedulerSide:
     def _available(self) -> bool:
         return time.monotonic() >= self._down_until
 
-    def _lookup(self, keys: List[bytes], lease: Optional[str] = None) -> int:
+    def _register(self, deadline: float) -> None:
+        """HELLO every namespace (group and rank) by ``deadline``; the ids are kept once all are known."""
+        self._ns = [self.client.namespace(d, timeout_ms=max(0.0, (deadline - time.monotonic()) * 1000.0)) for d in self.namespaces]
+
+    def _lookup(self, keys: List[bytes], lease: Optional[str] = None, t0: Optional[float] = None) -> int:
+        """Leading blocks worth loading. The deadline runs from ``t0`` (the hook's entry: hashing the prompt counts)
+        and keeps RETURN_MARGIN_MS for giving up, so the whole hook answers within ``lookup_timeout_ms``."""
         if not self.client.connected():  # nothing could be sent: do not wait for the deadline
             raise E.KvstashError(E.UNAVAILABLE, f"no connection to {self.s.endpoint}")
-        if self._ns is None:  # once, while connected: the namespaces' HELLOs get their own (longer) deadline
-            hello = time.monotonic() + max(self.s.lookup_timeout_ms, 1000.0) / 1000.0
-            self._ns = [self.client.namespace(d, timeout_ms=max(0.0, (hello - time.monotonic()) * 1000.0)) for d in self.namespaces]
-        deadline = time.monotonic() + self.s.lookup_timeout_ms / 1000.0
+        budget_ms = max(0.0, self.s.lookup_timeout_ms - RETURN_MARGIN_MS)
+        deadline = (time.monotonic() if t0 is None else t0) + budget_ms / 1000.0
         left = lambda: max(0.0, (deadline - time.monotonic()) * 1000.0)  # noqa: E731
+        if self._ns is None:  # start-up registration failed: within this lookup's deadline (issue 14: ≤ 50 ms a step)
+            self._register(deadline)
+        assert self._ns is not None
         lease_ms = self.s.lease_window_ms() if lease is not None else 0
         kw = {"lease": lease, "lease_ms": lease_ms} if lease is not None and lease_ms > 0 else {}
         hit = len(keys)
@@ -227,6 +242,7 @@ class SchedulerSide:
     # ---- vLLM scheduler hooks ---------------------------------------------------------------------------
 
     def get_num_new_matched_tokens(self, request: Any, num_computed_tokens: int) -> Tuple[int, bool]:
+        t0 = time.monotonic()
         rid = request.request_id
         self._match.pop(rid, None)
         start = num_computed_tokens // self.bs
@@ -239,7 +255,7 @@ class SchedulerSide:
         self.counters["lookups"] += 1
         self.counters["asked_tokens"] += (n - start) * self.bs
         try:
-            hit = self._lookup(chain.upto(tokens, n)[start:n], lease_tag(rid))
+            hit = self._lookup(chain.upto(tokens, n)[start:n], lease_tag(rid), t0)
         except Exception as err:  # a cache fault never breaks the engine
             self.counters["lookup_failures"] += 1
             self._fail(E.to_kvstash_error(err), "lookup")
