@@ -92,10 +92,6 @@ export function buildProgram(): Command {
     for (const ext of EXTENSIONS) for (const p of (await ext.plugins?.(config)) ?? []) sidecar.use(p);
     const { endpoints, rebuilt } = await sidecar.start().catch((err: unknown) => { throw startError(err, config.fileRoot); });
     const tiers = sidecar.tiers.tiers.map((t) => `${t.name} (${t.driver.name}, ${humanBytes(t.budgetBytes)})`).join(' → ');
-    process.stdout.write(`kvstash sidecar listening on ${endpoints.join(', ')}\ntiers: ${tiers}\nindex rebuilt from disk: ${rebuilt} blocks\n` +
-      (rootExisted ? '' : `file tier folder ${config.fileRoot} did not exist: created it\n`) +
-      'logs: JSON lines on stderr (--log-level warn quiets them); Ctrl-C stops\n');
-    log.info({ endpoints, tiers: sidecar.tiers.stats().map((t) => t.name), rebuilt }, 'sidecar started');
     let stopping = false;
     const stop = async (sig: string) => {
       if (stopping) return;
@@ -107,8 +103,13 @@ export function buildProgram(): Command {
       process.stdout.write(`kvstash sidecar stopped (${sig})\n`);
       process.exit(0);
     };
+    // before the banner: whoever waits for it may signal at once
     process.on('SIGINT', () => void stop('SIGINT'));
     process.on('SIGTERM', () => void stop('SIGTERM'));
+    process.stdout.write(`kvstash sidecar listening on ${endpoints.join(', ')}\ntiers: ${tiers}\nindex rebuilt from disk: ${rebuilt} blocks\n` +
+      (rootExisted ? '' : `file tier folder ${config.fileRoot} did not exist: created it\n`) +
+      'logs: JSON lines on stderr (--log-level warn quiets them); Ctrl-C stops\n');
+    log.info({ endpoints, tiers: sidecar.tiers.stats().map((t) => t.name), rebuilt }, 'sidecar started');
   });
 
   const stats = program.command('stats').description('print tier statistics of a running sidecar (gRPC control plane; --data-endpoint: the data socket)')

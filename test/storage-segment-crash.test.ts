@@ -31,7 +31,7 @@ function runAndKill(args: object, when: (out: string) => boolean, delayMs: numbe
         setTimeout(() => p.kill('SIGKILL'), delayMs);
       }
     });
-    p.on('exit', (code, sig) => {
+    p.on('close', (code, sig) => {
       clearTimeout(deadline);
       if (sig === 'SIGKILL' || code === 0) resolve(out);
       else reject(new Error(`child exited with ${code}: ${err.slice(-800)}`));

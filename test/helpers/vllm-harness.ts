@@ -57,7 +57,7 @@ function run(scenario: Record<string, unknown>, opts: HarnessOpts): Promise<Resu
         void f().then(() => proc.stdin.write('go\n'));
       }
     });
-    proc.on('exit', (code) => {
+    proc.on('close', (code) => { // close, not exit: stdout may still hold the RESULT line at exit
       clearTimeout(timer);
       const last = out.trim().split('\n').pop() ?? '';
       if (opts.expectFailure) {

@@ -27,7 +27,7 @@ function runPy(args: string[], opts: { prefix?: string[]; onLine?: (line: string
   p.stderr.on('data', (d) => { out += d; });
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => { p.kill('SIGKILL'); reject(new Error(`python past its deadline:\n${out}`)); }, opts.deadlineMs ?? 120_000);
-    p.on('exit', (code, signal) => { clearTimeout(timer); resolve({ code, signal, out }); });
+    p.on('close', (code, signal) => { clearTimeout(timer); resolve({ code, signal, out }); }); // close: after stdout and stderr are drained (exit may come first)
   });
 }
 

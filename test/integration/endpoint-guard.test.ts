@@ -21,7 +21,7 @@ function serveToExit(args: string[]): Promise<{ code: number | null; out: string
   proc.stderr.on('data', (d) => { out += d; });
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => { proc.kill('SIGKILL'); reject(new Error(`second serve still running after 30 s:\n${out}`)); }, 30_000);
-    proc.on('exit', (code) => { clearTimeout(timer); resolve({ code, out }); });
+    proc.on('close', (code) => { clearTimeout(timer); resolve({ code, out }); });
   });
 }
 

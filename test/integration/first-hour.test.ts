@@ -25,7 +25,7 @@ const firstLineOnly = (args: string[]): Promise<Result> => new Promise((resolve)
   let stderr = '';
   p.stdout.on('data', (d: Buffer) => { stdout += d; if (stdout.includes('\n')) p.stdout.destroy(); });
   p.stderr.on('data', (d: Buffer) => { stderr += d; });
-  p.on('exit', (code) => { clearTimeout(timer); resolve({ code: code ?? -1, stdout, stderr }); });
+  p.on('close', (code) => { clearTimeout(timer); resolve({ code: code ?? -1, stdout, stderr }); });
 });
 
 test.serial('first hour - serve: a bad endpoint, a taken port, a file root under a file; a missing root is created and said so', async (t) => {
@@ -60,7 +60,7 @@ test.serial('first hour - serve says it stopped and removes its ipc socket file'
   t.teardown(() => killAndWait(s.proc));
   t.true(existsSync(sockFile));
   t.regex(s.output(), /logs: JSON lines on stderr/);
-  const exited = new Promise<number | null>((resolve) => s.proc.once('exit', (code) => resolve(code)));
+  const exited = new Promise<number | null>((resolve) => s.proc.once('close', (code) => resolve(code)));
   s.proc.kill('SIGINT');
   t.is(await exited, 0);
   t.regex(s.output(), /kvstash sidecar stopped \(SIGINT\)/);
@@ -145,7 +145,7 @@ test.serial('first hour - watch says what it watches at once and that it stopped
   const until = Date.now() + 30_000;
   while (!err.includes('Ctrl-C stops') && Date.now() < until && w.exitCode === null) await new Promise((r) => setTimeout(r, 50));
   t.regex(err, new RegExp(`watching tier events at ${grpc.replace(/\./g, '\\.')}; Ctrl-C stops`));
-  const exited = new Promise<number | null>((resolve) => w.once('exit', (code) => resolve(code)));
+  const exited = new Promise<number | null>((resolve) => w.once('close', (code) => resolve(code)));
   w.kill('SIGINT');
   t.is(await exited, 0, err);
   t.regex(err, /watch stopped after 0 events/);

@@ -19,7 +19,7 @@ function run(args: string[]): Promise<{ code: number | null; out: string }> {
   p.stderr.on('data', (d) => { out += d; });
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => { p.kill('SIGKILL'); reject(new Error(`gpu-ttft --tiny past its deadline:\n${out}`)); }, 180_000);
-    p.on('exit', (code) => { clearTimeout(timer); resolve({ code, out }); });
+    p.on('close', (code) => { clearTimeout(timer); resolve({ code, out }); });
   });
 }
 
