@@ -10,7 +10,7 @@
   are skipped for ``retry_interval_ms`` (the sidecar being down costs one deadline, not one per request). A
   lookup with no connection to send on (sidecar absent, or dead: ZeroMQ saw its socket close) answers 0 at
   once, without waiting for the deadline: the worst case is one deadline, 50 ms at the defaults. The namespaces
-  are registered (HELLO) at start-up, off the engine's steps, within max(lookup deadline, 1 s); if that failed
+  are registered (HELLO) at start-up, off the engine's steps (≤ 1 s for a connection, then ≤ 5 s); if that failed
   (sidecar absent or stalled then), the first lookup on a live connection registers them within its own deadline.
 - Leases: the lookup pins the blocks it promises (``lease`` = ``vllm:<request id>``, ``lease_ms`` =
   ``lease_window_ms``, renewed by a repeated lookup) so that eviction between ``get_num_new_matched_tokens``
@@ -176,10 +176,7 @@ class SchedulerSide:
         self._down_until = 0.0
         self._last_warn = 0.0
         if can_load or events:  # at start-up, not on a step: a sidecar that is down or stalled costs this once
-            try:
-                self._register(time.monotonic() + max(settings.lookup_timeout_ms, 1000.0) / 1000.0)
-            except Exception as err:  # a cache fault never breaks the engine: the first lookup tries again
-                log.warning("kvstash: namespaces not registered at start-up (%s); lookups will try again", err)
+            self._register_at_start()
         self._chains: Dict[str, _Chain] = {}
         self._match: Dict[str, Tuple[int, int]] = {}
         self._tracked: Dict[str, _Tracked] = {}
@@ -205,6 +202,18 @@ class SchedulerSide:
 
     def _available(self) -> bool:
         return time.monotonic() >= self._down_until
+
+    def _register_at_start(self) -> None:
+        """Wait up to 1 s for a connection (none: the sidecar is absent, lookups register later), then HELLO within
+        5 s: a busy host's start-up must not leave the first lookups without namespaces."""
+        until = time.monotonic() + max(self.s.lookup_timeout_ms, 1000.0) / 1000.0
+        while not self.client.connected() and time.monotonic() < until:
+            time.sleep(0.005)
+        try:
+            if self.client.connected():
+                self._register(time.monotonic() + max(self.s.lookup_timeout_ms, 5000.0) / 1000.0)
+        except Exception as err:  # a cache fault never breaks the engine: the first lookup tries again
+            log.warning("kvstash: namespaces not registered at start-up (%s); lookups will try again", err)
 
     def _register(self, deadline: float) -> None:
         """HELLO every namespace (group and rank) by ``deadline``; the ids are kept once all are known."""
