@@ -21,13 +21,12 @@ import { mkdir, readFile, rename, stat, unlink, writeFile } from 'node:fs/promis
 import path from 'node:path';
 import { checksum } from '../../connector/checksum.js';
 import { defaultRegistry, type DriverRegistry } from '../../connector/storage/registry.js';
-import type { StorageDriver } from '../../connector/storage/driver.js';
+import { isKey, type StorageDriver } from '../../connector/storage/driver.js';
 import '../../connector/storage/nfs.js'; // registers the nfs driver
 import '../../connector/storage/s3.js'; // registers the s3 driver
 import { ErrorCode, KvstashError } from '../../protocol/errors.js';
 
 const MAGIC = Buffer.from('KVSADOPT');
-const KEY_RE = /^[0-9a-f]{32}\/[0-9a-f]{64}$/;
 
 export interface DemoteSpec { driver: string; ns?: string; config: Record<string, unknown> }
 
@@ -139,7 +138,7 @@ export class DemoteTarget {
 
   /** `key` is a target key or a path relative to the folder. */
   resolveKey(keyOrRel: string): string {
-    if (KEY_RE.test(keyOrRel)) return keyOrRel;
+    if (isKey(keyOrRel)) return keyOrRel;
     const rel = path.normalize(keyOrRel);
     if (path.isAbsolute(rel) || rel.startsWith('..') || !this.re.test(rel)) {
       throw new KvstashError(ErrorCode.BAD_FIELD, `${JSON.stringify(keyOrRel)} is neither a demoted key nor a ${this.layout} file path relative to ${this.dir}`);

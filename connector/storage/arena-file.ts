@@ -294,11 +294,6 @@ export class ArenaFile {
     return s.gen;
   }
 
-  write(s: Slot, value: Buffer): void {
-    let done = 0;
-    while (done < value.length) done += writeSync(this.fd, value, done, value.length - done, s.off + done);
-  }
-
   read(s: Slot, into?: Buffer): Buffer {
     const b = into ?? Buffer.allocUnsafe(s.size);
     let done = 0;

@@ -180,8 +180,13 @@ export const DRIVER_ERROR_CODES: readonly ErrorCode[] = [
 
 const KEY_RE = /^[0-9a-f]{32}\/[0-9a-f]{64}$/;
 
+/** Is `key` a well-formed storage key ("<32 hex ns>/<64 hex hash>")? */
+export function isKey(key: unknown): key is string {
+  return typeof key === 'string' && KEY_RE.test(key);
+}
+
 export function assertKey(key: unknown): asserts key is string {
-  if (typeof key !== 'string' || !KEY_RE.test(key)) {
+  if (!isKey(key)) {
     throw new KvstashError(ErrorCode.KEY_LENGTH, `storage key must be "<32 hex ns>/<64 hex hash>", got ${JSON.stringify(key)}`);
   }
 }

@@ -303,20 +303,18 @@ export async function readWhole(file: string): Promise<Buffer> {
   }
 }
 
-/** readv into `parts` from offset 0 until they are full or the file ends; the bytes read. */
-export async function readFully(fh: fs.FileHandle, parts: Buffer[]): Promise<number> {
+/** readv into `parts` from `position` until they are full or the file ends; the bytes read. */
+export async function readFully(fh: fs.FileHandle, parts: Buffer[], position = 0): Promise<number> {
   const want = parts.reduce((n, b) => n + b.length, 0);
-  let got = (await fh.readv(parts, 0)).bytesRead;
+  let got = (await fh.readv(parts, position)).bytesRead;
   // A short readv (signals, huge values) goes on part by part from where it stopped.
   let base = 0;
   for (const p of parts) {
     if (got >= want) break;
-    if (got < base + p.length) {
-      while (got < base + p.length) {
-        const { bytesRead } = await fh.read(p, got - base, base + p.length - got, got);
-        if (bytesRead === 0) return got;
-        got += bytesRead;
-      }
+    while (got < base + p.length) {
+      const { bytesRead } = await fh.read(p, got - base, base + p.length - got, position + got);
+      if (bytesRead === 0) return got;
+      got += bytesRead;
     }
     base += p.length;
   }

@@ -26,10 +26,10 @@ import type { FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { ErrorCode, KvstashError } from '../../protocol/errors.js';
 import {
-  assertKey, assertValueSize, type BlockMeta, type DriverFactory, type DriverLimits, type ListedValue,
+  assertKey, assertValueSize, isKey, type BlockMeta, type DriverFactory, type DriverLimits, type ListedValue,
   type ReadIntoItem, type ReadIntoResult, type StorageDriver, type StoredValue,
 } from './driver.js';
-import { parseFileConfig, writeAll } from './file.js';
+import { parseFileConfig, readFully, writeAll } from './file.js';
 import { DEL, HEAD, PUT, TRAILER, decodeHead, encodeHead, encodeTrailer, readAt, recordBytes, scanSegment } from './segment-format.js';
 
 export interface SegmentDriverConfig {
@@ -336,7 +336,7 @@ export class SegmentDriver implements StorageDriver {
     let last: Loc | undefined;
     for (let i = 0; i < items.length; i++) {
       const { key, into } = items[i]!;
-      const bad = typeof key !== 'string' || key.length !== 97 || !/^[0-9a-f]{32}\/[0-9a-f]{64}$/.test(key);
+      const bad = !isKey(key);
       const loc = bad ? undefined : this.index.get(key);
       if (!loc) {
         if (bad) out[i] = 'failed';
@@ -370,19 +370,10 @@ export class SegmentDriver implements StorageDriver {
       if (j > 0) parts.push(scratch.subarray(HEAD + (j - 1) * gap, HEAD + j * gap));
       if (locs[j]!.size > 0) parts.push(items[j]!.into);
     }
-    const want = parts.reduce((n, b) => n + b.length, 0);
     seg.refs++;
     let got: number;
     try {
-      got = (await seg.fh.readv(parts, locs[0]!.off)).bytesRead;
-      // A short preadv (a huge run, a signal): finish each part with plain preads.
-      for (let base = 0, p = 0; got < want && p < parts.length; base += parts[p]!.length, p++) {
-        const b = parts[p]!;
-        if (got >= base + b.length) continue;
-        const n = await readAt(seg.fh, b, got - base, base + b.length - got, locs[0]!.off + got);
-        got += n;
-        if (got < base + b.length) break;
-      }
+      got = await readFully(seg.fh, parts, locs[0]!.off);
     } catch (err) {
       this.c.errors++;
       throw new KvstashError(ErrorCode.STORAGE, `segment read of ${items[0]!.key} failed: ${(err as Error).message}`, { cause: err });

@@ -155,7 +155,8 @@ function accept(s: TierStack, t: Tier, e: BlockEntry, got: StoredValue, t0: numb
 /**
  * accept() for a block read into the pooled buffer `buf`: a copy that fails goes back to the pool unserved. Heap
  * DRAM keeps `buf` itself as the block's memory (one more hold on it); a copying DRAM store (the arena) copies it
- * into its slot, or for values below its `copiesFrom` may keep it until its deferred write (then `buf` escapes). Either way the caller is served `buf`, with the reader's hold.
+ * into its slot, or for values below its `copiesFrom` may keep it until its deferred write (then `buf` escapes).
+ * Either way the caller is served `buf`, with the reader's hold.
  */
 function acceptInto(s: TierStack, t: Tier, e: BlockEntry, buf: Buffer, size: number, sum: string, t0: number): Buffer | undefined {
   if (!verified(s, t, e, buf, size, sum)) {

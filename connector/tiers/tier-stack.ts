@@ -241,7 +241,7 @@ export class TierStack extends EventEmitter implements StackInternals {
 
   /** Store a block. The buffer is kept as is (not copied): callers hand over ownership. */
   put(key: string, value: Buffer, sum?: string): PutResult {
-    if (this.pool.active) this.pool.escape(value); // a buffer get() answered, stored again: DRAM keeps it now
+    this.escape(value); // a buffer get() answered, stored again: DRAM keeps it now
     return this.putWith(key, value.length, sum, (e) => this.dram.putSync(e.key, value, { checksum: e.checksum }), () => value);
   }
 
