@@ -7,6 +7,8 @@
  * kvstash whose DRAM tier is the heap (arenaDir ''), measured in the same rounds, for comparison.
  *
  * Needs Debian's redis-server and redis-tools (scripts/test-prereqs.mjs installs them).
+ * `--keyspace=N` passes `-r N` to redis-benchmark (random keys out of N instead of one key for every command: the
+ * fairer figure, since a single key lets both servers overwrite and re-read one value in place).
  * `--quick` runs one round with fewer requests.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
@@ -26,6 +28,9 @@ const CLIENTS = 50;
 const PIPELINE = 16;
 
 const heapDram = process.argv.includes('--heap-dram');
+const keyspaceArg = process.argv.find((a) => a.startsWith('--keyspace='))?.slice(11);
+const KEYSPACE = keyspaceArg === undefined ? 0 : Number(keyspaceArg);
+if (!Number.isInteger(KEYSPACE) || KEYSPACE < 0) throw new Error(`--keyspace must be a whole number, got ${keyspaceArg}`);
 
 async function serve(heap: boolean): Promise<void> {
   const config = loadConfig({
@@ -62,7 +67,7 @@ async function startRedis(): Promise<{ proc: ChildProcess; port: number }> {
 /** requests/s per test from one redis-benchmark run (--csv). */
 function redisBenchmark(port: number, size: number, requests: number, retried = false): Record<string, number> {
   const r = spawnSync('redis-benchmark', ['-h', '127.0.0.1', '-p', String(port), '-t', 'set,get', '-d', String(size), '-P', String(PIPELINE),
-    '-c', String(CLIENTS), '-n', String(requests), '--csv'], { encoding: 'utf8', timeout: 300_000 });
+    '-c', String(CLIENTS), '-n', String(requests), ...(KEYSPACE ? ['-r', String(KEYSPACE)] : []), '--csv'], { encoding: 'utf8', timeout: 300_000 });
   if (r.status !== 0) {
     // A loaded machine can drop a connection at start-up (accept queue, SYN retries): one retry, then fail.
     if (!retried) return redisBenchmark(port, size, requests, true);
@@ -116,7 +121,7 @@ async function main(): Promise<void> {
     heap?.proc.kill('SIGKILL');
     redis.proc.kill('SIGKILL');
   }
-  process.stdout.write(`redis-benchmark -c ${CLIENTS} -P ${PIPELINE} (requests/s, median of rounds; ceiling: redis-server ${spawnSync('redis-server', ['--version'], { encoding: 'utf8' }).stdout.match(/v=([\d.]+)/)?.[1] ?? '?'} in the same run; kvstash: DRAM tier = shared-memory arena${heap ? ', heap: DRAM tier = heap' : ''})\n`);
+  process.stdout.write(`redis-benchmark -c ${CLIENTS} -P ${PIPELINE}${KEYSPACE ? ` -r ${KEYSPACE}` : ' (one key)'} (requests/s, median of rounds; ceiling: redis-server ${spawnSync('redis-server', ['--version'], { encoding: 'utf8' }).stdout.match(/v=([\d.]+)/)?.[1] ?? '?'} in the same run; kvstash: DRAM tier = shared-memory arena${heap ? ', heap: DRAM tier = heap' : ''})\n`);
   const head = ['test', 'value', 'rounds', 'redis rps', 'redis spread', 'kvstash rps', 'kvstash spread', 'kvstash/redis'];
   if (heap) head.push('heap rps', 'heap/redis');
   process.stdout.write(formatTable([...head, 'goal'], rows) + '\n');

@@ -189,47 +189,26 @@ test('hit path - a buffer get() answered and stored again under another key is n
   await s.close();
 });
 
-test('hit path - a copying DRAM store (the arena) copies the pooled buffer: reusing it after release never changes DRAM', async (t) => {
-  const dir = existsSync('/dev/shm') ? '/dev/shm' : tempDir();
-  const arena = new ArenaStore({ dir, bytes: 64 << 20, chunkBytes: 16 << 20, maxValueBytes: 16 << 20, leaseMs: 5000, commitMs: 5000, fileMode: 0o600, tenantGroups: {} });
-  const { s, root } = stack('segment', { dram: 8 * 128 * KiB, dramStore: arena });
-  t.teardown(() => rmSync(root, { recursive: true, force: true }));
-  await s.open();
-  const vals = await chainOnDisk(s, 8, 128 * KiB);
-  const first = await s.get([0, 1, 2, 3].map(key));
-  first.forEach((g, i) => t.true(g?.equals(vals[i]!), `block ${i}`));
-  t.deepEqual(s.lookup([0, 1, 2, 3].map(key)).tiers, { dram: 4, file: 0 }, 'promoted into the arena');
-  s.release(first);
-  t.is(s.pool.stats().recycled, 4, 'the arena holds its own copy: released buffers are free at once');
-  const second = await s.get([4, 5, 6, 7].map(key));
-  t.is(s.pool.stats().reused, 4, 'read into the buffers the first GET gave back');
-  second.forEach((g, i) => t.true(g?.equals(vals[4 + i]!), `block ${4 + i}`));
-  for (let i = 0; i < 4; i++) t.true(arena.getSync(key(i))?.value.equals(vals[i]!), `arena copy of block ${i} intact`);
-  await s.close();
-});
-
-test('hit path - a small block promoted into a reused arena slot (written at the end of the task) leaves the pool', async (t) => {
-  const dir = existsSync('/dev/shm') ? '/dev/shm' : tempDir();
-  const arena = new ArenaStore({ dir, bytes: 64 << 20, chunkBytes: 16 << 20, maxValueBytes: 16 << 20, leaseMs: 5000, commitMs: 5000, fileMode: 0o600, tenantGroups: {} });
-  const size = 32 * KiB; // below the arena's copiesFrom: kept by reference until its deferred write
-  t.true(size < arena.copiesFrom);
-  const { s, root } = stack('segment', { dram: 8 * size, dramStore: arena });
-  t.teardown(() => rmSync(root, { recursive: true, force: true }));
-  await s.open();
-  const vals = await chainOnDisk(s, 8, size); // their arena slots are freed with committed pages: reuse defers
-  const first = await s.get([0, 1, 2, 3].map(key));
-  first.forEach((g, i) => t.true(g?.equals(vals[i]!), `block ${i}`));
-  t.deepEqual(s.lookup([0, 1, 2, 3].map(key)).tiers, { dram: 4, file: 0 }, 'promoted into the arena');
-  s.release(first);
-  t.is(s.pool.stats().recycled, 0, 'buffers the arena may still hold are not put back');
-  t.is(s.pool.stats().escaped, 4);
-  const second = await s.get([4, 5, 6, 7].map(key));
-  t.is(s.pool.stats().reused, 0);
-  second.forEach((g, i) => t.true(g?.equals(vals[4 + i]!), `block ${4 + i}`));
-  await new Promise((r) => setImmediate(r));
-  for (let i = 0; i < 4; i++) t.true(arena.getSync(key(i))?.value.equals(vals[i]!), `arena copy of block ${i} intact`);
-  await s.close();
-});
+for (const size of [32 * KiB, 128 * KiB]) {
+  test(`hit path - a copying DRAM store (the arena) copies the pooled buffer: reusing it after release never changes DRAM (${size / KiB} KiB)`, async (t) => {
+    const dir = existsSync('/dev/shm') ? '/dev/shm' : tempDir();
+    const arena = new ArenaStore({ dir, bytes: 64 << 20, chunkBytes: 16 << 20, maxValueBytes: 16 << 20, leaseMs: 5000, commitMs: 5000, fileMode: 0o600, tenantGroups: {} });
+    const { s, root } = stack('segment', { dram: 8 * size, dramStore: arena });
+    t.teardown(() => rmSync(root, { recursive: true, force: true }));
+    await s.open();
+    const vals = await chainOnDisk(s, 8, size);
+    const first = await s.get([0, 1, 2, 3].map(key));
+    first.forEach((g, i) => t.true(g?.equals(vals[i]!), `block ${i}`));
+    t.deepEqual(s.lookup([0, 1, 2, 3].map(key)).tiers, { dram: 4, file: 0 }, 'promoted into the arena');
+    s.release(first);
+    t.is(s.pool.stats().recycled, 4, 'the arena holds its own copy: released buffers are free at once');
+    const second = await s.get([4, 5, 6, 7].map(key));
+    t.is(s.pool.stats().reused, 4, 'read into the buffers the first GET gave back');
+    second.forEach((g, i) => t.true(g?.equals(vals[4 + i]!), `block ${4 + i}`));
+    for (let i = 0; i < 4; i++) t.true(arena.getSync(key(i))?.value.equals(vals[i]!), `arena copy of block ${i} intact`);
+    await s.close();
+  });
+}
 
 test('hit path - a key asked twice in one GET is read once; giving the answer back never frees what DRAM keeps', async (t) => {
   const { s, root } = stack('segment', { dram: 8 * 512 * KiB });

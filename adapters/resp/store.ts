@@ -35,17 +35,6 @@ export class RespStore {
   readonly index: KeyIndex;
   private readonly nsCache = new Map<string, string>();
   private skCache = new Map<string, string>();
-  /**
-   * Arena values read into reply output during the current task, by storage key: a pipelined batch that GETs one
-   * key many times reads the arena once and copies the bytes already in the output. Cleared at the end of the task
-   * (slab bytes are not reused before: output.ts) and on every SET/DEL/FLUSH of the key.
-   */
-  private readonly readMemo = new Map<string, Buffer>();
-  private memoClearQueued = false;
-  private readonly clearMemo = () => {
-    this.memoClearQueued = false;
-    this.readMemo.clear();
-  };
   private readonly ours = new Set<string>();
   private readonly onRemoved = (ev: { key: string }) => {
     if (!this.ours.has(ev.key.slice(0, 32))) return;
@@ -115,17 +104,7 @@ export class RespStore {
     if (v !== IN_DRAM) return v;
     const size = tiers.entry(sk)!.size;
     return new ValueRead(size, (into) => {
-      const memo = this.readMemo.get(sk);
-      if (memo && memo.length === size) {
-        memo.copy(into);
-        return;
-      }
       if (!dram.copySyncInto!(sk, into)) throw new Error(`resp: ${sk} left DRAM before its reply was written`);
-      this.readMemo.set(sk, into);
-      if (!this.memoClearQueued) {
-        this.memoClearQueued = true;
-        queueMicrotask(this.clearMemo);
-      }
     });
   }
 
@@ -151,7 +130,6 @@ export class RespStore {
   set(ns: string, key: Buffer, value: Buffer): boolean {
     const sk = this.sk(ns, key);
     const tiers = this.sidecar.tiers;
-    this.readMemo.delete(sk);
     if (tiers.entry(sk)) tiers.delete([sk]);
     if (value.length < VIEW_BELOW) {
       // A short argument may be a view of a socket chunk (codec.ts): keep an exact copy, not the chunk.
@@ -161,8 +139,7 @@ export class RespStore {
     }
     const r = tiers.put(sk, value);
     // The arena copied a large value and no lower tier queued it: the buffer goes back to the parser's pool.
-    const copies = tiers.dram.copiesFrom;
-    if (copies !== undefined && value.length >= copies && tiers.tiers.length === 1) bulkPool.give(value);
+    if (!tiers.dram.keepsValues && tiers.tiers.length === 1) bulkPool.give(value);
     if (r === PutResult.STORED || r === PutResult.PRESENT) {
       this.index.add(ns, sk, key.toString('latin1'));
       return true;
@@ -175,7 +152,6 @@ export class RespStore {
     let n = 0;
     for (const k of keys) {
       const sk = this.sk(ns, k);
-      this.readMemo.delete(sk);
       n += this.sidecar.tiers.delete([sk]);
       this.index.remove(sk);
     }
@@ -189,7 +165,6 @@ export class RespStore {
   /** Remove every key of a namespace from every tier; returns how many. */
   flush(ns: string): number {
     const keys = this.keys(ns);
-    this.readMemo.clear();
     const { removed } = this.sidecar.tiers.clear((k) => k.startsWith(ns + '/'), { includePinned: true });
     for (const k of keys) this.index.remove(this.sk(ns, Buffer.from(k, 'latin1')));
     return removed;

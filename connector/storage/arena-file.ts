@@ -161,11 +161,6 @@ export class ArenaFile {
     return true;
   }
 
-  /** Are the slot's pages committed (written once)? A write into it cannot then fail for want of memory. */
-  isCommitted(s: Slot): boolean {
-    return this.chunkOwner[s.chunk]?.committed[s.index] === 1;
-  }
-
   /** Give a slot back (its header must already say FREE). */
   release(s: Slot): void {
     const c = this.chunkOwner[s.chunk];

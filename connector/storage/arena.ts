@@ -40,8 +40,6 @@ interface Entry {
   checksum: string;
   refs: number;
   live: boolean;
-  /** Value put but not written into the slot yet (see putSync): the bytes to serve and to write at the end of the task. */
-  pending?: Buffer | undefined;
 }
 interface Lease { peer: string; entries: Entry[]; until: number }
 interface Alloc { peer: string; ns: string; keys: string[]; entries: (Entry | undefined)[]; until: number }
@@ -50,29 +48,22 @@ interface Alloc { peer: string; ns: string; keys: string[]; entries: (Entry | un
 export type SlotDesc = [number, number] | null;
 
 const OWNER = 'owner.json';
-/** Largest value whose write putSync may defer to the end of the task (a syscall matters next to copying it). */
-const DEFER_MAX = 64 << 10;
 
 export class ArenaStore implements StorageDriver {
   readonly name = 'memory';
   readonly durable = false;
   readonly limits: DriverLimits;
   readonly folder: string;
-  /** Larger values are written at once (never deferred), so putSync keeps no reference to them. */
-  readonly copiesFrom = DEFER_MAX + 1;
   private readonly map = new Map<string, Entry>();
   private readonly arenas = new Map<string, ArenaFile>();
   private readonly leases = new Map<number, Lease>();
   private readonly allocs = new Map<number, Alloc>();
   private nextId = 1;
-  /** Entries whose value is written at the end of the task (putSync), by key. */
-  private readonly unwritten = new Map<string, Entry>();
-  private writeQueued = false;
   private bytes = 0;
   private closed = false;
   private timer: NodeJS.Timeout | undefined;
   tenantOf: (ns: string) => string = () => 'default';
-  readonly c = { leases: 0, leaseExpired: 0, allocs: 0, allocExpired: 0, noRoom: 0, staleSwept: 0, writeErrors: 0 };
+  readonly c = { leases: 0, leaseExpired: 0, allocs: 0, allocExpired: 0, noRoom: 0, staleSwept: 0 };
 
   constructor(readonly cfg: ArenaConfig) {
     this.limits = { maxValueBytes: cfg.maxValueBytes };
@@ -114,20 +105,17 @@ export class ArenaStore implements StorageDriver {
 
   getSync(key: string): StoredValue | undefined {
     const e = this.map.get(key);
-    return e ? { value: e.pending ?? e.arena.read(e.slot), meta: { checksum: e.checksum } } : undefined;
+    return e ? { value: e.arena.read(e.slot), meta: { checksum: e.checksum } } : undefined;
   }
   copySyncInto(key: string, into: Buffer): boolean {
     const e = this.map.get(key);
     if (!e || into.length !== e.slot.size) return false;
-    if (e.pending) e.pending.copy(into);
-    else e.arena.read(e.slot, into);
+    e.arena.read(e.slot, into);
     return true;
   }
   /**
-   * Store value (the caller hands it over). A value of at most DEFER_MAX bytes into a slot whose pages are
-   * committed (one reused) is written at the end of the task: several puts of one key in a pipelined batch write the arena once (the
-   * earlier values are dropped unwritten), reads meanwhile are served from `value`, and a lease writes first.
-   * A fresh slot is written at once (its first write may fail with ENOSPC: the put then fails).
+   * Store value: header page and data written into a new slot at once (one pwritev), so the caller's buffer is
+   * free when this returns (a first write into fresh pages may fail with ENOSPC: the put then fails).
    * False when the tenant's arena has no free slot for it.
    */
   putSync(key: string, value: Buffer, meta: BlockMeta): boolean {
@@ -138,16 +126,6 @@ export class ArenaStore implements StorageDriver {
       return false;
     }
     const e: Entry = { arena: a, slot, checksum: meta.checksum, refs: 0, live: true };
-    if (value.length <= DEFER_MAX && a.isCommitted(slot)) {
-      e.pending = value;
-      this.unwritten.set(key, e);
-      if (!this.writeQueued) {
-        this.writeQueued = true;
-        queueMicrotask(this.writeUnwritten);
-      }
-      this.indexEntry(key, e);
-      return true;
-    }
     try {
       a.writeLive(slot, value, key.slice(33), key.slice(0, 32)); // header page and data in one pwritev
     } catch { // ENOSPC: the shared-memory file system is full
@@ -160,31 +138,12 @@ export class ArenaStore implements StorageDriver {
     return true;
   }
 
-  /** Write the values putSync deferred (still indexed ones only). */
-  private readonly writeUnwritten = (): void => {
-    this.writeQueued = false;
-    if (this.unwritten.size === 0) return;
-    for (const [key, e] of this.unwritten) {
-      const value = e.pending;
-      if (!value || !e.live || this.map.get(key) !== e) continue;
-      e.pending = undefined;
-      try {
-        e.arena.writeLive(e.slot, value, key.slice(33), key.slice(0, 32));
-      } catch { // not expected: the slot's pages were committed
-        e.pending = value;
-        this.c.writeErrors++;
-      }
-    }
-    this.unwritten.clear();
-  };
-
   deleteSync(key: string): boolean {
     const e = this.map.get(key);
     if (!e) return false;
     this.map.delete(key);
     this.bytes -= e.slot.size;
     e.live = false;
-    e.pending = undefined;
     this.unref(e, 0);
     return true;
   }
@@ -218,13 +177,12 @@ export class ArenaStore implements StorageDriver {
 
   /** Descriptors of the resident keys, held for `leaseMs`; null for a key not in the arena. */
   lease(peer: string, keys: string[], now = Date.now()): { lease: number; slots: SlotDesc[]; sizes: number[] } {
-    this.writeUnwritten(); // descriptors point at the arena's bytes: deferred writes land first
     const entries: Entry[] = [];
     const sizes: number[] = [];
     const slots: SlotDesc[] = keys.map((k) => {
       const e = this.map.get(k);
-      sizes.push(e && !e.pending ? e.slot.size : -1);
-      if (!e || e.pending) return null; // (a write that failed is served inline, never by descriptor)
+      sizes.push(e ? e.slot.size : -1);
+      if (!e) return null;
       e.refs++;
       entries.push(e);
       return [e.slot.off, e.slot.gen];
@@ -341,12 +299,11 @@ export class ArenaStore implements StorageDriver {
     return {
       entries: this.map.size, bytes: this.bytes, arenas: this.arenas.size, arena_allocated_bytes: allocated,
       leases_active: this.leases.size, allocs_pending: this.allocs.size, leases: this.c.leases, lease_expired: this.c.leaseExpired,
-      allocs: this.c.allocs, alloc_expired: this.c.allocExpired, no_room: this.c.noRoom, stale_arenas_swept: this.c.staleSwept, write_errors: this.c.writeErrors,
+      allocs: this.c.allocs, alloc_expired: this.c.allocExpired, no_room: this.c.noRoom, stale_arenas_swept: this.c.staleSwept,
     };
   }
   async close(): Promise<void> {
     if (this.closed) return;
-    this.writeUnwritten();
     this.closed = true;
     if (this.timer) clearInterval(this.timer);
     for (const a of this.arenas.values()) a.close();

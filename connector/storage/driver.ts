@@ -161,8 +161,6 @@ export interface DramStore extends StorageDriver {
    * the key is not resident.
    */
   copySyncInto?(key: string, into: Buffer): boolean;
-  /** putSync copies values of this many bytes or more and keeps no reference to the caller's buffer. */
-  readonly copiesFrom?: number;
 }
 
 /** A factory building a driver from a parsed config. */

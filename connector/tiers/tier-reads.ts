@@ -155,8 +155,7 @@ function accept(s: TierStack, t: Tier, e: BlockEntry, got: StoredValue, t0: numb
 /**
  * accept() for a block read into the pooled buffer `buf`: a copy that fails goes back to the pool unserved. Heap
  * DRAM keeps `buf` itself as the block's memory (one more hold on it); a copying DRAM store (the arena) copies it
- * into its slot, or for values below its `copiesFrom` may keep it until its deferred write (then `buf` escapes).
- * Either way the caller is served `buf`, with the reader's hold.
+ * into its slot at once. Either way the caller is served `buf`, with the reader's hold.
  */
 function acceptInto(s: TierStack, t: Tier, e: BlockEntry, buf: Buffer, size: number, sum: string, t0: number): Buffer | undefined {
   if (!verified(s, t, e, buf, size, sum)) {
@@ -167,9 +166,6 @@ function acceptInto(s: TierStack, t: Tier, e: BlockEntry, buf: Buffer, size: num
   if (s.opts.promoteOnHit && s.index.get(e.key) === e && !(e.where & 1) && s.promotes(e) && s.insertDram(e, buf)) {
     t.c.promotions++;
     if (s.dram.keepsValues) s.pool.keptByDram(buf);
-    // A copying DRAM store may still keep small values by reference for a while (the arena defers writes of values
-    // below copiesFrom to the end of the task): such a buffer leaves the pool rather than risk being refilled.
-    else if (buf.length < (s.dram.copiesFrom ?? 0)) s.pool.escape(buf);
   }
   return buf;
 }

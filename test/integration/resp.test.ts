@@ -164,7 +164,7 @@ test.serial('resp - bad input: huge declared length, truncated request from a st
   t.regex(await cli(port, 'info', 'clients'), /query_buffered_bytes:0/);
 });
 
-test.serial('resp - one pipelined batch that sets, gets and deletes one key answers each GET with the value of its moment (arena reads coalesced within a batch)', async (t) => {
+test.serial('resp - one pipelined batch that sets, gets and deletes one key answers each GET with the value of its moment', async (t) => {
   const { port } = await serve(t);
   const cmd = (...a: string[]) => `*${a.length}\r\n` + a.map((x) => `$${Buffer.byteLength(x, 'latin1')}\r\n${x}\r\n`).join('');
   const bulk = (v: string) => `$${v.length}\r\n${v}\r\n`;
