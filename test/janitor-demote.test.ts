@@ -17,6 +17,9 @@ import { FolderJanitor } from '../adapters/janitor/janitor.js';
 import { KvstashClient } from '../connector/client.js';
 import { loadConfig } from '../connector/config.js';
 import { logger } from '../connector/log.js';
+import { AccessPolicy } from '../connector/control/auth.js';
+import { connectAuthenticated } from '../connector/control/auth-client.js';
+import { DataAuthPlugin } from '../connector/control/data-auth.js';
 import { MetricsPlugin } from '../connector/control/metrics.js';
 import { Sidecar } from '../connector/server/sidecar.js';
 import { ErrorCode, KvstashError } from '../protocol/errors.js';
@@ -207,6 +210,38 @@ test('janitor demote - in a sidecar: ADOPT_RESTORE op, STATS adopt rows, kvstash
   const missing = await runCli(['adopt', 'restore', path.join(dir, 'nope'), '--endpoint', endpoint]);
   t.is(missing.code, 3, missing.stderr);
   t.regex(missing.stderr, /KVS_NOT_FOUND/);
+});
+
+test('janitor demote - with data-socket auth, ADOPT_RESTORE is for operators only (tenants "*"); `kvstash adopt restore --token`', async (t) => {
+  const { dir, spec } = setup(t);
+  const files = fill(dir, sglang, 3, 8 * KB);
+  const side = tempDir();
+  t.teardown(() => rmSync(side, { recursive: true, force: true }));
+  const endpoint = uniqueIpc(side);
+  const OPS = 'token-ops-0123456789abcdef';
+  const TENANT = 'token-a-0123456789abcdef';
+  const config = loadConfig({ endpoints: [endpoint], fileRoot: path.join(side, 'tier'), dramBytes: '16MiB', fileBytes: '64MiB', logLevel: 'silent' }, {});
+  const auth = await DataAuthPlugin.create({ policy: new AccessPolicy({ [OPS]: '*', [TENANT]: ['a'] }), curveSecretKey: undefined });
+  const sidecar = new Sidecar(config).use(auth).use(janitor(dir, spec, 8 * KB));
+  await sidecar.start();
+  t.teardown(() => sidecar.stop());
+  const names = [...files.keys()];
+  t.false(existsSync(path.join(dir, names[0]!)), 'demoted');
+  const tenant = (await connectAuthenticated(endpoint, { token: TENANT }, { timeoutMs: 10_000 })).client;
+  t.teardown(() => tenant.close());
+  const refused = await t.throwsAsync(tenant.request({ op: 'ADOPT_RESTORE', keys: [names[0]] }));
+  t.is((refused as KvstashError).code, ErrorCode.PERMISSION_DENIED);
+  t.false(existsSync(path.join(dir, names[0]!)), 'a tenant principal restored nothing');
+  t.truthy((await tenant.request({ op: 'ADOPT_STATS' })).header.adopt, 'ADOPT_STATS stays open to any authenticated principal');
+  const noAuth = await runCli(['adopt', 'restore', dir, '--keys', names[0]!, '--endpoint', endpoint]);
+  t.is(noAuth.code, 1, noAuth.stderr);
+  t.regex(noAuth.stderr, /KVS_UNAUTHENTICATED/);
+  const asTenant = await runCli(['adopt', 'restore', dir, '--keys', names[0]!, '--endpoint', endpoint, '--token', TENANT]);
+  t.regex(asTenant.stderr, /KVS_PERMISSION_DENIED/);
+  const asOps = await runCli(['adopt', 'restore', dir, '--keys', names[0]!, '--endpoint', endpoint, '--token', OPS, '--json']);
+  t.is(asOps.code, 0, asOps.stderr);
+  t.is((JSON.parse(asOps.stdout) as { restored: { status: string }[] }).restored[0]!.status, 'restored');
+  t.true(readFileSync(path.join(dir, names[0]!)).equals(files.get(names[0]!)!));
 });
 
 test('janitor demote - a target that fails its puts keeps the files (counted); bad specs are KVS_CONFIG', async (t) => {

@@ -12,18 +12,24 @@ import path from 'node:path';
 import type { Command } from 'commander';
 import { KvstashClient } from '../../connector/client.js';
 import { defaultEndpoints } from '../../connector/config.js';
+import { connectAuthenticated } from '../../connector/control/auth-client.js';
+import { secretValue } from '../../connector/control/settings.js';
 import { formatTable } from '../../connector/table.js';
 import { ErrorCode, toKvstashError } from '../../protocol/errors.js';
 
-interface AdoptCliOpts { endpoint?: string; timeout: string; json?: boolean; keys?: string }
+interface AdoptCliOpts { endpoint?: string; timeout: string; json?: boolean; keys?: string; token?: string }
 
 const EXIT: Record<string, number> = { [ErrorCode.BAD_FIELD]: 2, [ErrorCode.CONFIG]: 2, [ErrorCode.NOT_FOUND]: 3 };
 
 async function withClient(opts: AdoptCliOpts, body: (c: KvstashClient) => Promise<void>): Promise<void> {
   const endpoint = opts.endpoint ?? process.env.KVSTASH_ENDPOINT ?? defaultEndpoints()[0]!;
-  const c = new KvstashClient(endpoint, { timeoutMs: Number(opts.timeout) });
+  const token = opts.token ?? process.env.KVSTASH_TOKEN;
+  let c: KvstashClient | undefined;
   let code = 0;
   try {
+    // With data-socket auth on, AUTH with the token first (restore is an operator op: a token of every tenant, "*").
+    c = token ? (await connectAuthenticated(endpoint, { token: secretValue(token) }, { timeoutMs: Number(opts.timeout) })).client
+      : new KvstashClient(endpoint, { timeoutMs: Number(opts.timeout) });
     await body(c);
   } catch (err) {
     const e = toKvstashError(err);
@@ -32,7 +38,7 @@ async function withClient(opts: AdoptCliOpts, body: (c: KvstashClient) => Promis
     process.stderr.write(`kvstash: ${e.code}: ${e.message}${hint}\n`);
     code = EXIT[e.code] ?? 1;
   } finally {
-    c.close();
+    c?.close();
   }
   process.exitCode = code;
 }
@@ -41,6 +47,7 @@ function options(cmd: Command): Command {
   return cmd
     .option('--endpoint <ep>', 'data-socket endpoint of the sidecar (env KVSTASH_ENDPOINT; default its ipc socket)')
     .option('--timeout <ms>', 'deadline in ms', '30000')
+    .option('--token <token|@file>', 'bearer token for data-socket AUTH when the sidecar has auth on (env KVSTASH_TOKEN)')
     .option('--json', 'print JSON (errors too: {"error": {"code", "message"}})');
 }
 

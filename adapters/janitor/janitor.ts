@@ -98,7 +98,7 @@ export class FolderJanitor implements SidecarPlugin {
       const all: FolderJanitor[] = (list = []);
       JANITORS.set(host, all);
       host.registerOp('ADOPT_STATS', () => ({ adopt: all.map((j) => j.stats()) }));
-      host.registerOp('ADOPT_RESTORE', (h) => restoreOp(all, h));
+      host.registerOp('ADOPT_RESTORE', (h) => restoreOp(all, h), { operator: true }); // writes into an engine's folder
       host.addStatsSource({
         name: 'adopt', counters: METRIC_COUNTERS, gauges: METRIC_GAUGES,
         rows: () => all.map((j) => ({ instance: j.opts.dir, values: j.metricValues() })),

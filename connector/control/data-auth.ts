@@ -8,7 +8,8 @@
  *   `tokenId(token)` (token); `ts` the client's clock in ms; `proof` 32 bytes (see auth.ts for the formula).
  *   Reply: `principal`, `tenants` (list, or ["*"]). Errors: KVS_BAD_FIELD, KVS_UNAUTHENTICATED.
  * - Guard: with auth on, every op but PING and AUTH needs a bound routing id (KVS_UNAUTHENTICATED), and ops
- *   naming a namespace (HELLO, LOOKUP, GET, PUT, EXISTS, DELETE) need its tenant (KVS_PERMISSION_DENIED).
+ *   naming a namespace (HELLO, LOOKUP, GET, PUT, EXISTS, DELETE) need its tenant (KVS_PERMISSION_DENIED); plugin
+ *   ops registered as operator ops (ADOPT_RESTORE) need a principal of every tenant, "*" (KVS_PERMISSION_DENIED).
  */
 import { ErrorCode, KvstashError } from '../../protocol/errors.js';
 import type { Router } from 'zeromq';
@@ -65,7 +66,11 @@ export class DataAuthPlugin implements SidecarPlugin {
     sidecar.addGuard((peer, op, ns) => {
       if (op === AUTH_OP || op === 'PING') return;
       try {
-        this.opts.policy.check(this.bound.get(peer.routingId.toString('hex')), ns?.tenant);
+        const principal = this.bound.get(peer.routingId.toString('hex'));
+        this.opts.policy.check(principal, ns?.tenant);
+        if (sidecar.isOperatorOp(op) && principal?.tenants !== '*') {
+          throw new KvstashError(ErrorCode.PERMISSION_DENIED, `${op}: only an operator (a principal of every tenant, "*") may call it; ${principal?.id} is not`);
+        }
       } catch (err) {
         this.counters.refused++;
         if ((err as KvstashError).code === ErrorCode.UNAUTHENTICATED) {

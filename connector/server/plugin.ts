@@ -98,7 +98,13 @@ export interface PluginHost {
   /** Socket options before bind (CURVE). */
   addSocketSetup(setup: (router: Router) => void): void;
   setPrincipalResolver(resolve: PrincipalResolver): void;
-  registerOp(name: string, handler: OpHandler): void;
+  /**
+   * `operator: true` marks an op that changes what the sidecar holds for everyone (restores files into an engine's
+   * folder, …): with data-socket auth on, only a principal of every tenant ("*") may call it (KVS_PERMISSION_DENIED).
+   */
+  registerOp(name: string, handler: OpHandler, opts?: { operator?: boolean }): void;
+  /** Was `op` registered with `operator: true`? (the auth guard asks) */
+  isOperatorOp(op: string): boolean;
   /** Add a StatsSource (name lowercase, unique, not a core STATS field; else KVS_CONFIG). */
   addStatsSource(source: StatsSource): void;
   readonly statsSources: readonly StatsSource[];

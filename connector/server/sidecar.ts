@@ -57,6 +57,7 @@ export class Sidecar implements PluginHost {
   /** Registered namespaces (`namespaces` is its map), quotas and expiry (namespace-registry.ts). */
   readonly nsRegistry: NamespaceRegistry;
   private readonly guards: RequestGuard[] = [];
+  private readonly operatorOpNames = new Set<string>();
   private readonly observers: RequestObserver[] = [];
   private readonly socketSetups: ((router: Router) => void)[] = [];
   private principalOf: PrincipalResolver | undefined;
@@ -99,13 +100,18 @@ export class Sidecar implements PluginHost {
     return this;
   }
 
-  /** Register a plugin op (name in capitals, not a core op). */
-  registerOp(name: string, handler: OpHandler): void {
+  /** Register a plugin op (name in capitals, not a core op); `operator`: only operators may call it (plugin.ts). */
+  registerOp(name: string, handler: OpHandler, opts: { operator?: boolean } = {}): void {
     if (!/^[A-Z][A-Z_]*$/.test(name) || this.extraOps.has(name) || ALL_OPS.has(name)) {
       throw new KvstashError(ErrorCode.CONFIG, `cannot register op "${name}"`);
     }
     this.extraOps.set(name, handler);
     this.extraOpNames.add(name);
+    if (opts.operator) this.operatorOpNames.add(name);
+  }
+
+  isOperatorOp(op: string): boolean {
+    return this.operatorOpNames.has(op);
   }
 
   addStatsSource(source: StatsSource): void {
