@@ -5,6 +5,8 @@
  */
 import test from 'ava';
 import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { KvstashClient } from '../../connector/client.js';
 import { killAndWait, repoRoot, spawnSidecar, startSidecar, tempDir, uniqueIpc } from '../helpers/sidecar.js';
@@ -73,7 +75,11 @@ test('arena-python - an engine killed between ALLOC and COMMIT: its slots come b
 test('arena-python - sidecar killed with -9 and restarted: the client re-attaches to the new arena', async (t) => {
   const dir = tempDir();
   const ep = uniqueIpc(dir);
-  const args = ['--endpoints', ep, '--file-root', '', '--dram-bytes', '64MiB'];
+  // An arena folder of its own: every sidecar sweeps the stale arenas of its folder at start, and one started by
+  // another test meanwhile could reclaim the killed sidecar's arena before the restarted one looks.
+  const shm = mkdtempSync(path.join(existsSync('/dev/shm') ? '/dev/shm' : os.tmpdir(), 'kvstash-test-arena-'));
+  t.teardown(() => rmSync(shm, { recursive: true, force: true }));
+  const args = ['--endpoints', ep, '--file-root', '', '--dram-bytes', '64MiB', '--arena-dir', shm];
   let sc = await spawnSidecar(args);
   t.teardown(() => killAndWait(sc.proc));
   const r = await runPy(['restart', ep], {
