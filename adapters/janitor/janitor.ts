@@ -14,6 +14,11 @@
  * - Heat: a decayed access count per file (half-life `halfLifeMs`). Accesses are seen through inotify
  *   (`inotifywait -m -r -e access,close_write,moved_to`, Debian's inotify-tools): reads by the engine, and writes.
  *   Files present at start count one access at their mtime.
+ * - The engines' own KV events count as accesses too (`vllm-fs`, when the sidecar follows the engines' KV events:
+ *   `--vllm-events`): a block vLLM reports stored (BlockStored, any medium: it was just computed or loaded, so the
+ *   block is in use) is an access of every adopted file named by that block's hash — the fs tier names a file by the
+ *   hash's hex (file_mapper.py above), the events carry its last 8 bytes as an int (PluginHost.onEngineBlocks).
+ *   The one signal where inotify sees nothing (NFS). SGLang's events are not mapped to its `file` keys.
  * - Eviction: while the matching files pass `budgetBytes`, the coldest file (lowest decayed heat, then least
  *   recently accessed) is unlinked. Never a file modified less than `minAgeMs` ago (an engine may still be
  *   writing it) and never a non-matching name (engines write temp names first). A failed unlink is counted.
@@ -27,7 +32,6 @@
  *   demoted file is not seen (inotify reports no failed opens), the engine recomputes that block.
  * - `watch: false` runs without inotify (folders where it sees nothing, e.g. NFS): heat is then the file's mtime.
  * - Counters are in STATS (field `adopt`) and metrics (`kvstash_adopt_*`, label `instance` = the folder).
- * - Not done yet (issue 11 part 3): using the engines' KV events as access signals.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { readdir, stat, unlink } from 'node:fs/promises';
@@ -72,8 +76,10 @@ interface FileState { size: number; mtimeMs: number; heat: number; heatAt: numbe
 
 export class FolderJanitor implements SidecarPlugin {
   readonly name: string;
-  readonly counters = { scans: 0, accesses: 0, evicted: 0, evictedBytes: 0, unlinkErrors: 0, skippedYoung: 0 };
+  readonly counters = { scans: 0, accesses: 0, eventAccesses: 0, evicted: 0, evictedBytes: 0, unlinkErrors: 0, skippedYoung: 0 };
   private readonly files = new Map<string, FileState>();
+  /** vllm-fs: last 16 hex digits of a file's block hash → its paths (one per rank and group). */
+  private readonly byHash = new Map<string, Set<string>>();
   private ignored = 0;
   private watcher: ChildProcess | undefined;
   private timer: NodeJS.Timeout | undefined;
@@ -105,6 +111,40 @@ export class FolderJanitor implements SidecarPlugin {
       });
     }
     list.push(this);
+    if (this.opts.layout === 'vllm-fs') host.onEngineBlocks((b) => this.engineStored(b.keys));
+  }
+
+  /** Blocks an engine reported stored (its KV events): an access of each adopted file named by one of them. */
+  engineStored(keys: readonly bigint[]): void {
+    const now = Date.now();
+    for (const k of keys) {
+      const rels = this.byHash.get(k.toString(16).padStart(16, '0'));
+      if (!rels) continue;
+      for (const rel of rels) {
+        const f = this.files.get(rel);
+        if (!f) continue;
+        this.bump(f, now);
+        this.counters.eventAccesses++;
+      }
+    }
+  }
+
+  private track(rel: string, f: FileState): void {
+    this.files.set(rel, f);
+    const h = hashTail(this.opts.layout, rel);
+    if (h === undefined) return;
+    let set = this.byHash.get(h);
+    if (!set) this.byHash.set(h, (set = new Set()));
+    set.add(rel);
+  }
+
+  private untrack(rel: string): void {
+    this.files.delete(rel);
+    const h = hashTail(this.opts.layout, rel);
+    const set = h === undefined ? undefined : this.byHash.get(h);
+    if (!set) return;
+    set.delete(rel);
+    if (!set.size) this.byHash.delete(h!);
   }
 
   async start(): Promise<void> {
@@ -156,13 +196,13 @@ export class FolderJanitor implements SidecarPlugin {
     if (!this.re.test(rel)) return;
     const now = Date.now();
     if (events.includes('DELETE')) {
-      this.files.delete(rel);
+      this.untrack(rel);
       return;
     }
     let f = this.files.get(rel);
     if (!f) {
       f = { size: 0, mtimeMs: now, heat: 0, heatAt: now, lastAccess: now };
-      this.files.set(rel, f);
+      this.track(rel, f);
       if (!events.includes('ACCESS')) void stat(file).then((s) => { f!.size = s.size; f!.mtimeMs = s.mtimeMs; }, () => undefined);
     }
     if (events.includes('CLOSE_WRITE') || events.includes('MOVED_TO')) f.mtimeMs = now;
@@ -205,12 +245,12 @@ export class FolderJanitor implements SidecarPlugin {
       if (!f) {
         f = { size: s.size, mtimeMs: s.mtimeMs, heat: 0, heatAt: s.mtimeMs, lastAccess: s.mtimeMs };
         this.bump(f, s.mtimeMs);
-        this.files.set(rel, f);
+        this.track(rel, f);
       }
       f.size = s.size;
       f.mtimeMs = Math.max(f.mtimeMs, s.mtimeMs);
     }
-    for (const rel of [...this.files.keys()]) if (!seen.has(rel)) this.files.delete(rel);
+    for (const rel of [...this.files.keys()]) if (!seen.has(rel)) this.untrack(rel);
     this.ignored = ignored;
     await this.evict();
   }
@@ -232,13 +272,13 @@ export class FolderJanitor implements SidecarPlugin {
         });
         if (ok === undefined) break; // the target failed: keep the rest too, retry next scan
         if (ok === 'changed') { this.counters.skippedYoung++; continue; } // the engine is writing it
-        this.files.delete(rel);
+        this.untrack(rel);
         total -= f.size;
         continue;
       }
       try {
         await unlink(path.join(this.opts.dir, rel));
-        this.files.delete(rel);
+        this.untrack(rel);
         total -= f.size;
         this.counters.evicted++;
         this.counters.evictedBytes += f.size;
@@ -268,7 +308,7 @@ export class FolderJanitor implements SidecarPlugin {
     for (const n of this.target?.demoted.values() ?? []) demotedStored += n;
     return {
       files: this.files.size, bytes, budget_bytes: this.opts.budgetBytes, demoted_files: this.target?.demoted.size ?? 0, demoted_stored_bytes: demotedStored,
-      scans: this.counters.scans, accesses: this.counters.accesses, evicted: this.counters.evicted, evicted_bytes: this.counters.evictedBytes,
+      scans: this.counters.scans, accesses: this.counters.accesses, event_accesses: this.counters.eventAccesses, evicted: this.counters.evicted, evicted_bytes: this.counters.evictedBytes,
       demoted: t?.demoted ?? 0, demoted_bytes: t?.demotedBytes ?? 0, demote_errors: t?.demoteErrors ?? 0,
       restored: t?.restored ?? 0, restored_bytes: t?.restoredBytes ?? 0, refused: t?.refused ?? 0,
     };
@@ -295,7 +335,7 @@ export class FolderJanitor implements SidecarPlugin {
           if (s) {
             const f: FileState = { size: s.size, mtimeMs: s.mtimeMs, heat: 0, heatAt: s.mtimeMs, lastAccess: s.mtimeMs };
             this.bump(f, Date.now());
-            this.files.set(r.file, f);
+            this.track(r.file, f);
           }
         }
       } catch (err) {
@@ -316,10 +356,17 @@ export class FolderJanitor implements SidecarPlugin {
   }
 }
 
+/** Last 16 hex digits of the block hash a file is named by (vllm-fs: `<hash hex>.bin`), else undefined. */
+function hashTail(layout: string, rel: string): string | undefined {
+  if (layout !== 'vllm-fs') return undefined;
+  const hex = path.basename(rel, '.bin');
+  return hex.length >= 16 ? hex.slice(-16) : hex.padStart(16, '0');
+}
+
 /** The janitors of each sidecar (for its ADOPT_STATS and ADOPT_RESTORE ops). */
 const JANITORS = new WeakMap<PluginHost, FolderJanitor[]>();
 
-const METRIC_COUNTERS = ['scans', 'accesses', 'evicted', 'evicted_bytes', 'demoted', 'demoted_bytes', 'demote_errors', 'restored', 'restored_bytes', 'refused'];
+const METRIC_COUNTERS = ['scans', 'accesses', 'event_accesses', 'evicted', 'evicted_bytes', 'demoted', 'demoted_bytes', 'demote_errors', 'restored', 'restored_bytes', 'refused'];
 const METRIC_GAUGES = ['files', 'bytes', 'budget_bytes', 'demoted_files', 'demoted_stored_bytes'];
 
 /** ADOPT_RESTORE {dir?: string, keys?: string[]} → {restored: RestoreResult[]}. `dir` may be left out with one adopted folder. */

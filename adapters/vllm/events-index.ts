@@ -13,8 +13,9 @@
  * - `start()` only connects sockets (a publisher that is not up yet is picked up when it appears).
  */
 import { ErrorCode, KvstashError } from '../../protocol/errors.js';
+import { hashKey, type KvEventBatch } from '../../protocol/vllm-events.js';
 import { EventStream, type StreamStats } from './event-stream.js';
-import { ResidencyIndex, type EngineHit, type EngineSummary } from './residency.js';
+import { GPU, ResidencyIndex, type EngineHit, type EngineSummary } from './residency.js';
 import { noneHash, vllmEventHashes, type MmItem } from './vllm-hash.js';
 
 export interface VllmPublisher {
@@ -57,6 +58,7 @@ export class VllmEventsIndex {
   readonly blockSize: number;
   private readonly seed: Buffer;
   private readonly streams: EventStream[];
+  private readonly storedListeners: ((engine: string, medium: string, keys: bigint[]) => void)[] = [];
 
   constructor(readonly opts: VllmEventsIndexOptions) {
     this.blockSize = opts.blockSize ?? 16;
@@ -65,10 +67,25 @@ export class VllmEventsIndex {
     if (new Set(eps).size !== eps.length) throw new KvstashError(ErrorCode.CONFIG, `vLLM event endpoints must be distinct, got ${eps.join(', ')}`);
     this.seed = noneHash(opts.hashSeed ?? '0');
     this.residency = new ResidencyIndex({ maxBlocksPerEngine: opts.maxBlocksPerEngine }, this.blockSize);
-    const sink = { apply: this.residency.apply.bind(this.residency), drop: (ep: string) => this.residency.drop(ep) };
+    const sink = { apply: (ep: string, batch: KvEventBatch) => this.apply(ep, batch), drop: (ep: string) => this.residency.drop(ep) };
     this.streams = opts.publishers.map((p) => new EventStream({
       endpoint: p.endpoint, replayEndpoint: p.replay, topic: opts.topic, replayTimeoutMs: opts.replayTimeoutMs, replayBackoffMs: opts.replayBackoffMs,
     }, sink));
+  }
+
+  private apply(endpoint: string, batch: KvEventBatch): void {
+    this.residency.apply(endpoint, batch);
+    if (!this.storedListeners.length) return;
+    for (const ev of batch.events) {
+      if (ev.type !== 'BlockStored') continue;
+      const keys = ev.block_hashes.map(hashKey);
+      for (const l of this.storedListeners) l(endpoint, ev.medium ?? GPU, keys);
+    }
+  }
+
+  /** Called with the blocks of every BlockStored event applied (replays included), after the index took them. */
+  onStored(listener: (engine: string, medium: string, keys: bigint[]) => void): void {
+    this.storedListeners.push(listener);
   }
 
   async start(): Promise<void> {

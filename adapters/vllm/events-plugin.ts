@@ -52,6 +52,7 @@ export class VllmEventsPlugin implements SidecarPlugin {
       const answer = this.index.lookup({ tokens, lora: optString(h, 'lora'), cacheSalt: optString(h, 'cache_salt') });
       return { ...answer, streams: this.index.streamStats() };
     });
+    this.index.onStored((engine, medium, keys) => sidecar.publishEngineBlocks({ engine, medium, keys }));
     await this.index.start();
   }
 

@@ -79,6 +79,14 @@ export interface StatsSource {
   rows(): { instance: string; values: Record<string, number | string> }[];
 }
 
+/**
+ * Blocks an engine reports it has just stored (its own KV events): the engine (publisher endpoint), the medium
+ * ("GPU", "CPU", …) and 64-bit block keys — vLLM's int block hash, or the last 8 bytes of a digest read big-endian
+ * (protocol/vllm-events.ts hashKey). A block an engine stores is in use: plugins that manage engine-owned storage
+ * (the folder janitor) take it as an access.
+ */
+export interface EngineBlocks { engine: string; medium: string; keys: readonly bigint[] }
+
 export interface PluginHost {
   readonly config: Config;
   readonly limits: Limits;
@@ -95,6 +103,12 @@ export interface PluginHost {
   stats(): Record<string, unknown>;
   addGuard(guard: RequestGuard): void;
   addObserver(observer: RequestObserver): void;
+  /**
+   * Engine block reports: plugins that learn them (the vLLM KV-events index) publish, others listen. Listeners run
+   * synchronously in publish order; they must be cheap, and their errors are logged and dropped.
+   */
+  publishEngineBlocks(blocks: EngineBlocks): void;
+  onEngineBlocks(listener: (blocks: EngineBlocks) => void): void;
   /** Socket options before bind (CURVE). */
   addSocketSetup(setup: (router: Router) => void): void;
   setPrincipalResolver(resolve: PrincipalResolver): void;

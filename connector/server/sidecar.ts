@@ -30,13 +30,13 @@ import { defaultRegistry, type DriverRegistry } from '../storage/registry.js';
 import type { TierStack } from '../tiers/tier-stack.js';
 import { LeaseBook } from './leases.js';
 import { VERSION } from '../version.js';
-import type { OpHandler, PeerContext, PluginHost, PrincipalResolver, RequestGuard, RequestObserver, SidecarPlugin, StatsSource, TierControl, TierWrites } from './plugin.js';
+import type { EngineBlocks, OpHandler, PeerContext, PluginHost, PrincipalResolver, RequestGuard, RequestObserver, SidecarPlugin, StatsSource, TierControl, TierWrites } from './plugin.js';
 
 export const SERVER_VERSION = `kvstash/${VERSION}`;
 /** Namespaces one sidecar registers at most (each HELLO of a new descriptor adds one; they are persisted). */
 export const MAX_NAMESPACES = 65_536;
 
-export type { OpHandler, PeerContext, PluginHost, PrincipalResolver, RequestGuard, RequestObserver, SidecarPlugin, StatsSource, TierControl, TierWrites, TiersView } from './plugin.js';
+export type { EngineBlocks, OpHandler, PeerContext, PluginHost, PrincipalResolver, RequestGuard, RequestObserver, SidecarPlugin, StatsSource, TierControl, TierWrites, TiersView } from './plugin.js';
 
 export function storageKeys(ns: string, keys: Buffer): string[] {
   const hex = keys.toString('hex');
@@ -59,6 +59,7 @@ export class Sidecar implements PluginHost {
   private readonly guards: RequestGuard[] = [];
   private readonly operatorOpNames = new Set<string>();
   private readonly observers: RequestObserver[] = [];
+  private readonly blockListeners: ((blocks: EngineBlocks) => void)[] = [];
   private readonly socketSetups: ((router: Router) => void)[] = [];
   private principalOf: PrincipalResolver | undefined;
   private router: Router | undefined;
@@ -140,6 +141,20 @@ export class Sidecar implements PluginHost {
 
   addObserver(observer: RequestObserver): void {
     this.observers.push(observer);
+  }
+
+  publishEngineBlocks(blocks: EngineBlocks): void {
+    for (const l of this.blockListeners) {
+      try {
+        l(blocks);
+      } catch (err) {
+        this.log.warn({ err }, 'engine-blocks listener failed');
+      }
+    }
+  }
+
+  onEngineBlocks(listener: (blocks: EngineBlocks) => void): void {
+    this.blockListeners.push(listener);
   }
 
   addSocketSetup(setup: (router: Router) => void): void {

@@ -6,8 +6,13 @@
 import test from 'ava';
 import { existsSync, mkdirSync, readFileSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
+import { Publisher } from 'zeromq';
 import { FolderJanitor, parseAdoptSpec } from '../../adapters/janitor/janitor.js';
-import { tempDir } from '../helpers/sidecar.js';
+import { VllmEventsPlugin } from '../../adapters/vllm/events-plugin.js';
+import { loadConfig } from '../../connector/config.js';
+import { Sidecar } from '../../connector/server/sidecar.js';
+import { encodeEventBatch, encodeSeq, type KvEventBatch } from '../../protocol/vllm-events.js';
+import { tempDir, uniqueIpc } from '../helpers/sidecar.js';
 
 async function until(cond: () => boolean, ms: number, what: string): Promise<void> {
   const end = Date.now() + ms;
@@ -52,6 +57,45 @@ test.serial('janitor - vllm-fs folder: reads heat files, the coldest go over bud
   const st = j.stats();
   t.like(st, { files: 3, bytes: 3000, evicted: 4, evictedBytes: 4000, unlinkErrors: 0 });
   t.true((st.skippedYoung as number) >= 1);
+});
+
+test.serial('janitor - vllm-fs folder without inotify: blocks vLLM reports stored (KV events over ZeroMQ) heat their files; the others go', async (t) => {
+  const dir = tempDir();
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  // vLLM's fs tier names a file by its block hash's hex; the events carry the hash's last 8 bytes as an int.
+  const hash = (i: number) => 'ab'.repeat(24) + (0x5eed0000n + BigInt(i)).toString(16).padStart(16, '0');
+  const block = (i: number) => path.join(dir, 'org_model_0123456789ab_r0', hash(i).slice(0, 3), `${hash(i).slice(3, 5)}_g0`, `${hash(i)}.bin`);
+  for (let i = 0; i < 6; i++) put(block(i), 1000, 3_600_000 - i * 1000); // block 0 oldest
+  const events = uniqueIpc(dir);
+  const pub = new Publisher();
+  await pub.bind(events);
+  t.teardown(() => pub.close());
+  const config = loadConfig({ endpoints: [uniqueIpc(dir)], fileRoot: '', dramBytes: '16MiB', logLevel: 'silent' }, {});
+  const j = new FolderJanitor({ ...parseAdoptSpec(`${dir}:vllm-fs`), budgetBytes: 1e12, minAgeMs: 30_000, scanMs: 3_600_000, watch: false });
+  const sidecar = new Sidecar(config).use(new VllmEventsPlugin({ publishers: [{ endpoint: events }] })).use(j);
+  await sidecar.start();
+  t.teardown(() => sidecar.stop());
+  t.like(j.stats(), { files: 6, eventAccesses: 0 });
+  // The engine stores blocks 0..2 (GPU medium: computed or loaded), and a block the folder does not hold.
+  const batch: KvEventBatch = {
+    ts: Date.now() / 1000, data_parallel_rank: 0, events: [{
+      type: 'BlockStored', block_hashes: [0, 1, 2, 99].map((i) => 0x5eed0000n + BigInt(i)), parent_block_hash: null, token_ids: Array.from({ length: 64 }, (_, i) => i),
+      block_size: 16, lora_id: null, medium: 'GPU', lora_name: null, extra_keys: null, group_idx: 0, kv_cache_spec_kind: null, kv_cache_spec_sliding_window: null,
+    }],
+  };
+  // A SUB joins a PUB asynchronously: publish (seq 0, 1, …) until the janitor has seen the three blocks.
+  let seq = 0n;
+  await until(() => {
+    void pub.send(['', encodeSeq(seq++), encodeEventBatch(batch)]);
+    return (j.counters.eventAccesses >= 3);
+  }, 20_000, 'KV-event accesses');
+  t.is(j.counters.eventAccesses % 3, 0, 'only the three blocks the folder holds');
+  t.is(j.counters.accesses, 0, 'no inotify');
+  j.opts.budgetBytes = 3500;
+  await j.scan();
+  for (let i = 0; i < 3; i++) t.true(existsSync(block(i)), `block ${i}, stored by the engine, kept`);
+  for (let i = 3; i < 6; i++) t.false(existsSync(block(i)), `block ${i} evicted`);
+  t.like(j.stats(), { files: 3, evicted: 3 });
 });
 
 test.serial('janitor - sglang-file folder and spec parsing', async (t) => {
