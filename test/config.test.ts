@@ -1,7 +1,9 @@
 import test from 'ava';
 import { writeFileSync } from 'node:fs';
 import path from 'node:path';
+import { curveKeyPair } from 'zeromq';
 import { loadConfig, parseBytes, SETTINGS } from '../connector/config.js';
+import { CONTROL_SETTINGS, curveSecretFromConfig } from '../connector/control/settings.js';
 import { ErrorCode, KvstashError } from '../protocol/errors.js';
 import { tempDir } from './helpers/sidecar.js';
 
@@ -40,4 +42,18 @@ test('config - every setting has a distinct env var and flag, and the defaults r
   t.true(c.dramBytes > 0);
   t.true(c.endpoints.some((e) => e.startsWith('ipc://')));
   t.true(c.endpoints.includes('tcp://127.0.0.1:5599'));
+});
+
+test('config - a z85 CURVE secret key may start with "@" (1 in 85): it is the key, unless a file of that name exists', (t) => {
+  let key = curveKeyPair().secretKey;
+  key = '@' + key.slice(1); // any 40 z85 characters are a key
+  const cfg = (v: string) => loadConfig({ curveSecretKey: v }, {}, undefined, CONTROL_SETTINGS);
+  t.is(curveSecretFromConfig(cfg(key)), key, 'found by a CI run: the key was read as a file name');
+  const dir = tempDir();
+  const file = path.join(dir, 'curve.key');
+  const other = curveKeyPair().secretKey;
+  writeFileSync(file, other + '\n');
+  t.is(curveSecretFromConfig(cfg('@' + file)), other, '@file still reads the file');
+  const err = t.throws(() => curveSecretFromConfig(cfg('@' + path.join(dir, 'missing.key'))));
+  t.is((err as KvstashError).code, ErrorCode.CONFIG);
 });

@@ -4,7 +4,7 @@
  * docs/environment.md).
  */
 import { timingSafeEqual } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { ErrorCode, KvstashError } from '../../protocol/errors.js';
 import type { Config, Setting } from '../config.js';
 import { AccessPolicy } from './auth.js';
@@ -61,8 +61,19 @@ export function policyFromConfig(config: Config): AccessPolicy {
   return new AccessPolicy(jsonMap(config.authTokens, 'authTokens'), jsonMap(config.curveClients, 'curveClients'));
 }
 
+/** A z85 key is 40 characters of this alphabet, which includes "@" (auth.ts checks client keys the same way). */
+const Z85_KEY = /^[0-9a-zA-Z.\-:+=^!/*?&<>()[\]{}@%$#]{40}$/;
+
+/**
+ * A key setting: "@path" reads the file, except that a 40-char z85 key may itself start with "@" (1 key in 85):
+ * such a value is the key unless a file of that name exists (the Python side, kvstash/auth.py, decides alike).
+ */
+export function keyValue(v: string): string {
+  return v.startsWith('@') && Z85_KEY.test(v) && !existsSync(v.slice(1)) ? v : secretValue(v);
+}
+
 export function curveSecretFromConfig(config: Config): string | undefined {
-  const v = secretValue(String(config.curveSecretKey ?? ''));
+  const v = keyValue(String(config.curveSecretKey ?? ''));
   if (!v) return undefined;
   if (v.length !== 40) throw new KvstashError(ErrorCode.CONFIG, 'curveSecretKey must be a 40-char z85 key (generate one with `kvstash keygen`)');
   return v;
