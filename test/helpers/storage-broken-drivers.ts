@@ -11,10 +11,22 @@ import type { BlockMeta, DriverFactory, StoredValue } from '../../connector/stor
 /**
  * Writes values in place, with no temp file: readers and crashes see partial values. The header and the first half
  * go out synchronously as the put starts (so a kill a few ms after the kit's "putting" lands mid-value even on a
- * loaded machine), the rest 1 MiB at a time.
+ * loaded machine); for values over 1 MiB the rest waits until a get has run meanwhile (at most 2 s: a reader racing
+ * the put always meets the torn state, however slow the machine), then goes out 1 MiB at a time.
  */
 export class TornWriterDriver extends FileDriver {
+  private gets = 0;
+
+  override async get(key: string): Promise<StoredValue | undefined> {
+    try {
+      return await super.get(key);
+    } finally {
+      this.gets++;
+    }
+  }
+
   override async put(key: string, value: Buffer, meta: BlockMeta): Promise<void> {
+    const seen = this.gets;
     const dest = this.pathOf(key);
     mkdirSync(path.dirname(dest), { recursive: true });
     const fd = openSync(dest, 'w');
@@ -22,6 +34,8 @@ export class TornWriterDriver extends FileDriver {
       const half = value.length >> 1;
       writeSync(fd, encodeHeader(value.length, meta.checksum, key));
       writeSync(fd, value.subarray(0, half));
+      const until = Date.now() + 2000;
+      while (value.length > 2 ** 20 && this.gets === seen && Date.now() < until) await new Promise((r) => setTimeout(r, 1));
       for (let off = half; off < value.length; off += 2 ** 20) {
         await new Promise((r) => setImmediate(r));
         writeSync(fd, value.subarray(off, Math.min(off + 2 ** 20, value.length)));
