@@ -21,7 +21,7 @@ import { AccessPolicy } from '../connector/control/auth.js';
 import { connectAuthenticated } from '../connector/control/auth-client.js';
 import { DataAuthPlugin } from '../connector/control/data-auth.js';
 import { MetricsPlugin } from '../connector/control/metrics.js';
-import { Sidecar } from '../connector/server/sidecar.js';
+import { Sidecar, type SidecarPlugin } from '../connector/server/sidecar.js';
 import { ErrorCode, KvstashError } from '../protocol/errors.js';
 import { startS3rver } from './helpers/s3rver.js';
 import { repoRoot, tempDir, uniqueIpc } from './helpers/sidecar.js';
@@ -177,17 +177,24 @@ function runCli(args: string[]): Promise<{ code: number; stdout: string; stderr:
   });
 }
 
-test('janitor demote - in a sidecar: ADOPT_RESTORE op, STATS adopt rows, kvstash_adopt_* metrics, `kvstash adopt` CLI', async (t) => {
-  const { dir, spec } = setup(t);
-  const files = fill(dir, sglang, 4, 8 * KB);
+/** A sidecar (ipc data socket, DRAM + file tiers in a temp folder) with `plugins`, then the janitor; stopped at teardown. */
+async function sidecarWith(t: { teardown: (f: () => unknown) => void }, j: FolderJanitor, ...plugins: SidecarPlugin[]): Promise<string> {
   const side = tempDir();
   t.teardown(() => rmSync(side, { recursive: true, force: true }));
   const endpoint = uniqueIpc(side);
   const config = loadConfig({ endpoints: [endpoint], fileRoot: path.join(side, 'tier'), dramBytes: '16MiB', fileBytes: '64MiB', logLevel: 'silent' }, {});
-  const metrics = new MetricsPlugin({ address: '127.0.0.1:0', topNamespaces: 4 });
-  const sidecar = new Sidecar(config).use(metrics).use(janitor(dir, spec, 8 * KB));
-  await sidecar.start();
+  const sidecar = new Sidecar(config);
+  for (const p of plugins) sidecar.use(p);
+  await sidecar.use(j).start();
   t.teardown(() => sidecar.stop());
+  return endpoint;
+}
+
+test('janitor demote - in a sidecar: ADOPT_RESTORE op, STATS adopt rows, kvstash_adopt_* metrics, `kvstash adopt` CLI', async (t) => {
+  const { dir, spec } = setup(t);
+  const files = fill(dir, sglang, 4, 8 * KB);
+  const metrics = new MetricsPlugin({ address: '127.0.0.1:0', topNamespaces: 4 });
+  const endpoint = await sidecarWith(t, janitor(dir, spec, 8 * KB), metrics);
   const c = new KvstashClient(endpoint, { timeoutMs: 10_000 });
   t.teardown(() => c.close());
   const st = await c.stats();
@@ -215,16 +222,10 @@ test('janitor demote - in a sidecar: ADOPT_RESTORE op, STATS adopt rows, kvstash
 test('janitor demote - with data-socket auth, ADOPT_RESTORE is for operators only (tenants "*"); `kvstash adopt restore --token`', async (t) => {
   const { dir, spec } = setup(t);
   const files = fill(dir, sglang, 3, 8 * KB);
-  const side = tempDir();
-  t.teardown(() => rmSync(side, { recursive: true, force: true }));
-  const endpoint = uniqueIpc(side);
   const OPS = 'token-ops-0123456789abcdef';
   const TENANT = 'token-a-0123456789abcdef';
-  const config = loadConfig({ endpoints: [endpoint], fileRoot: path.join(side, 'tier'), dramBytes: '16MiB', fileBytes: '64MiB', logLevel: 'silent' }, {});
   const auth = await DataAuthPlugin.create({ policy: new AccessPolicy({ [OPS]: '*', [TENANT]: ['a'] }), curveSecretKey: undefined });
-  const sidecar = new Sidecar(config).use(auth).use(janitor(dir, spec, 8 * KB));
-  await sidecar.start();
-  t.teardown(() => sidecar.stop());
+  const endpoint = await sidecarWith(t, janitor(dir, spec, 8 * KB), auth);
   const names = [...files.keys()];
   t.false(existsSync(path.join(dir, names[0]!)), 'demoted');
   const tenant = (await connectAuthenticated(endpoint, { token: TENANT }, { timeoutMs: 10_000 })).client;
