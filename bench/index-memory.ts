@@ -1,7 +1,7 @@
 /**
  * Index memory per block: rebuild a TierStack index from a lower tier that lists N blocks (a generated listing,
  * no stored bytes; N = 1 M, `--blocks=N` to change, e.g. `npm run bench -- index --blocks=10000000`) and measure
- * the heap + buffer growth and the RSS growth, the rebuild time, and the FastIndex's share (24 bytes per table
+ * the heap + buffer growth and the RSS growth, the rebuild time, and the FastIndex's share (20 bytes per table
  * slot, connector/tiers/fast-index.ts). Run with --expose-gc for a clean figure (bench/run.ts passes it). Also
  * times LOOKUP of an 8,192-block chain in that full index. Above ~3 M blocks the V8 heap limit is raised by
  * re-running this file with --max-old-space-size (10 M blocks: about 6 GB heap, several minutes).
@@ -15,13 +15,12 @@ import { lfudaPolicy, lruPolicy } from '../connector/tiers/policy.js';
 import { TierStack } from '../connector/tiers/tier-stack.js';
 import { formatTable, median, pct, quick } from './util.js';
 
-import type { FastIndex } from '../connector/tiers/fast-index.js';
 
 const argv = process.argv.slice(2);
 const blocksArg = argv.find((a) => a.startsWith('--blocks='))?.slice(9) ?? (argv.includes('--blocks') ? argv[argv.indexOf('--blocks') + 1] : undefined);
 const N = blocksArg !== undefined ? Number(blocksArg) : quick ? 250_000 : 1_000_000;
 if (!Number.isInteger(N) || N < 8192 * 7) throw new Error(`--blocks must be an integer ≥ ${8192 * 7}, got ${blocksArg}`);
-const wantHeapMb = Math.ceil((N * 700) / 2 ** 20) + 1024; // ~700 B/block covers the JS-object index of main at its peak
+const wantHeapMb = Math.ceil((N * 200) / 2 ** 20) + 1024; // the index is columns (block-table.ts); the heap holds little of it
 if (getHeapStatistics().heap_size_limit < wantHeapMb * 2 ** 20 && !process.env.KVS_INDEX_BENCH_CHILD) {
   const r = spawnSync(process.execPath, [...process.execArgv, `--max-old-space-size=${wantHeapMb}`, ...process.argv.slice(1)],
     { stdio: 'inherit', env: { ...process.env, KVS_INDEX_BENCH_CHILD: '1' } });
@@ -58,8 +57,7 @@ for (const [name, policy] of [['lru', lruPolicy], ['lfuda (default)', lfudaPolic
   const rebuildS = (performance.now() - t0) / 1000;
   gc?.(); gc?.();
   const after = process.memoryUsage();
-  const fast = (s as unknown as { fast?: FastIndex }).fast;
-  const fastPerBlock = fast ? ((fast.capacity * 24) / rebuilt).toFixed(0) : '?';
+  const fastPerBlock = ((s.index.fast.capacity * 20) / rebuilt).toFixed(0);
   const perBlock = (after.heapUsed + after.arrayBuffers - before.heapUsed - before.arrayBuffers) / rebuilt; // the fast index lives in an ArrayBuffer
   const rss = (after.rss - before.rss) / rebuilt;
   const chain = Buffer.concat(Array.from({ length: 8192 }, (_, i) => Buffer.from(keyHex(i * 7), 'hex')));

@@ -1,10 +1,14 @@
 import test from 'ava';
 import fc from 'fast-check';
 import { FastIndex } from '../connector/tiers/fast-index.js';
-import type { BlockEntry } from '../connector/tiers/tier-types.js';
+import { BlockTable } from '../connector/tiers/block-table.js';
 
-const entry = (ns: string, hash: Buffer, where = 1, size = 100): BlockEntry =>
-  ({ key: `${ns}/${hash.toString('hex')}`, fslot: -1, id: -1, size, checksum: '', where, pending: 0, seen: 1, pins: 0, heat: 0, heatAt: 0 });
+/** A row for `hash` in namespace `ns` with tier bits `where`, not yet indexed. */
+const row = (rows: BlockTable, ns: string, hash: Buffer, where = 1, size = 100): number => {
+  const id = rows.alloc(`${ns}/${hash.toString('hex')}`, size);
+  rows.where[id] = where;
+  return id;
+};
 
 test('fast-index - property: inserts, deletes, where updates and growth agree with a Map', (t) => {
   const NS = ['a'.repeat(32), 'b'.repeat(32)];
@@ -16,22 +20,26 @@ test('fast-index - property: inserts, deletes, where updates and growth agree wi
   });
   const op = fc.record({ kind: fc.constantFrom('add', 'drop', 'sync'), ns: fc.integer({ min: 0, max: 1 }), hash: hashArb, where: fc.integer({ min: 0, max: 7 }) });
   fc.assert(fc.property(fc.array(op, { maxLength: 1500 }), (ops) => {
-    const f = new FastIndex();
-    const ref = new Map<string, BlockEntry>();
+    const rows = new BlockTable(false);
+    const f = new FastIndex(rows);
+    const ref = new Map<string, number>();
     for (const o of ops) {
       const key = `${NS[o.ns]}/${o.hash.toString('hex')}`;
-      const e = ref.get(key);
-      if (o.kind === 'add' && !e) { const n = entry(NS[o.ns]!, o.hash, o.where); ref.set(key, n); f.add(n); }
-      else if (o.kind === 'drop' && e) { ref.delete(key); f.drop(e); }
-      else if (o.kind === 'sync' && e) { e.where = o.where; f.sync(e); }
+      const id = ref.get(key);
+      if (o.kind === 'add' && id === undefined) { const n = row(rows, NS[o.ns]!, o.hash, o.where); ref.set(key, n); f.add(n); }
+      else if (o.kind === 'drop' && id !== undefined) { ref.delete(key); f.drop(id); rows.release(id); }
+      else if (o.kind === 'sync' && id !== undefined) { rows.where[id] = o.where; f.sync(id); }
     }
+    if (f.count !== ref.size) return false;
     for (const ns of NS) {
       for (let x = 0; x <= 40; x++) for (let y = 0; y <= 3; y++) {
         const h = Buffer.alloc(32, 0); h[0] = x; h[5] = y; h[31] = x ^ y;
         const want = ref.get(`${ns}/${h.toString('hex')}`);
-        const slot = f.namespace(ns) === undefined ? -1 : f.find(f.namespace(ns)!, h, 0);
-        if ((slot !== -1) !== (want !== undefined)) return false;
-        if (want && (f.entry(slot) !== want || f.where(slot) !== want.where || f.size(slot) !== want.size || want.fslot !== slot)) return false;
+        const nsSlot = rows.nsSlot(ns);
+        const slot = nsSlot === undefined ? -1 : f.find(nsSlot, h, 0);
+        const exact = nsSlot === undefined ? -1 : f.findKey(nsSlot, h, 0);
+        if ((slot !== -1) !== (want !== undefined) || exact !== (want ?? -1)) return false;
+        if (want !== undefined && (f.id(slot) !== want || f.where(slot) !== rows.where[want] || f.size(slot) !== 100 || rows.fslot[want] !== slot)) return false;
       }
     }
     return true;
@@ -39,61 +47,84 @@ test('fast-index - property: inserts, deletes, where updates and growth agree wi
   t.pass();
 });
 
-test('fast-index - 200,000 entries grow the table; after deleting half, the rest stay findable', (t) => {
-  const f = new FastIndex();
+test('fast-index - 200,000 blocks grow the table; after deleting half, the rest stay findable', (t) => {
+  const rows = new BlockTable(false);
+  const f = new FastIndex(rows);
   const ns = 'c'.repeat(32);
-  const es: BlockEntry[] = [];
+  const hashes: Buffer[] = [];
+  const ids: number[] = [];
   for (let i = 0; i < 200_000; i++) {
     const h = Buffer.alloc(32);
     h.writeUInt32BE(Math.imul(i, 2654435761) >>> 0, 0);
     h.writeUInt32BE(i, 4);
-    const e = entry(ns, h, 1 + (i % 3), i);
-    es.push(e);
-    f.add(e);
+    hashes.push(h);
+    const id = row(rows, ns, h, 1 + (i % 3), i);
+    ids.push(id);
+    f.add(id);
   }
-  for (let i = 0; i < es.length; i += 2) f.drop(es[i]!);
-  const slot = f.namespace(ns)!;
+  for (let i = 0; i < ids.length; i += 2) f.drop(ids[i]!);
+  const slot = rows.nsSlot(ns)!;
   let ok = 0;
-  for (let i = 0; i < es.length; i++) {
-    const k = Buffer.from(es[i]!.key.slice(33), 'hex');
-    const s = f.find(slot, k, 0);
-    if (i % 2 === 0 ? s === -1 : f.entry(s) === es[i] && f.size(s) === i) ok++;
+  for (let i = 0; i < ids.length; i++) {
+    const s = f.find(slot, hashes[i]!, 0);
+    if (i % 2 === 0 ? s === -1 && rows.fslot[ids[i]!] === -1 : f.id(s) === ids[i] && f.size(s) === i && f.findKey(slot, hashes[i]!, 0) === ids[i]) ok++;
   }
-  t.is(ok, es.length);
+  t.is(ok, ids.length);
+  t.is(f.count, 100_000);
+});
+
+test('fast-index - LOOKUP matches 60 bits, GET matches all 256: a key sharing the first 8 bytes is found only by find', (t) => {
+  const rows = new BlockTable(false);
+  const f = new FastIndex(rows);
+  const ns = 'd'.repeat(32);
+  const a = Buffer.alloc(32, 0x11);
+  const b = Buffer.from(a);
+  b[31] = 0x22; // same bytes 0–7
+  f.add(row(rows, ns, a));
+  const slot = rows.nsSlot(ns)!;
+  t.not(f.find(slot, b, 0), -1, 'advisory LOOKUP over-reports');
+  t.is(f.findKey(slot, b, 0), -1, 'exact match does not');
+  const idB = row(rows, ns, b);
+  f.add(idB);
+  t.is(f.findKey(slot, b, 0), idB, 'both indexed: each found by its own key');
 });
 
 test('fast-index - the same hash in two namespaces is two slots; where bits of one never leak into the other', (t) => {
-  const f = new FastIndex();
+  const rows = new BlockTable(false);
+  const f = new FastIndex(rows);
   const h = Buffer.alloc(32, 0x5a);
-  const a = entry('a'.repeat(32), h, 0b101, 7);
-  const b = entry('b'.repeat(32), h, 0b010, 9);
+  const a = row(rows, 'a'.repeat(32), h, 0b101, 7);
+  const b = row(rows, 'b'.repeat(32), h, 0b010, 9);
   f.add(a);
   f.add(b);
-  const sa = f.find(f.namespace('a'.repeat(32))!, h, 0);
-  const sb = f.find(f.namespace('b'.repeat(32))!, h, 0);
+  const nsA = rows.nsSlot('a'.repeat(32))!;
+  const nsB = rows.nsSlot('b'.repeat(32))!;
+  const sa = f.find(nsA, h, 0);
+  const sb = f.find(nsB, h, 0);
   t.not(sa, sb);
-  t.is(f.entry(sa), a);
-  t.is(f.entry(sb), b);
-  a.where = 0xff;
+  t.is(f.id(sa), a);
+  t.is(f.id(sb), b);
+  rows.where[a] = 0xff;
   f.sync(a);
   t.deepEqual([f.where(sa), f.where(sb), f.size(sa), f.size(sb)], [0xff, 0b010, 7, 9]);
-  a.where = 0;
+  rows.where[a] = 0;
   f.sync(a);
-  t.is(f.find(f.namespace('a'.repeat(32))!, h, 0), sa, 'a block with no copies stays findable until dropped');
+  t.is(f.find(nsA, h, 0), sa, 'a block with no copies stays findable until dropped');
   t.is(f.where(sa), 0);
   f.drop(a);
-  t.is(f.find(f.namespace('a'.repeat(32))!, h, 0), -1);
-  t.is(f.entry(f.find(f.namespace('b'.repeat(32))!, h, 0)), b);
-  t.is(f.namespace('c'.repeat(32)), undefined);
+  t.is(f.find(nsA, h, 0), -1);
+  t.is(f.id(f.find(nsB, h, 0)), b);
+  t.is(rows.nsSlot('c'.repeat(32)), undefined);
 });
 
-test('fast-index - the table grows past 70 % load, 24 bytes a slot, and stays linear in blocks', (t) => {
-  const f = new FastIndex();
+test('fast-index - the table grows past 70 % load, 20 bytes a slot, and stays linear in blocks', (t) => {
+  const rows = new BlockTable(false);
+  const f = new FastIndex(rows);
   t.is(f.capacity, 1024);
   const ns = 'e'.repeat(32);
-  for (let i = 0; i < 716; i++) { const h = Buffer.alloc(32); h.writeUInt32BE(i * 977, 0); f.add(entry(ns, h)); }
+  for (let i = 0; i < 716; i++) { const h = Buffer.alloc(32); h.writeUInt32BE(i * 977, 0); f.add(row(rows, ns, h)); }
   t.is(f.capacity, 1024, '716 blocks fit in 1,024 slots (≤ 70 %)');
-  const h = Buffer.alloc(32); h.writeUInt32BE(0xfffffff0, 0); f.add(entry(ns, h));
+  const h = Buffer.alloc(32); h.writeUInt32BE(0xfffffff0, 0); f.add(row(rows, ns, h));
   t.is(f.capacity, 2048, 'the 717th grows the table');
-  for (let i = 0; i < 716; i++) { const k = Buffer.alloc(32); k.writeUInt32BE(i * 977, 0); if (f.find(f.namespace(ns)!, k, 0) === -1) t.fail(`lost block ${i} in growth`); }
+  for (let i = 0; i < 716; i++) { const k = Buffer.alloc(32); k.writeUInt32BE(i * 977, 0); if (f.find(rows.nsSlot(ns)!, k, 0) === -1) t.fail(`lost block ${i} in growth`); }
 });

@@ -105,11 +105,11 @@ test('tiers-policy-lfuda - a hot chain survives a flood of one-time chains that 
 });
 
 test('tiers-policy-lfuda - the duel picks frequency where it wins and LRU where it does not', (t) => {
-  const entry = (id: number, seen: number): PolicyEntry => ({ key: key(id), seen, size: 1, pins: 0, heat: 0, heatAt: 0 });
+  const entry = (id: number, seen: number): PolicyEntry => ({ id, key: key(id), seen, size: 1, pins: 0, heat: 0, heatAt: 0 });
   const run = (next: (i: number) => [number, number]) => {
-    const o = new LfudaOrder();
     const cap = 512;
     const inCache = new Map<number, PolicyEntry>();
+    const o = new LfudaOrder((id) => inCache.get(id)!);
     for (let i = 0; i < 200_000; i++) {
       const [id, seen] = next(i);
       const had = inCache.get(id);
@@ -183,4 +183,33 @@ test('tiers-policy-lfuda - an SSD hit enters a full DRAM only past its next vict
   await stack.get([key(9)]);
   t.is(stack.entry(key(9))!.where & 1, 1, 'promoted once DRAM has room');
   await stack.close();
+});
+
+test('tiers-policy-lfuda - rebasing priorities (past 2^30 in production) leaves the eviction order unchanged', (t) => {
+  const op = fc.oneof(
+    fc.record({ t: fc.constant('set' as const), id: fc.integer({ min: 0, max: 30 }), seen: fc.integer({ min: 1, max: 20 }) }),
+    fc.record({ t: fc.constant('del' as const), id: fc.integer({ min: 0, max: 30 }) }),
+    fc.record({ t: fc.constant('evict' as const) }),
+  );
+  let rebases = 0;
+  fc.assert(fc.property(fc.array(op, { minLength: 300, maxLength: 600 }), (ops) => {
+    const seen = new Map<number, number>();
+    const view = (id: number): PolicyEntry => ({ id, key: key(id), seen: seen.get(id) ?? 1, size: 1, pins: 0, heat: 0, heatAt: 0 });
+    const plain = new LfudaOrder(view, { cap: 15 });
+    const rebased = new LfudaOrder(view, { cap: 15, rebaseAt: 40 });
+    for (const o of ops) {
+      if (o.t === 'set') { seen.set(o.id, o.seen); for (const x of [plain, rebased]) x.touch(view(o.id)); }
+      else if (o.t === 'del') for (const x of [plain, rebased]) x.remove(view(o.id));
+      else {
+        const a = plain.first();
+        const b = rebased.first();
+        if (a?.id !== b?.id) return false;
+        if (a) { const before = rebased.L; plain.evicted(a); rebased.evicted(b!); if (rebased.L < before) rebases++; }
+      }
+      if (plain.size !== rebased.size || plain.outranksVictim(7) !== rebased.outranksVictim(7)) return false;
+      if ([...plain.victims()].map((e) => e.id).join() !== [...rebased.victims()].map((e) => e.id).join()) return false;
+    }
+    return rebased.L <= 40 + 16;
+  }), { numRuns: 200 });
+  t.true(rebases > 100, `priorities were rebased ${rebases} times`);
 });

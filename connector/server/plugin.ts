@@ -23,7 +23,8 @@ import type { Router } from 'zeromq';
 import type { Limits, NamespaceDescriptor, Request } from '../../protocol/wire.js';
 import type { Config } from '../config.js';
 import type { TierStack } from '../tiers/tier-stack.js';
-import type { BlockEntry, Tier } from '../tiers/tier-types.js';
+import type { Tier } from '../tiers/tier-types.js';
+import type { BlockIndex } from '../tiers/block-index.js';
 
 /** Who sent a request; plugins (auth) may attach more. */
 export interface PeerContext {
@@ -58,7 +59,7 @@ export type PrincipalResolver = (routingId: Buffer, frames: Buffer[]) => string 
 /** What a plugin may read of the tier stack. */
 export type TiersView = Pick<TierStack, 'lookup' | 'exists' | 'get' | 'getResident' | 'release' | 'getDram' | 'entry' | 'stats' | 'pinStats' | 'on' | 'off' | 'once'> & {
   readonly tiers: readonly Readonly<Tier>[];
-  readonly index: ReadonlyMap<string, BlockEntry>;
+  readonly index: Pick<BlockIndex, 'get' | 'has' | 'size' | 'keys' | 'values'>;
 };
 
 /** What a front-end that stores blocks itself (the lm:// server) may do: the same puts and deletes as the data socket. */

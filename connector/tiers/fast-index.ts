@@ -1,64 +1,57 @@
 /**
- * FastIndex — the LOOKUP/EXISTS index of the TierStack: an open-addressing hash table (linear probing,
- * backward-shift deletion) in one Int32Array, 4 ints (16 bytes) per slot, four slots per cache line:
+ * FastIndex — the TierStack's index of blocks (BlockTable rows, block-table.ts): an open-addressing hash table
+ * (linear probing, backward-shift deletion) in one Int32Array, 4 ints (16 bytes) per slot, four slots per cache line:
  *   [h1 + 1 (0 = empty), h2, namespace slot << 8 | where (tier bits), size (bytes, capped at 2^31 − 1)]
- * plus a parallel array of the slots' BlockEntry objects. A probe touches one cache line and no JS object, so an
+ * plus a parallel Int32Array of the slots' row ids. A LOOKUP probe touches one cache line and no JS object, so an
  * 8,192-block chain is answered in well under a millisecond even with a million blocks indexed
  * (bench/index-memory.ts); a Map keyed by strings or numbers pays several cache misses per key.
- * Memory: (16 + 8) bytes per slot; the table holds at most 70 % full (MAX_LOAD) and doubles when that is passed,
- * so 24–69 bytes per indexed block (10 M blocks: 2^24 slots, 40 bytes per block).
+ * Memory: 20 bytes per slot; the table holds at most 70 % full (MAX_LOAD) and doubles when that is passed, so
+ * 29–57 bytes per indexed block (10 M blocks: 2^24 slots, 34 bytes per block).
  *
  * Rules:
- * - h1 and h2 are 30 bits each of the block hash (bytes 0–3 and 4–7, big-endian, >>> 2). The index is advisory:
- *   two keys sharing those 60 bits in one namespace would make a LOOKUP over-report, and the GET that follows —
- *   which always matches the full 256-bit key — answers a miss, so the engine recomputes.
- * - where is 8 bits: a TierStack has at most MAX_TIERS tiers (its constructor checks); at most 2^23 namespaces
- *   (add throws beyond; namespace slots are never reused, so a namespace id keeps its slot for the process).
+ * - h1 and h2 are 30 bits each of the block hash (bytes 0–3 and 4–7, big-endian, >>> 2). LOOKUP (`find`) is
+ *   advisory: two keys sharing those 60 bits in one namespace would make it over-report, and the GET that follows
+ *   — `findKey`, which matches the row's full 256-bit hash — answers a miss, so the engine recomputes.
+ * - where is 8 bits: a TierStack has at most MAX_TIERS tiers (its constructor checks).
  * - The TierStack calls `add` when a block enters its index, `drop` when it leaves, and `sync` whenever the
- *   block's tier bits change; `BlockEntry.fslot` is the block's slot (moved by deletions and growth).
+ *   block's tier bits change; the row's `fslot` is its slot (moved by deletions and growth).
  */
-import type { BlockEntry } from './tier-types.js';
+import type { BlockTable } from './block-table.js';
 
 const S = 4;
 const MAX_SIZE = 0x7fffffff;
 /** Tier bits fit in the low byte of word 2 of a slot. */
 export const MAX_TIERS = 8;
-const MAX_NS = 1 << 23;
 /** Grow once more than this share of the slots is used (linear probing stays short below ~0.75). */
 const MAX_LOAD = 0.7;
 
+/** h1 + 1 of 32 hash bytes at `b[o]` (bytes 0–3, big-endian, >>> 2). */
+const h1Of = (b: Uint8Array, o: number) => (((b[o]! << 24) | (b[o + 1]! << 16) | (b[o + 2]! << 8) | b[o + 3]!) >>> 2) + 1;
+const h2Of = (b: Uint8Array, o: number) => (((b[o + 4]! << 24) | (b[o + 5]! << 16) | (b[o + 6]! << 8) | b[o + 7]!) >>> 2);
+
 export class FastIndex {
   private table = new Int32Array(1024 * S);
-  private entries: (BlockEntry | undefined)[] = new Array(1024);
+  private ids = new Int32Array(1024);
   private mask = 1023;
-  private count = 0;
+  /** Blocks indexed. */
+  count = 0;
   private limit = Math.floor(1024 * MAX_LOAD);
-  private readonly nsSlots = new Map<string, number>();
 
-  /** Small integer of a namespace id, or undefined if no block of it was ever indexed. */
-  namespace(ns: string): number | undefined {
-    return this.nsSlots.get(ns);
-  }
+  constructor(private readonly rows: BlockTable) {}
 
   private home(h1p: number): number {
     return (Math.imul(h1p, 0x9e3779b1) >>> 0) & this.mask;
   }
 
-  add(e: BlockEntry): void {
+  /** Index row `id` (its key, namespace, tier bits and size are read from the row). */
+  add(id: number): void {
     if (this.count + 1 > this.limit) this.grow();
-    const ns = e.key.slice(0, 32);
-    let nsSlot = this.nsSlots.get(ns);
-    if (nsSlot === undefined) {
-      if (this.nsSlots.size >= MAX_NS) throw new Error(`fast index: more than ${MAX_NS} namespaces`);
-      this.nsSlots.set(ns, (nsSlot = this.nsSlots.size));
-    }
-    const h1p = (parseInt(e.key.substr(33, 8), 16) >>> 2) + 1;
-    const h2 = parseInt(e.key.substr(41, 8), 16) >>> 2;
-    this.place(e, h1p, h2, (nsSlot << 8) | (e.where & 0xff));
+    const r = this.rows;
+    this.place(id, h1Of(r.keys, id * 32), h2Of(r.keys, id * 32), (r.ns[id]! << 8) | (r.where[id]! & 0xff), Math.min(r.size[id]!, MAX_SIZE));
+    this.count++;
   }
 
-  /** `nsWhere`: word 2 of the slot (namespace slot << 8 | tier bits). */
-  private place(e: BlockEntry, h1p: number, h2: number, nsWhere: number): void {
+  private place(id: number, h1p: number, h2: number, nsWhere: number, size: number): void {
     const t = this.table;
     let i = this.home(h1p);
     while (t[i * S] !== 0) i = (i + 1) & this.mask;
@@ -66,38 +59,37 @@ export class FastIndex {
     t[o] = h1p;
     t[o + 1] = h2;
     t[o + 2] = nsWhere;
-    t[o + 3] = Math.min(e.size, MAX_SIZE);
-    this.entries[i] = e;
-    e.fslot = i;
-    this.count++;
+    t[o + 3] = size;
+    this.ids[i] = id;
+    this.rows.fslot[id] = i;
   }
 
   private grow(): void {
     const old = this.table;
-    const olds = this.entries;
+    const oldIds = this.ids;
     const cap = (this.mask + 1) * 2;
     this.table = new Int32Array(cap * S);
-    this.entries = new Array(cap);
+    this.ids = new Int32Array(cap);
     this.mask = cap - 1;
     this.limit = Math.floor(cap * MAX_LOAD);
-    this.count = 0;
-    for (let i = 0; i < olds.length; i++) {
-      const e = olds[i];
-      if (e) this.place(e, old[i * S]!, old[i * S + 1]!, old[i * S + 2]!);
+    for (let i = 0; i < oldIds.length; i++) {
+      const o = i * S;
+      if (old[o] !== 0) this.place(oldIds[i]!, old[o]!, old[o + 1]!, old[o + 2]!, old[o + 3]!);
     }
   }
 
-  /** The block's tier bits changed. */
-  sync(e: BlockEntry): void {
-    if (e.fslot < 0 || this.entries[e.fslot] !== e) return;
-    const o = e.fslot * S + 2;
-    this.table[o] = (this.table[o]! & ~0xff) | (e.where & 0xff);
+  /** Row `id`'s tier bits changed. */
+  sync(id: number): void {
+    const slot = this.rows.fslot[id]!;
+    if (slot < 0 || this.ids[slot] !== id || this.table[slot * S] === 0) return;
+    const o = slot * S + 2;
+    this.table[o] = (this.table[o]! & ~0xff) | (this.rows.where[id]! & 0xff);
   }
 
-  drop(e: BlockEntry): void {
-    let i = e.fslot;
-    if (i < 0 || this.entries[i] !== e) return;
-    e.fslot = -1;
+  drop(id: number): void {
+    let i = this.rows.fslot[id]!;
+    if (i < 0 || this.ids[i] !== id || this.table[i * S] === 0) return;
+    this.rows.fslot[id] = -1;
     const t = this.table;
     // Backward-shift deletion: pull later members of the probe run into the hole, so no tombstones.
     let j = i;
@@ -108,17 +100,16 @@ export class FastIndex {
       const stays = i <= j ? i < h && h <= j : i < h || h <= j;
       if (stays) continue;
       t.copyWithin(i * S, j * S, j * S + S);
-      const moved = this.entries[j]!;
-      this.entries[i] = moved;
-      moved.fslot = i;
+      const moved = this.ids[j]!;
+      this.ids[i] = moved;
+      this.rows.fslot[moved] = i;
       i = j;
     }
     t.fill(0, i * S, i * S + S);
-    this.entries[i] = undefined;
     this.count--;
   }
 
-  /** Slot of key `i` of a wire `keys` buffer (n × 32 bytes) in namespace `nsSlot`, or -1. */
+  /** Slot of key `i` of a wire `keys` buffer (n × 32 bytes) in namespace `nsSlot`, or -1 (advisory: 60 bits). */
   find(nsSlot: number, keys: Buffer, i: number): number {
     const h1p = (keys.readUInt32BE(i * 32) >>> 2) + 1;
     const h2 = keys.readUInt32BE(i * 32 + 4) >>> 2;
@@ -132,6 +123,20 @@ export class FastIndex {
     }
   }
 
+  /** Row id of the block whose 32 hash bytes are `hash[off, off + 32)` in namespace `nsSlot` (exact), or -1. */
+  findKey(nsSlot: number, hash: Uint8Array, off: number): number {
+    const h1p = h1Of(hash, off);
+    const h2 = h2Of(hash, off);
+    const t = this.table;
+    let s = this.home(h1p);
+    for (;;) {
+      const a = t[s * S];
+      if (a === 0) return -1;
+      if (a === h1p && t[s * S + 1] === h2 && t[s * S + 2]! >>> 8 === nsSlot && this.rows.sameHash(this.ids[s]!, hash, off)) return this.ids[s]!;
+      s = (s + 1) & this.mask;
+    }
+  }
+
   where(slot: number): number {
     return this.table[slot * S + 2]! & 0xff;
   }
@@ -140,12 +145,21 @@ export class FastIndex {
     return this.table[slot * S + 3]!;
   }
 
-  /** Slots in the table (bench and tests: memory is 24 bytes per slot). */
+  /** Row id at `slot`. */
+  id(slot: number): number {
+    return this.ids[slot]!;
+  }
+
+  /** Slots in the table (bench and tests: memory is 20 bytes per slot). */
   get capacity(): number {
     return this.mask + 1;
   }
 
-  entry(slot: number): BlockEntry {
-    return this.entries[slot]!;
+  /** Row ids of every indexed block, in slot order (a snapshot). */
+  rowIds(): Int32Array {
+    const out = new Int32Array(this.count);
+    let n = 0;
+    for (let i = 0; i <= this.mask; i++) if (this.table[i * S] !== 0) out[n++] = this.ids[i]!;
+    return out;
   }
 }

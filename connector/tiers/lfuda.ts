@@ -14,9 +14,15 @@
  *   every access of a child also accesses its parent, so parents never rank below their children).
  * - The cap: two shadow caches, one of each cap, at 1/`sample` of the tier's blocks, see the accesses of 1/`sample`
  *   of the keys (by key hash); the main order uses the cap of the shadow with more (decayed) hits. The shadows keep
- *   32-bit key hashes only. A collision costs a shadow a wrong hit, nothing else.
+ *   32-bit key hashes only. A collision costs a shadow a wrong hit, nothing else. Past SHADOW_MAX blocks per shadow
+ *   the sample halves (1 key in 16, 32, …), so the shadows stay under ~15 MB at any tier size; keys that stop being
+ *   sampled age out of them.
+ * - The main order is intrusive (recency.ts IdLinks over BlockTable row ids, one priority column): 12 bytes per row
+ *   id per tier, no JS object per block. Priorities are integers; when the ageing level passes 2^30 every priority
+ *   is shifted down (one pass, once per ~70 M evictions), so they stay 32-bit.
  */
 import type { PolicyEntry, TierOrder } from './policy.js';
+import { IdLinks, type Chain } from './recency.js';
 
 export const LFU_CAP = 15;
 
@@ -108,13 +114,18 @@ class Shadow {
 }
 
 export interface LfudaOptions {
-  /** 1 in `sample` keys feeds the shadows (default 8). */
+  /** 1 in `sample` keys feeds the shadows (default 8; halves past SHADOW_MAX blocks per shadow). */
   sample?: number;
   /** Per sampled access, shadow hit counts are multiplied by this (default 0.9999: a memory of ~10 k accesses). */
   decay?: number;
   /** Fixed cap instead of dueling (1 = LRU, 15 = frequency). */
   cap?: number;
+  /** Ageing level past which priorities are shifted down (default 2^30; tests lower it). */
+  rebaseAt?: number;
 }
+
+/** Most blocks one shadow simulates before the sample halves. */
+export const SHADOW_MAX = 1 << 16;
 
 /** 32 bits of a storage key `<32 hex ns>/<64 hex hash>`: hash bytes 0–3 mixed with 4–7. */
 export function keyHash32(key: string): number {
@@ -124,24 +135,37 @@ export function keyHash32(key: string): number {
 }
 
 export class LfudaOrder implements TierOrder {
-  private readonly main = new LfuBuckets<string, PolicyEntry>();
+  private readonly links = new IdLinks();
+  /** Priority per row id; 0 = not in this order (priorities are ≥ 1). */
+  private prio = new Int32Array(0);
+  private readonly buckets = new Map<number, Chain>();
+  private minP = 0;
+  private maxP = 0;
+  /** Blocks in the order. */
+  size = 0;
+  /** Priority of the last evicted block (the ageing level). */
+  L = 0;
   private readonly lo = new Shadow(1);
   private readonly hi = new Shadow(LFU_CAP);
-  private readonly sample: number;
+  private sample: number;
   private readonly decay: number;
+  private readonly rebaseAt: number;
   cap: number;
 
-  constructor(private readonly o: LfudaOptions = {}) {
+  /** `view(id)`: the block of a row id (the victims handed back are views). */
+  constructor(private readonly view: (id: number) => PolicyEntry, private readonly o: LfudaOptions = {}) {
     this.sample = o.sample ?? 8;
     this.decay = o.decay ?? 0.9999;
     this.cap = o.cap ?? LFU_CAP;
+    this.rebaseAt = o.rebaseAt ?? 2 ** 30;
   }
 
   private duel(e: PolicyEntry): void {
     if (this.o.cap !== undefined) return;
+    while (this.size / this.sample > SHADOW_MAX) this.sample *= 2;
     const h = keyHash32(e.key);
     if (Math.imul(h ^ (h >>> 13), 0x5bd1e995) >>> 0 >= 0x100000000 / this.sample) return;
-    const capacity = Math.max(16, Math.ceil(this.main.size / this.sample));
+    const capacity = Math.max(16, Math.ceil(this.size / this.sample));
     this.lo.hits *= this.decay;
     this.hi.hits *= this.decay;
     this.lo.access(h, e.seen, capacity);
@@ -149,9 +173,42 @@ export class LfudaOrder implements TierOrder {
     this.cap = this.hi.hits >= this.lo.hits ? LFU_CAP : 1;
   }
 
+  /** Put row `id` at priority L + min(f, cap), the most recent of its bucket. */
+  private set(id: number, f: number): void {
+    this.unset(id);
+    const p = this.L + Math.max(1, Math.min(f, this.cap));
+    this.link(id, p);
+    if (this.size === 1 || p < this.minP) this.minP = p;
+    if (p > this.maxP) this.maxP = p;
+  }
+
+  private link(id: number, p: number): void {
+    let c = this.buckets.get(p);
+    if (!c) this.buckets.set(p, (c = { head: -1, tail: -1 }));
+    if (id >= this.prio.length) {
+      const n = new Int32Array(Math.max(id + 1, Math.ceil(this.prio.length * 1.5), 1024));
+      n.set(this.prio);
+      this.prio = n;
+    }
+    this.links.append(c, id);
+    this.prio[id] = p;
+    this.size++;
+  }
+
+  private unset(id: number): boolean {
+    const p = id < this.prio.length ? this.prio[id]! : 0;
+    if (p === 0) return false;
+    const c = this.buckets.get(p)!;
+    this.links.unlink(c, id);
+    if (c.head === -1) this.buckets.delete(p);
+    this.prio[id] = 0;
+    this.size--;
+    return true;
+  }
+
   add(e: PolicyEntry): void {
     this.duel(e);
-    this.main.set(e.key, e, e.seen, this.cap);
+    this.set(e.id, e.seen);
   }
 
   touch(e: PolicyEntry): void {
@@ -159,28 +216,68 @@ export class LfudaOrder implements TierOrder {
   }
 
   remove(e: PolicyEntry): void {
-    this.main.delete(e.key);
+    this.unset(e.id);
+  }
+
+  private firstId(): number {
+    for (let p = this.minP; p <= this.maxP; p++) {
+      const c = this.buckets.get(p);
+      if (c) return c.head;
+      if (p === this.minP) this.minP++;
+    }
+    return -1;
   }
 
   first(): PolicyEntry | undefined {
-    return this.main.first()?.[1];
+    const id = this.firstId();
+    return id === -1 ? undefined : this.view(id);
   }
 
-  victims(): IterableIterator<PolicyEntry> {
-    const it = this.main.victims();
-    return (function* () {
-      for (const [, e] of it) yield e;
-    })();
+  *victims(): IterableIterator<PolicyEntry> {
+    for (let p = this.minP; p <= this.maxP; p++) {
+      const c = this.buckets.get(p);
+      if (!c) {
+        if (p === this.minP) this.minP++;
+        continue;
+      }
+      for (let id = c.head; id !== -1; id = this.links.after(id)) yield this.view(id);
+    }
   }
 
   evicted(e: PolicyEntry): void {
-    this.main.evicted(e.key);
+    const p = e.id < this.prio.length ? this.prio[e.id]! : 0;
+    if (p > this.L) this.L = p;
+    this.unset(e.id);
+    if (this.L > this.rebaseAt) this.rebase();
+  }
+
+  /** Shift every priority down by L − LFU_CAP − 1 (never below 1; buckets that meet there are joined in order). */
+  private rebase(): void {
+    const shift = this.L - LFU_CAP - 1;
+    const old = [...this.buckets].sort((a, b) => a[0] - b[0]);
+    this.buckets.clear();
+    this.size = 0;
+    for (const [p, c] of old) {
+      const np = Math.max(1, p - shift);
+      const ids: number[] = [];
+      for (let id = c.head; id !== -1; id = this.links.after(id)) ids.push(id);
+      for (const id of ids) { this.links.unlink(c, id); this.link(id, np); }
+    }
+    this.L -= shift;
+    this.minP = Math.max(1, this.minP - shift);
+    this.maxP = Math.max(1, this.maxP - shift);
+  }
+
+  /** Priority of row `id` in this order, or undefined (tests). */
+  priority(id: number): number | undefined {
+    const p = id < this.prio.length ? this.prio[id]! : 0;
+    return p === 0 ? undefined : p;
   }
 
   /** Would a block accessed `seen` times rank above the next victim? (promotion admission) */
   outranksVictim(seen: number): boolean {
-    const next = this.main.first();
-    if (!next) return true;
-    return this.main.L + Math.max(1, Math.min(seen, this.cap)) > (this.main.priority(next[0]) ?? 0);
+    const next = this.firstId();
+    if (next === -1) return true;
+    return this.L + Math.max(1, Math.min(seen, this.cap)) > this.prio[next]!;
   }
 }

@@ -25,13 +25,17 @@ export interface EvictionPolicy {
    * stack tells the order every block that enters, is accessed in, or leaves the tier, and evicts its first
    * unpinned victim.
    */
-  order?(): TierOrder;
+  order?(view: (id: number) => PolicyEntry): TierOrder;
   /** The policy reads `seen` and wants accesses remembered past evictions (AccessHistory). */
   readonly history?: boolean;
+  /** The policy reads decayed heat (HeatState): the stack keeps it (else heat reads as 0; block-table.ts). */
+  readonly heat?: boolean;
 }
 
 /** What an ordering policy sees of a block (BlockEntry has these fields). */
 export interface PolicyEntry extends HeatState {
+  /** Row id (block-table.ts): ordering policies keep their order in columns indexed by it. */
+  readonly id: number;
   readonly key: string;
   readonly seen: number;
   readonly size: number;
@@ -82,7 +86,7 @@ export function firstUnpinned(order: TierOrder): PolicyEntry | undefined {
 
 /** LFU with dynamic ageing, cap chosen by set dueling against LRU (lfuda.ts). */
 export function lfudaPolicy(o: LfudaOptions = {}): EvictionPolicy {
-  return { name: o.cap === 1 ? 'lfuda(cap 1)' : 'lfuda', window: 1, pick: () => 0, history: true, order: () => new LfudaOrder(o) };
+  return { name: o.cap === 1 ? 'lfuda(cap 1)' : 'lfuda', window: 1, pick: () => 0, history: true, order: (view) => new LfudaOrder(view, o) };
 }
 
 /** Among the `window` least recently used blocks, evict the coldest (lowest decayed heat); ties → older. */
@@ -90,6 +94,7 @@ export function heatPolicy(halfLifeMs: number, window = 256): EvictionPolicy {
   return {
     name: 'heat',
     window,
+    heat: true,
     pick(c, now) {
       let best = 0;
       let bestHeat = Infinity;
@@ -117,6 +122,8 @@ export interface AdmissionInput extends HeatState {
 
 export interface AdmissionFilter {
   readonly name: string;
+  /** The filter reads decayed heat: the stack keeps it (block-table.ts). */
+  readonly heat?: boolean;
   admit(block: AdmissionInput, now: number): boolean;
 }
 
@@ -136,6 +143,7 @@ export function admissionFilter(spec: AdmissionSpec, halfLifeMs: number): Admiss
   const parts = [minSeen > 1 && `seen≥${minSeen}`, minHeat > 0 && `heat≥${minHeat}`, Number.isFinite(maxBytes) && `size≤${maxBytes}`].filter(Boolean);
   return {
     name: parts.length ? parts.join(',') : 'all',
+    heat: minHeat > 0,
     admit: (b, now) => b.seen >= minSeen && b.size <= maxBytes && (minHeat <= 0 || decayedHeat(b, now, halfLifeMs) >= minHeat),
   };
 }

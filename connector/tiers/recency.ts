@@ -1,106 +1,96 @@
 /**
- * Block ids and per-tier recency lists of the TierStack, without a JS Map entry per block and tier.
+ * Intrusive lists over BlockTable row ids (block-table.ts), without a JS Map entry per block and tier: the per-tier
+ * recency order of the `lru` / `heat` policies (RecencyList) and the buckets of `lfuda` (lfuda.ts) are chains in
+ * IdLinks columns.
  *
- * - BlockIds gives each BlockEntry a small integer id (`BlockEntry.id`) and maps ids back to entries. Ids are reused
- *   (a free list), so the columns below stay as long as the most blocks held at once. Invariant kept by the
- *   TierStack: an entry has an id (≥ 0) while it is in the index or some tier holds it (`where` ≠ 0); otherwise -1.
- * - RecencyList is one tier's recency order (least recently used first), as an intrusive doubly linked list over
- *   two Int32Array columns indexed by id (prev, next; -1 ends, PREV_OUT marks "not in this list"): 8 bytes per id
- *   per tier where a Map<string, BlockEntry> costs about 30–40. Its order is exactly a Map's insertion order when
- *   every `touch` is a delete + set: push appends, touch moves to the tail, iteration runs head to tail.
- * - Columns grow by 1.5× (not doubling), so memory stays close to linear in blocks.
+ * - IdLinks: two Int32Array columns indexed by row id, zero-filled = "in no list", so rows never linked cost no
+ *   resident memory: prev holds 1 for a list's head and id + 2 otherwise, next holds id + 1 (0 ends the list).
+ *   8 bytes per row id per tier. Columns grow by 1.5×, so memory stays close to linear in blocks.
+ * - RecencyList is one tier's recency order (least recently used first). Its order is exactly a Map's insertion
+ *   order when every `touch` is a delete + set: push appends, touch moves to the tail, iteration runs head to tail.
  */
-import type { BlockEntry } from './tier-types.js';
 
-const PREV_OUT = -2;
+/** Ends of one chain in an IdLinks (-1 when empty). */
+export interface Chain {
+  head: number;
+  tail: number;
+}
 
-const grown = (a: Int32Array, min: number, fill: number): Int32Array => {
-  const b = new Int32Array(Math.max(min, Math.ceil(a.length * 1.5), 1024));
-  b.set(a);
-  b.fill(fill, a.length);
-  return b;
-};
+export class IdLinks {
+  private prev = new Int32Array(0);
+  private next = new Int32Array(0);
 
-export class BlockIds {
-  private entries: (BlockEntry | undefined)[] = [];
-  private free: number[] = [];
-
-  /** Give e an id if it has none. */
-  give(e: BlockEntry): void {
-    if (e.id >= 0) return;
-    const id = this.free.length ? this.free.pop()! : this.entries.length;
-    this.entries[id] = e;
-    e.id = id;
+  has(id: number): boolean {
+    return id < this.prev.length && this.prev[id] !== 0;
   }
 
-  /** Take e's id back (it is no longer indexed and no tier holds it). */
-  release(e: BlockEntry): void {
-    if (e.id < 0 || this.entries[e.id] !== e) return;
-    this.entries[e.id] = undefined;
-    this.free.push(e.id);
-    e.id = -1;
+  /** Append `id` (not in any chain of these links) at the tail of `c`. */
+  append(c: Chain, id: number): void {
+    if (id >= this.prev.length) {
+      const n = Math.max(id + 1, Math.ceil(this.prev.length * 1.5), 1024);
+      const p = new Int32Array(n);
+      p.set(this.prev);
+      const x = new Int32Array(n);
+      x.set(this.next);
+      this.prev = p;
+      this.next = x;
+    }
+    this.prev[id] = c.tail === -1 ? 1 : c.tail + 2;
+    this.next[id] = 0;
+    if (c.tail === -1) c.head = id;
+    else this.next[c.tail] = id + 1;
+    c.tail = id;
   }
 
-  entry(id: number): BlockEntry {
-    return this.entries[id]!;
+  /** Unlink `id` from `c` (the chain it is in). */
+  unlink(c: Chain, id: number): void {
+    const p = this.prev[id]! - 2;
+    const n = this.next[id]! - 1;
+    if (p === -1) c.head = n;
+    else this.next[p] = n + 1;
+    if (n === -1) c.tail = p;
+    else this.prev[n] = p + 2;
+    this.prev[id] = 0;
+    this.next[id] = 0;
   }
 
-  /** Ids handed out now. */
-  get live(): number {
-    return this.entries.length - this.free.length;
+  /** The id after `id` in its chain, or -1. */
+  after(id: number): number {
+    return this.next[id]! - 1;
   }
 }
 
 export class RecencyList {
-  private prev: Int32Array = new Int32Array(0);
-  private next: Int32Array = new Int32Array(0);
-  private head = -1;
-  private tail = -1;
+  private readonly links = new IdLinks();
+  private readonly chain: Chain = { head: -1, tail: -1 };
   size = 0;
 
-  constructor(private readonly ids: BlockIds) {}
-
   has(id: number): boolean {
-    return id >= 0 && id < this.prev.length && this.prev[id] !== PREV_OUT;
+    return this.links.has(id);
   }
 
   /** Append at the most recent end (no-op if already in the list, as Map.set keeps an existing key's place). */
   push(id: number): void {
-    if (id >= this.prev.length) {
-      this.prev = grown(this.prev, id + 1, PREV_OUT);
-      this.next = grown(this.next, id + 1, -1);
-    }
-    if (this.prev[id] !== PREV_OUT) return;
-    this.prev[id] = this.tail;
-    this.next[id] = -1;
-    if (this.tail === -1) this.head = id;
-    else this.next[this.tail] = id;
-    this.tail = id;
+    if (this.links.has(id)) return;
+    this.links.append(this.chain, id);
     this.size++;
   }
 
   remove(id: number): void {
-    if (!this.has(id)) return;
-    const p = this.prev[id]!;
-    const n = this.next[id]!;
-    if (p === -1) this.head = n;
-    else this.next[p] = n;
-    if (n === -1) this.tail = p;
-    else this.prev[n] = p;
-    this.prev[id] = PREV_OUT;
-    this.next[id] = -1;
+    if (!this.links.has(id)) return;
+    this.links.unlink(this.chain, id);
     this.size--;
   }
 
   /** Move to the most recent end (Map delete + set). */
   touch(id: number): void {
-    if (!this.has(id) || id === this.tail) return;
-    this.remove(id);
-    this.push(id);
+    if (!this.links.has(id) || id === this.chain.tail) return;
+    this.links.unlink(this.chain, id);
+    this.links.append(this.chain, id);
   }
 
-  /** Entries least recently used first. Do not remove entries while iterating (collect first, as evictOne does). */
-  *values(): IterableIterator<BlockEntry> {
-    for (let id = this.head; id !== -1; id = this.next[id]!) yield this.ids.entry(id);
+  /** Ids least recently used first. Do not remove ids while iterating (collect first, as evictOne does). */
+  *ids(): IterableIterator<number> {
+    for (let id = this.chain.head; id !== -1; id = this.links.after(id)) yield id;
   }
 }

@@ -50,7 +50,7 @@ export async function moveBlock(s: StackInternals, key: string, to: number): Pro
   if (!(e.where & bit)) {
     if (e.pending & bit) return 'failed';
     const got = e.where & 1 ? s.dram.getSync(key)?.value : to === 0 ? await s.load(e) : await readVerified(s, e);
-    if (s.index.get(key) !== e) return 'missing';
+    if (!s.index.holds(e)) return 'missing';
     if (!got) return 'failed';
     const value = s.escape(got); // kept by a tier or a queued write: not the read pool's to reuse
     if (to === 0) {
@@ -62,7 +62,7 @@ export async function moveBlock(s: StackInternals, key: string, to: number): Pro
       if (!e.checksum) e.checksum = computeChecksum(value);
       await t.driver.put(key, value, { checksum: e.checksum });
       t.c.bytesWritten += e.size;
-      if (s.index.get(key) !== e) {
+      if (!s.index.holds(e)) {
         await t.driver.delete(key).catch(() => undefined);
         return 'missing';
       }
@@ -97,7 +97,7 @@ async function readVerified(s: StackInternals, e: BlockEntry): Promise<Buffer | 
 /** Per-tier counters for stats and metrics. */
 export function tierStats(tiers: Tier[], availableMask: number): TierStats[] {
   return tiers.map((t) => ({
-    name: t.name, medium: t.medium, bytes: t.used, blocks: t.lru.size, budgetBytes: t.budgetBytes,
+    name: t.name, medium: t.medium, bytes: t.used, blocks: t.blocks, budgetBytes: t.budgetBytes,
     hits: t.c.hits, misses: t.c.misses, evictions: t.c.evictions, queueDepth: t.writes.depth, droppedSaves: t.writes.dropped,
     checksumFailures: t.c.checksumFailures, promotions: t.c.promotions, demotions: t.c.demotions,
     writeErrors: t.c.writeErrors, bytesWritten: t.c.bytesWritten, readBps: Math.round(t.readBps),

@@ -18,7 +18,7 @@ export function demoteLower(s: TierStack, t: Tier, e: BlockEntry): boolean {
   const ok = next.writes.offer(e.size, async () => {
     try {
       const v = await t.driver.get(e.key);
-      if (v && !s.closed && s.index.get(e.key) === e && computeChecksum(v.value) === e.checksum) {
+      if (v && !s.closed && s.index.holds(e) && computeChecksum(v.value) === e.checksum) {
         await next.driver.put(e.key, v.value, { checksum: e.checksum });
         next.c.bytesWritten += e.size;
         s.addTo(next, e);

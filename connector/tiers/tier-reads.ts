@@ -20,10 +20,10 @@ export function startLoads(s: TierStack, es: BlockEntry[]): Map<BlockEntry, Prom
   const started = new Map<BlockEntry, Promise<Buffer | undefined>>();
   const avail = s.availableMask();
   const byTier = new Map<number, BlockEntry[]>();
-  const seen = new Set<BlockEntry>();
+  const seen = new Set<number>();
   for (const e of es) {
-    if (s.loading.has(e.key) || seen.has(e)) continue; // being loaded already, or asked twice
-    seen.add(e);
+    if (s.loading.has(e.key) || seen.has(e.id)) continue; // being loaded already, or asked twice (row ids: views differ)
+    seen.add(e.id);
     const w = e.where & avail & ~1;
     if (w === 0) continue;
     const ti = 31 - Math.clz32(w & -w);
@@ -139,14 +139,14 @@ async function loadFromTiers(s: TierStack, e: BlockEntry, skip = -1): Promise<Bu
 
 function missIn(s: TierStack, t: Tier, e: BlockEntry): void {
   t.c.misses++;
-  if (s.index.get(e.key) === e && e.where & (1 << t.index)) s.forget(t, e);
+  if (s.index.holds(e) && e.where & (1 << t.index)) s.forget(t, e);
 }
 
 /** Verify a lower-tier read and promote it; undefined (copy quarantined, tier forgotten) when it fails. */
 function accept(s: TierStack, t: Tier, e: BlockEntry, got: StoredValue, t0: number): Buffer | undefined {
   if (!verified(s, t, e, got.value, got.value.length, got.meta.checksum)) return undefined;
   hit(t, e, t0);
-  if (s.opts.promoteOnHit && s.index.get(e.key) === e && !(e.where & 1) && s.promotes(e)) {
+  if (s.opts.promoteOnHit && s.index.holds(e) && !(e.where & 1) && s.promotes(e)) {
     if (s.insertDram(e, got.value)) t.c.promotions++;
   }
   return got.value;
@@ -163,7 +163,7 @@ function acceptInto(s: TierStack, t: Tier, e: BlockEntry, buf: Buffer, size: num
     return undefined;
   }
   hit(t, e, t0);
-  if (s.opts.promoteOnHit && s.index.get(e.key) === e && !(e.where & 1) && s.promotes(e) && s.insertDram(e, buf)) {
+  if (s.opts.promoteOnHit && s.index.holds(e) && !(e.where & 1) && s.promotes(e) && s.insertDram(e, buf)) {
     t.c.promotions++;
     if (s.dram.keepsValues) s.pool.keptByDram(buf);
   }

@@ -27,8 +27,10 @@ import { AccessHistory, bumpHeat, firstUnpinned } from './policy.js';
 import { SharedProbe } from './shared-probe.js';
 import type { DramStore, ListedValue } from '../storage/driver.js';
 import { WriteQueue } from './write-queue.js';
-import { FastIndex, MAX_TIERS } from './fast-index.js';
-import { BlockIds, RecencyList } from './recency.js';
+import { MAX_TIERS } from './fast-index.js';
+import { RecencyList } from './recency.js';
+import { BlockIndex } from './block-index.js';
+import { MAX_BLOCK_BYTES } from './block-table.js';
 import { PinBook } from './pin-book.js';
 import { clearBlocks, evictFrom, moveBlock, tierStats } from './tier-control.js';
 import { demoteLower } from './tier-demote.js';
@@ -42,11 +44,8 @@ import { PutResult } from '../../protocol/wire.js';
 export { IN_DRAM, type BlockEntry, type LookupResult, type TierSpec, type TierStackOptions, type TierStats } from './tier-types.js';
 
 export class TierStack extends EventEmitter implements StackInternals {
-  /** Every block by storage key. Mutate only through indexAdd / indexDrop (they keep `fast` in step). */
-  readonly index = new Map<string, BlockEntry>();
-  /** LOOKUP/EXISTS on raw wire keys (advisory; see fast-index.ts). */
-  private readonly fast = new FastIndex();
-  private readonly ids = new BlockIds();
+  /** Every block by storage key: rows in columns plus the hash table LOOKUP reads (block-index.ts). */
+  readonly index: BlockIndex;
   readonly tiers: Tier[];
   /** @internal */ readonly dram: DramStore;
   /** @internal */ readonly loading = new Map<string, Promise<Buffer | undefined>>();
@@ -71,13 +70,16 @@ export class TierStack extends EventEmitter implements StackInternals {
   constructor(/** @internal */ readonly opts: TierStackOptions) {
     super();
     if (!opts.tiers.length || opts.tiers.length > MAX_TIERS || opts.tiers[0]!.driver.name !== 'memory') throw new Error(`tier 0 must be the memory driver; 1–${MAX_TIERS} tiers`);
+    this.now = opts.now ?? Date.now;
+    const keepHeat = !!opts.policy.heat || opts.tiers.some((t) => t.admit?.heat);
+    this.index = new BlockIndex(keepHeat, this.now());
+    const view = (id: number) => this.index.table.view(id);
     this.tiers = opts.tiers.map((t, index) => ({
-      ...t, index, lru: new RecencyList(this.ids), order: opts.policy.order?.(), used: 0, writes: new WriteQueue(t.queue), readBps: t.initialReadBps,
+      ...t, index, lru: opts.policy.order ? undefined : new RecencyList(), order: opts.policy.order?.(view), used: 0, blocks: 0, writes: new WriteQueue(t.queue), readBps: t.initialReadBps,
       c: { hits: 0, misses: 0, evictions: 0, checksumFailures: 0, promotions: 0, demotions: 0, writeErrors: 0, bytesWritten: 0, readErrors: 0 },
     }));
     this.dram = opts.tiers[0]!.driver as DramStore;
     this.pool = new ReadPool(opts.readPoolBytes);
-    this.now = opts.now ?? Date.now;
     const shared = this.tiers.filter((t) => t.index > 0 && t.driver.shared);
     this.probe = shared.length ? new SharedProbe(shared, opts.probe, this.now) : undefined;
     this.lateAdmission = this.tiers.some((t) => t.index > 0 && t.writeMode === 'through' && (t.admitAfter > 1 || t.admit !== undefined));
@@ -127,8 +129,8 @@ export class TierStack extends EventEmitter implements StackInternals {
     const t = this.tiers[ti]!;
     let e = this.index.get(item.key);
     if (!e) {
-      e = { key: item.key, fslot: -1, id: -1, size: item.size, checksum: item.meta.checksum, where: 0, pending: 0, seen: 1, pins: 0, heat: 0, heatAt: this.now() };
-      this.indexAdd(e);
+      if (item.size > MAX_BLOCK_BYTES) return;
+      e = this.newEntry(item.key, item.size, item.meta.checksum, 1, this.now());
     } else if (e.size !== item.size || (e.checksum && e.checksum !== item.meta.checksum)) {
       return; // a copy that disagrees with ours is not adopted (reads verify checksums anyway)
     }
@@ -145,8 +147,8 @@ export class TierStack extends EventEmitter implements StackInternals {
       for await (const item of t.driver.list()) {
         let e = this.index.get(item.key);
         if (!e) {
-          e = { key: item.key, fslot: -1, id: -1, size: item.size, checksum: item.meta.checksum, where: 0, pending: 0, seen: 1, pins: 0, heat: 0, heatAt: 0 };
-          this.indexAdd(e);
+          if (item.size > MAX_BLOCK_BYTES) continue;
+          e = this.newEntry(item.key, item.size, item.meta.checksum, 1, 0);
           rebuilt++;
         }
         if (e.where & (1 << t.index)) continue;
@@ -157,64 +159,63 @@ export class TierStack extends EventEmitter implements StackInternals {
     return { rebuilt };
   }
 
-  private indexAdd(e: BlockEntry): void {
-    this.index.set(e.key, e);
-    this.ids.give(e);
-    this.fast.add(e);
+  private newEntry(key: string, size: number, sum: string, seen: number, heatAt: number): BlockEntry {
+    const e = this.index.create(key, size);
+    if (sum) e.checksum = sum;
+    e.seen = seen;
+    e.heatAt = heatAt;
+    return e;
   }
 
   /** Drop e from the index once no tier holds it and no write of it is pending. */
   /** @internal */ dropIfGone(e: BlockEntry): void {
-    if (e.where === 0 && e.pending === 0 && this.index.get(e.key) === e) this.indexDrop(e.key);
-  }
-
-  private indexDrop(key: string): void {
-    const e = this.index.get(key);
-    if (!e) return;
-    this.index.delete(key);
-    this.fast.drop(e);
-    if (e.where === 0) this.ids.release(e);
+    this.index.dropIfGone(e);
   }
 
   /** lookup() on raw wire keys (n × 32 bytes) without building key strings: the LOOKUP hot path. */
   lookupRaw(ns: string, keys: Buffer, prefetch = false): LookupResult {
-    const f = this.fast;
-    const nsSlot = f.namespace(ns);
+    const f = this.index.fast;
+    const rows = this.index.table;
+    const nsSlot = rows.nsSlot(ns);
     const find = (i: number) => (nsSlot === undefined ? -1 : f.find(nsSlot, keys, i));
-    return this.countPrefix(keys.length / 32, find, (s) => f.where(s), (s) => f.size(s), (s) => f.entry(s), prefetch);
+    return this.countPrefix(keys.length / 32, find, (s) => f.where(s), (s) => f.size(s), (s) => rows.pending[f.id(s)] !== 0,
+      (s) => rows.view(f.id(s)), prefetch);
   }
 
   /** Longest present prefix of `keys`, split by the fastest tier holding each block. Does not change heat. */
   lookup(keys: string[], prefetch = false): LookupResult {
     const find = (i: number) => this.index.get(keys[i]!) ?? -1;
-    return this.countPrefix(keys.length, find, (e) => e.where, (e) => e.size, (e) => e, prefetch);
+    return this.countPrefix(keys.length, find, (e) => e.where, (e) => e.size, (e) => e.pending !== 0, (e) => e, prefetch);
   }
 
   /** Count the leading present blocks (tier-prefix.ts); `find` gives a handle (an entry, or a FastIndex slot) or -1. */
   private countPrefix<H>(n: number, find: (i: number) => H | -1, where: (h: H) => number, size: (h: H) => number,
-    entry: (h: H) => BlockEntry, prefetch: boolean): LookupResult {
-    const queued = (h: H) => this.inflight.size > 0 && this.inflight.has(entry(h).key);
+    pending: (h: H) => boolean, entry: (h: H) => BlockEntry, prefetch: boolean): LookupResult {
+    const queued = (h: H) => this.inflight.size > 0 && pending(h); // a queued write keeps the block readable (inflight)
     return countPrefix(this.tiers, this.availableMask(), n, find, where, size, queued, prefetch ? (h) => void this.load(entry(h)) : undefined);
   }
 
   /** exists() on raw wire keys. */
   existsRaw(ns: string, keys: Buffer): boolean[] {
-    const nsSlot = this.fast.namespace(ns);
+    const f = this.index.fast;
+    const rows = this.index.table;
+    const nsSlot = rows.nsSlot(ns);
     const out = new Array<boolean>(keys.length / 32);
     for (let i = 0; i < out.length; i++) {
-      const slot = nsSlot === undefined ? -1 : this.fast.find(nsSlot, keys, i);
-      out[i] = slot !== -1 && (this.fast.where(slot) !== 0 || this.inflight.has(this.fast.entry(slot).key));
+      const slot = nsSlot === undefined ? -1 : f.find(nsSlot, keys, i);
+      out[i] = slot !== -1 && (f.where(slot) !== 0 || rows.pending[f.id(slot)] !== 0);
     }
     return out;
   }
 
   /** @internal */ addTo(t: Tier, e: BlockEntry, emit = true): void {
+    if (e.where & (1 << t.index)) return;
     e.where |= 1 << t.index;
-    this.fast.sync(e);
-    this.ids.give(e);
-    t.lru.push(e.id);
+    this.index.sync(e);
+    t.lru?.push(e.id);
     t.order?.add(e);
     t.used += e.size;
+    t.blocks++;
     if (emit) this.emit('stored', { key: e.key, tier: t.name, medium: t.medium });
   }
 
@@ -232,7 +233,7 @@ export class TierStack extends EventEmitter implements StackInternals {
   private touch(e: BlockEntry, now: number): void {
     bumpHeat(e, now, this.opts.halfLifeMs);
     this.countAccess(e);
-    for (const t of this.tiers) if (e.where & (1 << t.index)) { t.lru.touch(e.id); t.order?.touch(e); }
+    for (const t of this.tiers) if (e.where & (1 << t.index)) { t.lru?.touch(e.id); t.order?.touch(e); }
   }
 
   exists(keys: string[]): boolean[] {
@@ -261,10 +262,8 @@ export class TierStack extends EventEmitter implements StackInternals {
       if (this.lateAdmission) this.admitLater(existing, now);
       return PutResult.PRESENT;
     }
-    const e: BlockEntry = existing ?? {
-      key, fslot: -1, id: -1, size, checksum: sum ?? '', where: 0, pending: 0, seen: 0, pins: 0, heat: 0, heatAt: now,
-    };
-    if (!existing) this.indexAdd(e);
+    if (!existing && size > MAX_BLOCK_BYTES) return PutResult.DROPPED;
+    const e = existing ?? this.newEntry(key, size, sum ?? '', 0, now);
     bumpHeat(e, now, this.opts.halfLifeMs);
     this.countAccess(e);
     const stored = this.insertDramWith(e, store);
@@ -276,7 +275,7 @@ export class TierStack extends EventEmitter implements StackInternals {
       if (!stored) break; // too big for DRAM: write through to the first lower tier only
     }
     if (!stored && !queued && e.where === 0 && e.pending === 0) {
-      this.indexDrop(key);
+      this.index.drop(e);
       return PutResult.DROPPED;
     }
     return PutResult.STORED;
@@ -303,10 +302,11 @@ export class TierStack extends EventEmitter implements StackInternals {
     const ok = t.writes.offer(e.size, async () => {
       try {
         if (this.closed) return;
-        if (!e.checksum) e.checksum = computeChecksum(value);
-        await t.driver.put(e.key, value, { checksum: e.checksum });
+        const sum = e.checksum || computeChecksum(value);
+        e.checksum = sum;
+        await t.driver.put(e.key, value, { checksum: sum });
         t.c.bytesWritten += e.size;
-        if (this.index.get(e.key) !== e) {
+        if (!this.index.holds(e)) {
           await t.driver.delete(e.key).catch(() => undefined);
           return;
         }
@@ -319,8 +319,9 @@ export class TierStack extends EventEmitter implements StackInternals {
         throw err;
       } finally {
         e.pending &= ~bit;
-        if (e.pending === 0 && this.inflight.get(e.key)?.e === e) this.inflight.delete(e.key);
+        if (e.pending === 0 && e.same(this.inflight.get(e.key)?.e)) this.inflight.delete(e.key);
         this.dropIfGone(e);
+        this.index.releaseIfDead(e);
       }
     });
     if (!ok) e.pending &= ~bit;
@@ -345,13 +346,14 @@ export class TierStack extends EventEmitter implements StackInternals {
     }
     const cands: BlockEntry[] = [];
     const pinned: BlockEntry[] = [];
-    for (const e of t.lru.values()) {
-      if (e.pins === 0) cands.push(e);
-      else pinned.push(e);
+    const rows = this.index.table;
+    for (const id of t.lru!.ids()) {
+      if (rows.pins[id] === 0) cands.push(rows.view(id));
+      else pinned.push(rows.view(id));
       if (cands.length >= this.opts.policy.window) break;
     }
     // Pinned blocks passed on the way move to the recent end, so later evictions do not scan them again.
-    for (const e of pinned) t.lru.touch(e.id);
+    for (const e of pinned) t.lru!.touch(e.id);
     if (cands.length === 0) return false;
     let victim = cands[this.opts.policy.pick(cands, this.now())] ?? cands[0]!;
     if (t.index === 0) {
@@ -495,13 +497,14 @@ export class TierStack extends EventEmitter implements StackInternals {
   /** @internal */ forget(t: Tier, e: BlockEntry): void {
     if (!(e.where & (1 << t.index))) return;
     e.where &= ~(1 << t.index);
-    this.fast.sync(e);
-    t.lru.remove(e.id);
-    if (e.where === 0 && this.index.get(e.key) !== e) this.ids.release(e);
+    this.index.sync(e);
+    t.lru?.remove(e.id);
     t.order?.remove(e);
     t.used -= e.size;
+    t.blocks--;
     this.emit('removed', { key: e.key, tier: t.name, medium: t.medium });
     this.dropIfGone(e);
+    this.index.releaseIfDead(e);
   }
 
   /** Delete blocks from every tier. Returns how many were present. */
@@ -511,7 +514,7 @@ export class TierStack extends EventEmitter implements StackInternals {
       const e = this.index.get(k);
       if (!e) continue;
       n++;
-      this.indexDrop(k);
+      this.index.drop(e);
       this.inflight.delete(k);
       for (const t of this.tiers) this.removeFrom(t, e);
     }

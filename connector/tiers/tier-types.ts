@@ -1,5 +1,7 @@
 /** Types of the TierStack (connector/tiers/tier-stack.ts): tier specs, index entries, stats. */
-import type { AdmissionFilter, EvictionPolicy, HeatState, TierOrder } from './policy.js';
+import type { AdmissionFilter, EvictionPolicy, TierOrder } from './policy.js';
+import type { BlockEntry } from './block-table.js';
+import type { BlockIndex } from './block-index.js';
 import type { SharedProbeOptions } from './shared-probe.js';
 import type { DramStore, StorageDriver } from '../storage/driver.js';
 import type { WriteQueue, WriteQueueOptions } from './write-queue.js';
@@ -36,30 +38,16 @@ export interface TierStackOptions {
   probe?: Partial<SharedProbeOptions>;
 }
 
-export interface BlockEntry extends HeatState {
-  key: string;
-  /** Slot in the FastIndex table (fast-index.ts) while the block is indexed, else -1. Every BlockEntry literal sets
-   * it (in the same field order) so all entries share one hidden class with in-object fields: a field added later
-   * costs each entry an out-of-object property array (~40 bytes at 1 M blocks, bench/index-memory.ts). */
-  fslot: number;
-  /** Small integer id (recency.ts BlockIds) while indexed or held by a tier, else -1; the tiers' recency lists use it. */
-  id: number;
-  size: number;
-  /** xxh64 of the bytes; '' until first needed (computed off the request path, before any lower-tier write). */
-  checksum: string;
-  /** Bit i set: tier i holds a complete copy. */
-  where: number;
-  /** Bit i set: a write to tier i is queued or running. */
-  pending: number;
-  seen: number;
-  pins: number;
-}
+export { BlockEntry } from './block-table.js';
 
 /** A tier as the TierStack runs it (internal). */
 export interface Tier extends TierSpec {
   index: number;
-  /** Recency order of the blocks the tier holds, least recent first (recency.ts; by BlockEntry.id). */
-  lru: RecencyList;
+  /** Recency order of the blocks the tier holds, least recent first (recency.ts; by row id); absent when the
+   * policy keeps its own order. */
+  lru: RecencyList | undefined;
+  /** Blocks the tier holds. */
+  blocks: number;
   /** The policy's own eviction order, for ordering policies (policy.ts TierOrder). */
   order: TierOrder | undefined;
   used: number;
@@ -92,7 +80,7 @@ export interface LookupResult {
  * other. The members marked @internal on TierStack are for these primitives only.
  */
 export interface StackInternals {
-  readonly index: Map<string, BlockEntry>;
+  readonly index: BlockIndex;
   readonly tiers: Tier[];
   readonly dram: DramStore;
   delete(keys: string[]): number;
