@@ -52,7 +52,7 @@ export class BlockIndex {
 
   /** Is `e` the block indexed under its key (not deleted or replaced since the view was made)? */
   holds(e: BlockEntry): boolean {
-    return e.live && this.table.fslot[e.id]! >= 0;
+    return e.live && this.table.indexed(e.id);
   }
 
   /** Index a new block (throws on a malformed key or a size over MAX_BLOCK_BYTES). */
@@ -82,15 +82,15 @@ export class BlockIndex {
   /** Release e's row if nothing refers to it any more (not indexed, in no tier, no write pending). */
   releaseIfDead(e: BlockEntry): void {
     const t = this.table;
-    if (e.live && t.fslot[e.id]! < 0 && t.where[e.id] === 0 && t.pending[e.id] === 0) t.release(e.id);
+    if (e.live && !t.indexed(e.id) && t.where[e.id] === 0 && t.pending[e.id] === 0) t.release(e.id);
   }
 
   *keys(): IterableIterator<string> {
-    for (const id of this.fast.rowIds()) if (this.table.fslot[id]! >= 0) yield this.table.keyOf(id);
+    for (const id of this.fast.rowIds()) if (this.table.indexed(id)) yield this.table.keyOf(id);
   }
 
   *values(): IterableIterator<BlockEntry> {
-    for (const id of this.fast.rowIds()) if (this.table.fslot[id]! >= 0) yield this.table.view(id);
+    for (const id of this.fast.rowIds()) if (this.table.indexed(id)) yield this.table.view(id);
   }
 
   /** Rows in use (bench and tests: indexed blocks plus deleted ones a queued write still holds). */

@@ -1,6 +1,6 @@
 /**
  * BlockTable — the TierStack's per-block state as columns (a struct of arrays) indexed by a row id, instead of one
- * JS object and one 97-character key string per block. A row costs 58 bytes (62 with the `heat` columns), the
+ * JS object and one 97-character key string per block. A row costs 54 bytes (62 with the `heat` columns), the
  * FastIndex slot that finds it 20–40, each tier's order 8–12 (bench/index-memory.ts: ≤ 128 bytes a block at 10 M).
  *
  * Rules:
@@ -45,15 +45,13 @@ export class BlockTable {
   size = new Uint32Array(0);
   private sums = new Uint8Array(0);
   private sumsBuf = Buffer.alloc(0);
-  /** 0: no checksum yet, 1: in `sums`, 2: in `oddSums`. */
-  private sumKind = new Uint8Array(0);
+  /** Bits 0–1: checksum kind (0 none yet, 1 in `sums`, 2 in `oddSums`); bit 2: indexed (fast-index.ts sets it). */
+  private flags = new Uint8Array(0);
   private readonly oddSums = new Map<number, string>();
   where = new Uint8Array(0);
   pending = new Uint8Array(0);
   seen = new Uint8Array(0);
   pins = new Uint16Array(0);
-  /** FastIndex slot while indexed, else -1 (fast-index.ts keeps it). */
-  fslot = new Int32Array(0);
   gen = new Int32Array(0);
   heat: Float32Array | undefined;
   /** ms since `heatBase`, so a 32-bit float keeps ~10 ms precision over days. */
@@ -74,12 +72,11 @@ export class BlockTable {
     this.sumsBuf = Buffer.from(this.sums.buffer, this.sums.byteOffset, this.sums.byteLength);
     this.ns = grown(this.ns, n);
     this.size = grown(this.size, n);
-    this.sumKind = grown(this.sumKind, n);
+    this.flags = grown(this.flags, n);
     this.where = grown(this.where, n);
     this.pending = grown(this.pending, n);
     this.seen = grown(this.seen, n);
     this.pins = grown(this.pins, n);
-    this.fslot = grown(this.fslot, n);
     this.gen = grown(this.gen, n);
     if (this.heat) { this.heat = grown(this.heat, n); this.heatAt = grown(this.heatAt!, n); }
     this.cap = n;
@@ -112,12 +109,11 @@ export class BlockTable {
     this.keysBuf.write(hex, id * 32, 32, 'hex');
     this.ns[id] = slot;
     this.size[id] = size;
-    this.sumKind[id] = 0;
+    this.flags[id] = 0;
     this.where[id] = 0;
     this.pending[id] = 0;
     this.seen[id] = 0;
     this.pins[id] = 0;
-    this.fslot[id] = -1;
     if (this.heat) { this.heat[id] = 0; this.heatAt![id] = 0; }
     this.live++;
     return id;
@@ -129,7 +125,8 @@ export class BlockTable {
     this.where[id] = 0;
     this.pending[id] = 0;
     this.pins[id] = 0;
-    if (this.sumKind[id] === 2) this.oddSums.delete(id);
+    if ((this.flags[id]! & 3) === 2) this.oddSums.delete(id);
+    this.flags[id] = 0;
     this.free.push(id);
     this.live--;
   }
@@ -151,16 +148,26 @@ export class BlockTable {
     return new BlockEntry(this, id, this.gen[id]!, key ?? this.keyOf(id), this.size[id]!);
   }
 
+  /** Is row `id` in the FastIndex? */
+  indexed(id: number): boolean {
+    return (this.flags[id]! & 4) !== 0;
+  }
+
+  setIndexed(id: number, on: boolean): void {
+    this.flags[id] = on ? this.flags[id]! | 4 : this.flags[id]! & ~4;
+  }
+
   checksumOf(id: number): string {
-    const k = this.sumKind[id];
+    const k = this.flags[id]! & 3;
     return k === 1 ? this.sumsBuf.toString('hex', id * 8, id * 8 + 8) : k === 2 ? this.oddSums.get(id)! : '';
   }
 
   setChecksum(id: number, sum: string): void {
-    if (this.sumKind[id] === 2) this.oddSums.delete(id);
-    if (sum === '') this.sumKind[id] = 0;
-    else if (SUM_HEX.test(sum)) { this.sumsBuf.write(sum, id * 8, 8, 'hex'); this.sumKind[id] = 1; }
-    else { this.oddSums.set(id, sum); this.sumKind[id] = 2; }
+    const f = this.flags[id]! & ~3;
+    if ((this.flags[id]! & 3) === 2) this.oddSums.delete(id);
+    if (sum === '') this.flags[id] = f;
+    else if (SUM_HEX.test(sum)) { this.sumsBuf.write(sum, id * 8, 8, 'hex'); this.flags[id] = f | 1; }
+    else { this.oddSums.set(id, sum); this.flags[id] = f | 2; }
   }
 
   heatOf(id: number): number {
@@ -216,6 +223,4 @@ export class BlockEntry implements HeatState {
   set heat(v: number) { if (this.live) this.t.setHeat(this.id, v, this.t.heatAtOf(this.id)); }
   get heatAt(): number { return this.live ? this.t.heatAtOf(this.id) : 0; }
   set heatAt(v: number) { if (this.live) this.t.setHeat(this.id, this.t.heatOf(this.id), v); }
-  /** Slot in the FastIndex while indexed, else -1. */
-  get fslot(): number { return this.live ? this.t.fslot[this.id]! : -1; }
 }

@@ -14,7 +14,7 @@
  *   — `findKey`, which matches the row's full 256-bit hash — answers a miss, so the engine recomputes.
  * - where is 8 bits: a TierStack has at most MAX_TIERS tiers (its constructor checks).
  * - The TierStack calls `add` when a block enters its index, `drop` when it leaves, and `sync` whenever the
- *   block's tier bits change; the row's `fslot` is its slot (moved by deletions and growth).
+ *   block's tier bits change. Rows keep no slot number (slots move on deletion and growth): `slotOf` probes.
  */
 import type { BlockTable } from './block-table.js';
 
@@ -48,6 +48,7 @@ export class FastIndex {
     if (this.count + 1 > this.limit) this.grow();
     const r = this.rows;
     this.place(id, h1Of(r.keys, id * 32), h2Of(r.keys, id * 32), (r.ns[id]! << 8) | (r.where[id]! & 0xff), Math.min(r.size[id]!, MAX_SIZE));
+    r.setIndexed(id, true);
     this.count++;
   }
 
@@ -61,7 +62,6 @@ export class FastIndex {
     t[o + 2] = nsWhere;
     t[o + 3] = size;
     this.ids[i] = id;
-    this.rows.fslot[id] = i;
   }
 
   private grow(): void {
@@ -78,18 +78,30 @@ export class FastIndex {
     }
   }
 
+  /** Slot of indexed row `id` (probed from its key: rows keep no slot number), or -1. */
+  slotOf(id: number): number {
+    if (!this.rows.indexed(id)) return -1;
+    const t = this.table;
+    let s = this.home(h1Of(this.rows.keys, id * 32));
+    for (;;) {
+      if (t[s * S] === 0) return -1;
+      if (this.ids[s] === id) return s;
+      s = (s + 1) & this.mask;
+    }
+  }
+
   /** Row `id`'s tier bits changed. */
   sync(id: number): void {
-    const slot = this.rows.fslot[id]!;
-    if (slot < 0 || this.ids[slot] !== id || this.table[slot * S] === 0) return;
+    const slot = this.slotOf(id);
+    if (slot < 0) return;
     const o = slot * S + 2;
     this.table[o] = (this.table[o]! & ~0xff) | (this.rows.where[id]! & 0xff);
   }
 
   drop(id: number): void {
-    let i = this.rows.fslot[id]!;
-    if (i < 0 || this.ids[i] !== id || this.table[i * S] === 0) return;
-    this.rows.fslot[id] = -1;
+    let i = this.slotOf(id);
+    if (i < 0) return;
+    this.rows.setIndexed(id, false);
     const t = this.table;
     // Backward-shift deletion: pull later members of the probe run into the hole, so no tombstones.
     let j = i;
@@ -100,9 +112,7 @@ export class FastIndex {
       const stays = i <= j ? i < h && h <= j : i < h || h <= j;
       if (stays) continue;
       t.copyWithin(i * S, j * S, j * S + S);
-      const moved = this.ids[j]!;
-      this.ids[i] = moved;
-      this.rows.fslot[moved] = i;
+      this.ids[i] = this.ids[j]!;
       i = j;
     }
     t.fill(0, i * S, i * S + S);
