@@ -45,7 +45,8 @@ export class BlockTable {
   size = new Uint32Array(0);
   private sums = new Uint8Array(0);
   private sumsBuf = Buffer.alloc(0);
-  /** Bits 0–1: checksum kind (0 none yet, 1 in `sums`, 2 in `oddSums`); bit 2: indexed (fast-index.ts sets it). */
+  /** Bits 0–1: checksum kind (0 none yet, 1 in `sums`, 2 in `oddSums`); bit 2: indexed (fast-index.ts sets it);
+   * bit 3: readable from a queued lower-tier write (the TierStack's `inflight`). */
   private flags = new Uint8Array(0);
   private readonly oddSums = new Map<number, string>();
   where = new Uint8Array(0);
@@ -155,6 +156,15 @@ export class BlockTable {
 
   setIndexed(id: number, on: boolean): void {
     this.flags[id] = on ? this.flags[id]! | 4 : this.flags[id]! & ~4;
+  }
+
+  /** Is row `id` readable from a queued write (TierStack `inflight`)? LOOKUP counts it as a DRAM hit. */
+  queued(id: number): boolean {
+    return (this.flags[id]! & 8) !== 0;
+  }
+
+  setQueued(id: number, on: boolean): void {
+    this.flags[id] = on ? this.flags[id]! | 8 : this.flags[id]! & ~8;
   }
 
   checksumOf(id: number): string {

@@ -23,7 +23,8 @@
  */
 import { EventEmitter } from 'node:events';
 import { checksum as computeChecksum } from '../checksum.js';
-import { AccessHistory, bumpHeat, firstUnpinned } from './policy.js';
+import { AccessHistory, bumpHeat } from './policy.js';
+import { orderVictim, windowVictim } from './tier-evict.js';
 import { SharedProbe } from './shared-probe.js';
 import type { DramStore, ListedValue } from '../storage/driver.js';
 import { WriteQueue } from './write-queue.js';
@@ -178,20 +179,20 @@ export class TierStack extends EventEmitter implements StackInternals {
     const rows = this.index.table;
     const nsSlot = rows.nsSlot(ns);
     const find = (i: number) => (nsSlot === undefined ? -1 : f.find(nsSlot, keys, i));
-    return this.countPrefix(keys.length / 32, find, (s) => f.where(s), (s) => f.size(s), (s) => rows.pending[f.id(s)] !== 0,
+    return this.countPrefix(keys.length / 32, find, (s) => f.where(s), (s) => f.size(s), (s) => rows.queued(f.id(s)),
       (s) => rows.view(f.id(s)), prefetch);
   }
 
   /** Longest present prefix of `keys`, split by the fastest tier holding each block. Does not change heat. */
   lookup(keys: string[], prefetch = false): LookupResult {
     const find = (i: number) => this.index.get(keys[i]!) ?? -1;
-    return this.countPrefix(keys.length, find, (e) => e.where, (e) => e.size, (e) => e.pending !== 0, (e) => e, prefetch);
+    return this.countPrefix(keys.length, find, (e) => e.where, (e) => e.size, (e) => this.index.table.queued(e.id), (e) => e, prefetch);
   }
 
   /** Count the leading present blocks (tier-prefix.ts); `find` gives a handle (an entry, or a FastIndex slot) or -1. */
   private countPrefix<H>(n: number, find: (i: number) => H | -1, where: (h: H) => number, size: (h: H) => number,
-    pending: (h: H) => boolean, entry: (h: H) => BlockEntry, prefetch: boolean): LookupResult {
-    const queued = (h: H) => this.inflight.size > 0 && pending(h); // a queued write keeps the block readable (inflight)
+    inflight: (h: H) => boolean, entry: (h: H) => BlockEntry, prefetch: boolean): LookupResult {
+    const queued = (h: H) => this.inflight.size > 0 && inflight(h); // a queued write keeps the block readable
     return countPrefix(this.tiers, this.availableMask(), n, find, where, size, queued, prefetch ? (h) => void this.load(entry(h)) : undefined);
   }
 
@@ -203,7 +204,7 @@ export class TierStack extends EventEmitter implements StackInternals {
     const out = new Array<boolean>(keys.length / 32);
     for (let i = 0; i < out.length; i++) {
       const slot = nsSlot === undefined ? -1 : f.find(nsSlot, keys, i);
-      out[i] = slot !== -1 && (f.where(slot) !== 0 || rows.pending[f.id(slot)] !== 0);
+      out[i] = slot !== -1 && (f.where(slot) !== 0 || rows.queued(f.id(slot)));
     }
     return out;
   }
@@ -319,14 +320,25 @@ export class TierStack extends EventEmitter implements StackInternals {
         throw err;
       } finally {
         e.pending &= ~bit;
-        if (e.pending === 0 && e.same(this.inflight.get(e.key)?.e)) this.inflight.delete(e.key);
+        if (e.pending === 0 && e.same(this.inflight.get(e.key)?.e)) this.unqueue(e.key);
         this.dropIfGone(e);
         this.index.releaseIfDead(e);
       }
     });
     if (!ok) e.pending &= ~bit;
-    else this.inflight.set(e.key, { e, value }); // readable from here until the write lands, whatever DRAM does
+    else { // readable from here until the write lands, whatever DRAM does
+      this.inflight.set(e.key, { e, value });
+      this.index.table.setQueued(e.id, true);
+    }
     return ok;
+  }
+
+  /** `key` is no longer readable from a queued write. */
+  private unqueue(key: string): void {
+    const q = this.inflight.get(key);
+    if (!q) return;
+    this.inflight.delete(key);
+    if (q.e.live) this.index.table.setQueued(q.e.id, false);
   }
 
   /** @internal */ enforceBudget(t: Tier): void {
@@ -335,41 +347,14 @@ export class TierStack extends EventEmitter implements StackInternals {
 
   /** Evict one unpinned block from tier t. Returns false if nothing can be evicted. */
   private evictOne(t: Tier): boolean {
-    if (t.order) {
-      const victim = firstUnpinned(t.order) as BlockEntry | undefined;
-      if (!victim) return false;
-      t.c.evictions++;
-      t.order.evicted(victim);
-      if (demoteLower(this, t, victim)) this.forget(t, victim);
-      else this.removeFrom(t, victim);
-      return true;
-    }
-    const cands: BlockEntry[] = [];
-    const pinned: BlockEntry[] = [];
-    const rows = this.index.table;
-    for (const id of t.lru!.ids()) {
-      if (rows.pins[id] === 0) cands.push(rows.view(id));
-      else pinned.push(rows.view(id));
-      if (cands.length >= this.opts.policy.window) break;
-    }
-    // Pinned blocks passed on the way move to the recent end, so later evictions do not scan them again.
-    for (const e of pinned) t.lru!.touch(e.id);
-    if (cands.length === 0) return false;
-    let victim = cands[this.opts.policy.pick(cands, this.now())] ?? cands[0]!;
-    if (t.index === 0) {
-      // A block only DRAM holds, which the next tier would take but cannot queue now, is not evicted (it would be
-      // an acknowledged save lost): another candidate goes, else nothing does.
-      while (!this.demoteFromDram(victim)) {
-        cands.splice(cands.indexOf(victim), 1);
-        if (cands.length === 0) return false;
-        victim = cands[this.opts.policy.pick(cands, this.now())] ?? cands[0]!;
-      }
-      t.c.evictions++;
-      this.removeFrom(t, victim); // a queued write keeps it readable (inflight)
-      return true;
-    }
+    // In DRAM a block that must be copied down first and cannot be now stays (demoteFromDram); another one goes.
+    const canLeave = t.index === 0 ? (e: BlockEntry) => this.demoteFromDram(e) : () => true;
+    const victim = t.order ? orderVictim(t.order, canLeave) : windowVictim(t.lru!, this.index.table, this.opts.policy, this.now(), canLeave);
+    if (!victim) return false;
     t.c.evictions++;
-    if (demoteLower(this, t, victim)) this.forget(t, victim);
+    t.order?.evicted(victim);
+    if (t.index === 0) this.removeFrom(t, victim); // its copy down, if due, is queued (and readable: inflight)
+    else if (demoteLower(this, t, victim)) this.forget(t, victim);
     else this.removeFrom(t, victim);
     return true;
   }
@@ -515,7 +500,7 @@ export class TierStack extends EventEmitter implements StackInternals {
       if (!e) continue;
       n++;
       this.index.drop(e);
-      this.inflight.delete(k);
+      this.unqueue(k);
       for (const t of this.tiers) this.removeFrom(t, e);
     }
     return n;
