@@ -13,7 +13,9 @@
  *   so a chain's leaves go before its root (prefix semantics: a block is worthless once its parent is gone, and
  *   every access of a child also accesses its parent, so parents never rank below their children).
  * - The cap: two shadow caches, one of each cap, at 1/`sample` of the tier's blocks, see the accesses of 1/`sample`
- *   of the keys (by key hash); the main order uses the cap of the shadow with more (decayed) hits. The shadows keep
+ *   of the keys (by key hash); the main order uses cap 15 only while its shadow has 1 % more (decayed) hits than
+ *   the LRU shadow, and starts at LRU (cap 1): a tie or a near-tie is LRU's, so where frequency does not clearly win
+ *   the tier is LRU (bench trace: within 0.01 point of LRU everywhere, docs/eviction.md). The shadows keep
  *   32-bit key hashes only. A collision costs a shadow a wrong hit, nothing else. Past SHADOW_MAX blocks per shadow
  *   the sample halves (1 key in 16, 32, …), so the shadows stay under ~15 MB at any tier size; keys that stop being
  *   sampled age out of them.
@@ -122,6 +124,8 @@ export interface LfudaOptions {
   cap?: number;
   /** Ageing level past which priorities are shifted down (default 2^30; tests lower it). */
   rebaseAt?: number;
+  /** Frequency (cap 15) is used only while its shadow has this share more hits than LRU's (default 0.01). */
+  margin?: number;
 }
 
 /** Most blocks one shadow simulates before the sample halves. */
@@ -150,13 +154,15 @@ export class LfudaOrder implements TierOrder {
   private sample: number;
   private readonly decay: number;
   private readonly rebaseAt: number;
+  private readonly margin: number;
   cap: number;
 
   /** `view(id)`: the block of a row id (the victims handed back are views). */
   constructor(private readonly view: (id: number) => PolicyEntry, private readonly o: LfudaOptions = {}) {
     this.sample = o.sample ?? 8;
     this.decay = o.decay ?? 0.9999;
-    this.cap = o.cap ?? LFU_CAP;
+    this.cap = o.cap ?? 1;
+    this.margin = o.margin ?? 0.01;
     this.rebaseAt = o.rebaseAt ?? 2 ** 30;
   }
 
@@ -170,7 +176,7 @@ export class LfudaOrder implements TierOrder {
     this.hi.hits *= this.decay;
     this.lo.access(h, e.seen, capacity);
     this.hi.access(h, e.seen, capacity);
-    this.cap = this.hi.hits >= this.lo.hits ? LFU_CAP : 1;
+    this.cap = this.hi.hits > this.lo.hits * (1 + this.margin) ? LFU_CAP : 1;
   }
 
   /** Put row `id` at priority L + min(f, cap), the most recent of its bucket. */
