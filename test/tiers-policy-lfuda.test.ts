@@ -213,3 +213,47 @@ test('tiers-policy-lfuda - rebasing priorities (past 2^30 in production) leaves 
   }), { numRuns: 200 });
   t.true(rebases > 100, `priorities were rebased ${rebases} times`);
 });
+
+test('tiers-policy-lfuda - the duel turns the admission window on where it wins (RAG, 1 k blocks) and keeps it off where it loses (agents)', async (t) => {
+  const rag = WORKLOADS.rag!(HELD_OUT_SEED, 4000);
+  const agent = WORKLOADS.agent!(HELD_OUT_SEED, 1500);
+  const admitting = (s: TierStack) => (s.tiers[0]!.order as LfudaOrder).admitting;
+  const withIt = await replay(rag, 1024, lfudaPolicy());
+  const without = await replay(rag, 1024, lfudaPolicy({ admission: false }));
+  t.true(admitting(withIt.stack), 'RAG at 1 k blocks: admission on');
+  t.false(admitting(without.stack));
+  t.true(withIt.hits > 1.05 * without.hits, `admission wins on RAG: ${withIt.hits} vs ${without.hits} hits`);
+  const a = await replay(agent, 4096, lfudaPolicy());
+  const lru = await replay(agent, 4096, lruPolicy);
+  t.false(admitting(a.stack), 'agents at 4 k blocks: admission off');
+  t.true(a.hits >= 0.995 * lru.hits, `agents: ${a.hits} vs LRU ${lru.hits}`);
+});
+
+test('tiers-policy-lfuda - with the window on, a new block enters the main order only past the victim; nothing is lost from the order', (t) => {
+  const seen = new Map<number, number>();
+  const view = (id: number): PolicyEntry => ({ id, key: key(id), seen: seen.get(id) ?? 1, size: 1, pins: 0, heat: 0, heatAt: 0 });
+  const o = new LfudaOrder(view, { cap: 15, window: true }); // as if the duel said so (the duel is tested above)
+  const inOrder = new Set<number>();
+  const cap = 200;
+  // 100 hot blocks (seen 9), then a stream of one-time blocks: the hot ones must survive in the main order.
+  for (let id = 0; id < 100; id++) { seen.set(id, 9); o.add(view(id)); inOrder.add(id); }
+  for (let id = 1000; id < 6000; id++) {
+    if (inOrder.size >= cap) {
+      const v = o.first()!;
+      o.evicted(v);
+      inOrder.delete(v.id);
+    }
+    o.add(view(id));
+    inOrder.add(id);
+    if (o.size !== inOrder.size) return t.fail(`order holds ${o.size}, expected ${inOrder.size}`);
+  }
+  for (let id = 0; id < 100; id++) if (!inOrder.has(id)) return t.fail(`hot block ${id} evicted by one-time blocks`);
+  t.is(new Set([...o.victims()].map((e) => e.id)).size, o.size, 'victims() lists every block once');
+  t.true(o.priority(5999) === -1 && o.priority(0)! > 0, 'the newest block waits in the window, the hot ones are in the main order');
+  // Admission turned off (the duel's call): the window empties into the main order at the next eviction.
+  (o as unknown as { fixedWindow: boolean }).fixedWindow = false;
+  const v = o.first()!;
+  t.true(inOrder.has(v.id) && o.priority(v.id)! > 0);
+  t.is(o.priority(5999)! > 0, true, 'the window member moved into the main order');
+  t.is(new Set([...o.victims()].map((e) => e.id)).size, inOrder.size, 'nothing dropped on the way');
+});
