@@ -222,3 +222,31 @@ test('tiers - pinned blocks at the old end are skipped once, then no longer scan
   for (let i = 0; i < 30; i++) t.true(s.exists([key(i)])[0], `pinned block ${i} kept`);
   t.is(s.index.table.pins[dram.lru!.ids().next().value!], 0, 'the least recent end holds an evictable block, not the pinned ones');
 });
+
+test('tiers - a lower tier listing objects that are not block keys: start-up skips them; a PUT of one is refused loudly', async (t) => {
+  // A third-party driver whose list() lets foreign objects through (the driver contract says keys match
+  // <32 hex>/<64 hex>; conforming drivers never list others).
+  class Leaky extends MemoryDriver {
+    override async *list() {
+      yield* super.list();
+      for (const k of ['README.txt', `${NS}/${'AB'.repeat(32)}`, `${NS}/${'0'.repeat(63)}`]) yield { key: k, size: 64, meta: { checksum: '0123456789abcdef' } };
+    }
+  }
+  const lower = new Leaky();
+  await lower.open();
+  await lower.put(key(1), block(1, 64), { checksum: (await import('../connector/checksum.js')).checksum(block(1, 64)) });
+  const queue = { maxItems: 10, maxBytes: 1 << 20, concurrency: 1 };
+  const s = new TierStack({
+    tiers: [
+      { name: 'dram', medium: 'CPU', driver: new MemoryDriver(), budgetBytes: MiB, writeMode: 'through', admitAfter: 1, queue, initialReadBps: 1e10 },
+      { name: 'ssd', medium: 'DISK', driver: lower, budgetBytes: MiB, writeMode: 'through', admitAfter: 1, queue, initialReadBps: 1e9 },
+    ],
+    policy: lruPolicy, halfLifeMs: 60_000, promoteOnHit: true,
+  });
+  t.deepEqual(await s.open(), { rebuilt: 1 });
+  t.is(s.index.size, 1);
+  t.true((await s.get([key(1)]))[0]!.equals(block(1, 64)));
+  t.throws(() => s.put('README.txt', block(2, 64)), { message: /64 lowercase hex/ });
+  t.is(s.entry(`${NS}/${'AB'.repeat(32)}`), undefined, 'upper-case hex is another key, never found');
+  await s.close();
+});

@@ -25,6 +25,11 @@ const SUM_HEX = /^[0-9a-f]{16}$/;
 /** Largest block a row holds (the size column is 32-bit). */
 export const MAX_BLOCK_BYTES = 0xffffffff;
 
+/** Is `key` a storage key a row can hold (`<32-char namespace>/<64 lowercase hex>`)? */
+export function isBlockKey(key: string): boolean {
+  return key.length === 97 && key.charCodeAt(32) === 47 && HASH_HEX.test(key.slice(33));
+}
+
 type Column = Uint8Array | Uint16Array | Uint32Array | Int32Array | Float32Array;
 
 function grown<T extends Column>(a: T, n: number): T {
@@ -95,8 +100,8 @@ export class BlockTable {
 
   /** A new row for `key` (well-formed, see the rules), `size` bytes; throws on a malformed key. */
   alloc(key: string, size: number): number {
-    const hex = key.length === 97 && key.charCodeAt(32) === 47 ? key.slice(33) : '';
-    if (!HASH_HEX.test(hex)) throw new Error(`block key must be <32-char namespace>/<64 lowercase hex>, got '${key.slice(0, 120)}'`);
+    const hex = key.slice(33);
+    if (!isBlockKey(key)) throw new Error(`block key must be <32-char namespace>/<64 lowercase hex>, got '${key.slice(0, 120)}'`);
     if (!(size >= 0 && size <= MAX_BLOCK_BYTES)) throw new RangeError(`block size ${size} is outside 0–${MAX_BLOCK_BYTES}`);
     const ns = key.slice(0, 32);
     let slot = this.nsSlots.get(ns);

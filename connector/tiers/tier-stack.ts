@@ -31,7 +31,7 @@ import { WriteQueue } from './write-queue.js';
 import { MAX_TIERS } from './fast-index.js';
 import { RecencyList } from './recency.js';
 import { BlockIndex } from './block-index.js';
-import { MAX_BLOCK_BYTES } from './block-table.js';
+import { MAX_BLOCK_BYTES, isBlockKey } from './block-table.js';
 import { PinBook } from './pin-book.js';
 import { clearBlocks, evictFrom, moveBlock, tierStats } from './tier-control.js';
 import { demoteLower } from './tier-demote.js';
@@ -130,7 +130,7 @@ export class TierStack extends EventEmitter implements StackInternals {
     const t = this.tiers[ti]!;
     let e = this.index.get(item.key);
     if (!e) {
-      if (item.size > MAX_BLOCK_BYTES) return;
+      if (item.size > MAX_BLOCK_BYTES || !isBlockKey(item.key)) return; // not a block this stack could have written
       e = this.newEntry(item.key, item.size, item.meta.checksum, 1, this.now());
     } else if (e.size !== item.size || (e.checksum && e.checksum !== item.meta.checksum)) {
       return; // a copy that disagrees with ours is not adopted (reads verify checksums anyway)
@@ -148,7 +148,7 @@ export class TierStack extends EventEmitter implements StackInternals {
       for await (const item of t.driver.list()) {
         let e = this.index.get(item.key);
         if (!e) {
-          if (item.size > MAX_BLOCK_BYTES) continue;
+          if (item.size > MAX_BLOCK_BYTES || !isBlockKey(item.key)) continue; // not a block this stack could have written
           e = this.newEntry(item.key, item.size, item.meta.checksum, 1, 0);
           rebuilt++;
         }
