@@ -31,6 +31,13 @@ test('fast-index - property: inserts, deletes, where updates and growth agree wi
       else if (o.kind === 'sync' && id !== undefined) { rows.where[id] = o.where; f.sync(id); }
     }
     if (f.count !== ref.size) return false;
+    for (const ns of NS) { // per-namespace counts and the filtered row listing agree with the model
+      const slot = rows.nsSlot(ns);
+      const want = [...ref].filter(([k]) => k.startsWith(ns)).map(([, id]) => id).sort((x, y) => x - y);
+      if (slot === undefined) { if (want.length) return false; continue; }
+      const got = [...f.rowIds(new Set([slot]))].sort((x, y) => x - y);
+      if (f.countIn(slot) !== want.length || got.join() !== want.join()) return false;
+    }
     for (const ns of NS) {
       for (let x = 0; x <= 40; x++) for (let y = 0; y <= 3; y++) {
         const h = Buffer.alloc(32, 0); h[0] = x; h[5] = y; h[31] = x ^ y;

@@ -91,15 +91,14 @@ export class Resolver {
         const keys = this.hashes(sel.prefix).map((h) => `${id}/${h.toString('hex')}`);
         return { scope: 'prefix', namespace: id, tenant: desc.tenant, keys: () => keys };
       }
-      const head = id + '/';
-      return { scope: 'namespace', namespace: id, tenant: desc.tenant, keys: () => [...index.keys()].filter((k) => k.startsWith(head)) };
+      return { scope: 'namespace', namespace: id, tenant: desc.tenant, keys: () => [...index.keys(new Set([id]))] };
     }
     if (sel.prefix?.kind) bad('a prefix needs a namespace');
     if (!sel.tenant) bad('a selector needs a namespace or a tenant');
     this.policy.check(p, sel.tenant);
     const ids = new Set([...this.sidecar.namespaces].filter(([, d]) => d.tenant === sel.tenant).map(([id]) => id));
     if (ids.size === 0) throw new KvstashError(ErrorCode.NS_UNKNOWN, `tenant ${JSON.stringify(sel.tenant)} has no registered namespace`);
-    return { scope: 'tenant', tenant: sel.tenant, keys: () => [...index.keys()].filter((k) => ids.has(k.slice(0, 32))) };
+    return { scope: 'tenant', tenant: sel.tenant, keys: () => [...index.keys(ids)] };
   }
 
   tierIndex(name: string): number {

@@ -59,7 +59,7 @@ export type PrincipalResolver = (routingId: Buffer, frames: Buffer[]) => string 
 /** What a plugin may read of the tier stack. */
 export type TiersView = Pick<TierStack, 'lookup' | 'exists' | 'get' | 'getResident' | 'release' | 'getDram' | 'entry' | 'stats' | 'pinStats' | 'on' | 'off' | 'once'> & {
   readonly tiers: readonly Readonly<Tier>[];
-  readonly index: Pick<BlockIndex, 'get' | 'has' | 'size' | 'keys' | 'values'>;
+  readonly index: Pick<BlockIndex, 'get' | 'has' | 'size' | 'keys' | 'values' | 'blocksIn'>;
 };
 
 /** What a front-end that stores blocks itself (the lm:// server) may do: the same puts and deletes as the data socket. */

@@ -230,13 +230,7 @@ export class Sidecar implements PluginHost {
   /** Namespaces among `ids` that hold at least one block in the index. */
   namespacesWithBlocks(ids: Set<string>): Set<string> {
     const busy = new Set<string>();
-    for (const k of this.tiers.index.keys()) {
-      const ns = k.slice(0, 32);
-      if (ids.has(ns)) {
-        busy.add(ns);
-        if (busy.size === ids.size) break;
-      }
-    }
+    for (const ns of ids) if (this.tiers.index.blocksIn(ns) > 0) busy.add(ns); // counted per namespace: no scan
     return busy;
   }
 

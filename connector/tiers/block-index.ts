@@ -94,8 +94,20 @@ export class BlockIndex {
     if (e.live && !t.indexed(e.id) && t.where[e.id] === 0 && t.pending[e.id] === 0) t.release(e.id);
   }
 
-  *keys(): IterableIterator<string> {
-    for (const id of this.fast.rowIds()) if (this.table.indexed(id)) yield this.table.keyOf(id);
+  /** Blocks indexed in namespace `ns` (kept per namespace as blocks come and go: O(1)). */
+  blocksIn(ns: string): number {
+    const slot = this.table.nsSlot(ns);
+    return slot === undefined ? 0 : this.fast.countIn(slot);
+  }
+
+  /** Storage keys of every indexed block, or of those in `namespaces` (only their keys are built). */
+  *keys(namespaces?: Set<string>): IterableIterator<string> {
+    let only: Set<number> | undefined;
+    if (namespaces) {
+      only = new Set();
+      for (const ns of namespaces) { const slot = this.table.nsSlot(ns); if (slot !== undefined) only.add(slot); }
+    }
+    for (const id of this.fast.rowIds(only)) if (this.table.indexed(id)) yield this.table.keyOf(id);
   }
 
   *values(): IterableIterator<BlockEntry> {

@@ -35,6 +35,8 @@ export class FastIndex {
   private mask = 1023;
   /** Blocks indexed. */
   count = 0;
+  /** Blocks indexed per namespace slot. */
+  private nsCount = new Int32Array(64);
   private limit = Math.floor(1024 * MAX_LOAD);
 
   constructor(private readonly rows: BlockTable) {}
@@ -47,8 +49,15 @@ export class FastIndex {
   add(id: number): void {
     if (this.count + 1 > this.limit) this.grow();
     const r = this.rows;
-    this.place(id, h1Of(r.keys, id * 32), h2Of(r.keys, id * 32), (r.ns[id]! << 8) | (r.where[id]! & 0xff), Math.min(r.size[id]!, MAX_SIZE));
+    const ns = r.ns[id]!;
+    this.place(id, h1Of(r.keys, id * 32), h2Of(r.keys, id * 32), (ns << 8) | (r.where[id]! & 0xff), Math.min(r.size[id]!, MAX_SIZE));
     r.setIndexed(id, true);
+    if (ns >= this.nsCount.length) {
+      const n = new Int32Array(Math.max(ns + 1, this.nsCount.length * 2));
+      n.set(this.nsCount);
+      this.nsCount = n;
+    }
+    this.nsCount[ns]!++;
     this.count++;
   }
 
@@ -103,6 +112,7 @@ export class FastIndex {
     if (i < 0) return;
     this.rows.setIndexed(id, false);
     const t = this.table;
+    this.nsCount[t[i * S + 2]! >>> 8]!--;
     // Backward-shift deletion: pull later members of the probe run into the hole, so no tombstones.
     let j = i;
     for (;;) {
@@ -165,11 +175,21 @@ export class FastIndex {
     return this.mask + 1;
   }
 
-  /** Row ids of every indexed block, in slot order (a snapshot). */
-  rowIds(): Int32Array {
-    const out = new Int32Array(this.count);
+  /** Blocks indexed in namespace slot `ns`. */
+  countIn(ns: number): number {
+    return ns < this.nsCount.length ? this.nsCount[ns]! : 0;
+  }
+
+  /** Row ids of every indexed block (of the namespace slots in `only`, when given), in slot order (a snapshot). */
+  rowIds(only?: Set<number>): Int32Array {
+    let total = this.count;
+    if (only) { total = 0; for (const ns of only) total += this.countIn(ns); }
+    const out = new Int32Array(total);
     let n = 0;
-    for (let i = 0; i <= this.mask; i++) if (this.table[i * S] !== 0) out[n++] = this.ids[i]!;
+    const t = this.table;
+    for (let i = 0; i <= this.mask && n < total; i++) {
+      if (t[i * S] !== 0 && (!only || only.has(t[i * S + 2]! >>> 8))) out[n++] = this.ids[i]!;
+    }
     return out;
   }
 }
