@@ -182,7 +182,7 @@ test('sidecar - client deadline: a request to a dead endpoint rejects with KVS_T
   const err = await t.throwsAsync(c.ping());
   t.is((err as KvstashError).code, ErrorCode.TIMEOUT);
   // It must give up rather than wait for a sidecar forever; the bound is loose because a 200 ms timer fires late on
-  // a machine this busy (a stress run with eight busy loops took over 2 s).
+  // a machine this busy (a stress run with six busy loops took over 2 s).
   t.true(Date.now() - t0 < 15_000, `gave up after ${Date.now() - t0} ms`);
 });
 
