@@ -32,10 +32,21 @@ export function isBlockKey(key: string): boolean {
 
 type Column = Uint8Array | Uint16Array | Uint32Array | Int32Array | Float32Array;
 
+/** A copy of column `a` with `n` entries (the new ones zero). */
 function grown<T extends Column>(a: T, n: number): T {
   const b = new (a.constructor as new (n: number) => T)(n);
   b.set(a);
   return b;
+}
+
+/** Entries a column indexed by row id should have to hold index `min`: 1.5× growth, at least 1,024. */
+export function columnLength(current: number, min: number): number {
+  return Math.max(min, Math.ceil(current * 1.5), 1024);
+}
+
+/** `a` itself if it holds index `id`, else a grown copy (columnLength): every column indexed by row id grows so. */
+export function columnFor<T extends Column>(a: T, id: number): T {
+  return id < a.length ? a : grown(a, columnLength(a.length, id + 1));
 }
 
 export class BlockTable {
@@ -71,7 +82,7 @@ export class BlockTable {
   }
 
   private grow(min: number): void {
-    const n = Math.max(min, Math.ceil(this.cap * 1.5), 1024);
+    const n = columnLength(this.cap, min);
     this.keys = grown(this.keys, n * 32);
     this.keysBuf = Buffer.from(this.keys.buffer, this.keys.byteOffset, this.keys.byteLength);
     this.sums = grown(this.sums, n * 8);

@@ -16,7 +16,7 @@
  * - The TierStack calls `add` when a block enters its index, `drop` when it leaves, and `sync` whenever the
  *   block's tier bits change. Rows keep no slot number (slots move on deletion and growth): `slotOf` probes.
  */
-import type { BlockTable } from './block-table.js';
+import { columnFor, type BlockTable } from './block-table.js';
 
 const S = 4;
 const MAX_SIZE = 0x7fffffff;
@@ -52,11 +52,7 @@ export class FastIndex {
     const ns = r.ns[id]!;
     this.place(id, h1Of(r.keys, id * 32), h2Of(r.keys, id * 32), (ns << 8) | (r.where[id]! & 0xff), Math.min(r.size[id]!, MAX_SIZE));
     r.setIndexed(id, true);
-    if (ns >= this.nsCount.length) {
-      const n = new Int32Array(Math.max(ns + 1, this.nsCount.length * 2));
-      n.set(this.nsCount);
-      this.nsCount = n;
-    }
+    this.nsCount = columnFor(this.nsCount, ns);
     this.nsCount[ns]!++;
     this.count++;
   }

@@ -23,6 +23,7 @@
 import type { PolicyEntry, TierOrder } from './policy.js';
 import { IdLinks, type Chain } from './recency.js';
 import { Duel, LFU_CAP, WINDOW_SHARE } from './duel.js';
+import { columnFor } from './block-table.js';
 
 export { LFU_CAP, LfuBuckets, SHADOW_MAX, keyHash32 } from './duel.js';
 
@@ -91,13 +92,6 @@ export class LfudaOrder implements TierOrder {
     return this.admitting ? Math.max(1, Math.ceil(WINDOW_SHARE * this.size)) : 0;
   }
 
-  private grow(id: number): void {
-    if (id < this.prio.length) return;
-    const n = new Int32Array(Math.max(id + 1, Math.ceil(this.prio.length * 1.5), 1024));
-    n.set(this.prio);
-    this.prio = n;
-  }
-
   /** Put row `id` in the main order at priority L + min(f, cap), the most recent of its bucket. */
   private set(id: number, f: number): void {
     this.unset(id);
@@ -110,7 +104,7 @@ export class LfudaOrder implements TierOrder {
   private link(id: number, p: number): void {
     let c = this.buckets.get(p);
     if (!c) this.buckets.set(p, (c = { head: -1, tail: -1 }));
-    this.grow(id);
+    this.prio = columnFor(this.prio, id);
     this.links.append(c, id);
     this.prio[id] = p;
     this.mainSize++;
@@ -137,21 +131,18 @@ export class LfudaOrder implements TierOrder {
     this.duel?.access(e.key, e.seen, this.size);
     if (this.windowLimit === 0 || (e.id < this.prio.length && this.prio[e.id]! > 0)) { this.set(e.id, e.seen); return; }
     this.unset(e.id);
-    this.grow(e.id);
+    this.prio = columnFor(this.prio, e.id);
     this.links.append(this.win, e.id);
     this.prio[e.id] = WINDOW;
     this.winSize++;
   }
 
   touch(e: PolicyEntry): void {
-    if (e.id < this.prio.length && this.prio[e.id] === WINDOW) {
-      this.duel?.access(e.key, e.seen, this.size);
+    this.duel?.access(e.key, e.seen, this.size);
+    if (e.id < this.prio.length && this.prio[e.id] === WINDOW) { // most recent of the window
       this.links.unlink(this.win, e.id);
       this.links.append(this.win, e.id);
-      return;
-    }
-    this.duel?.access(e.key, e.seen, this.size);
-    this.set(e.id, e.seen);
+    } else this.set(e.id, e.seen);
   }
 
   remove(e: PolicyEntry): void {

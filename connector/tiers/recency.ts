@@ -9,6 +9,7 @@
  * - RecencyList is one tier's recency order (least recently used first). Its order is exactly a Map's insertion
  *   order when every `touch` is a delete + set: push appends, touch moves to the tail, iteration runs head to tail.
  */
+import { columnFor } from './block-table.js';
 
 /** Ends of one chain in an IdLinks (-1 when empty). */
 export interface Chain {
@@ -26,15 +27,8 @@ export class IdLinks {
 
   /** Append `id` (not in any chain of these links) at the tail of `c`. */
   append(c: Chain, id: number): void {
-    if (id >= this.prev.length) {
-      const n = Math.max(id + 1, Math.ceil(this.prev.length * 1.5), 1024);
-      const p = new Int32Array(n);
-      p.set(this.prev);
-      const x = new Int32Array(n);
-      x.set(this.next);
-      this.prev = p;
-      this.next = x;
-    }
+    this.prev = columnFor(this.prev, id);
+    this.next = columnFor(this.next, id);
     this.prev[id] = c.tail === -1 ? 1 : c.tail + 2;
     this.next[id] = 0;
     if (c.tail === -1) c.head = id;

@@ -3,7 +3,7 @@
  * for DRAM it queues e's copy to the next tier when one is due, and says no when that tier's queue is full (an
  * acknowledged save would be lost): the next candidate is tried, and with none the eviction fails (PUT DROPPED).
  */
-import { firstUnpinned, type EvictionPolicy, type TierOrder } from './policy.js';
+import { firstUnpinned, type EvictionPolicy, type HeatState, type TierOrder } from './policy.js';
 import type { BlockTable } from './block-table.js';
 import type { BlockEntry } from './tier-types.js';
 import type { RecencyList } from './recency.js';
@@ -26,19 +26,25 @@ export function orderVictim(order: TierOrder, canLeave: (e: BlockEntry) => boole
 
 /** The window policies' victim (lru, heat): the policy's pick among the `window` least recently used unpinned. */
 export function windowVictim(lru: RecencyList, rows: BlockTable, policy: EvictionPolicy, now: number, canLeave: (e: BlockEntry) => boolean): BlockEntry | undefined {
-  const cands: BlockEntry[] = [];
+  // The policy compares heat only: candidates are ids and their heat, and only a chosen one becomes a view (a view
+  // builds its key string; `heat` compares 256 candidates per eviction).
+  const ids: number[] = [];
+  const heat: HeatState[] = [];
   const pinned: number[] = [];
   for (const id of lru.ids()) {
-    if (rows.pins[id] === 0) cands.push(rows.view(id));
+    if (rows.pins[id] === 0) { ids.push(id); heat.push({ heat: rows.heatOf(id), heatAt: rows.heatAtOf(id) }); }
     else pinned.push(id);
-    if (cands.length >= policy.window) break;
+    if (ids.length >= policy.window) break;
   }
   // Pinned blocks passed on the way move to the recent end, so later evictions do not scan them again.
   for (const id of pinned) lru.touch(id);
-  while (cands.length) {
-    const victim = cands[policy.pick(cands, now)] ?? cands[0]!;
+  while (ids.length) {
+    let i = policy.pick(heat, now);
+    if (!(i >= 0 && i < ids.length)) i = 0;
+    const victim = rows.view(ids[i]!);
     if (canLeave(victim)) return victim;
-    cands.splice(cands.indexOf(victim), 1);
+    ids.splice(i, 1);
+    heat.splice(i, 1);
   }
   return undefined;
 }
